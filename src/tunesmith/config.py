@@ -1,0 +1,135 @@
+"""One typed config per run. Any field typed `... | Auto` may be "auto"; `train.auto` resolves
+those from the data, the model and the hardware and records why next to each value. The
+resolved config is saved as `config.yaml` in the run directory so a run can be repeated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunesmith.errors import ConfigError
+
+Auto = Literal["auto"]
+
+
+class _Section(BaseModel):
+    # Unknown keys in a YAML file are a typo the user should hear about, not silently ignore.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = "smollm2-135m"
+    """Base model: a built-in name (`tunesmith models`), a local Hugging Face model folder, or a hub id."""
+
+
+class DataConfig(_Section):
+    train: str | None = None
+    """Training data file (JSONL, JSON, CSV, TSV, Parquet, TXT or a saved `datasets` folder)."""
+    validation: str | None = None
+    """Validation data file; when empty, a split of the training data is held out."""
+    validation_split: float | Auto = "auto"
+    """Fraction of the training data held out for validation when no validation file is given."""
+    columns: dict[str, str] | None = None
+    """Override format detection: canonical field -> column name, e.g. {text: query, label: intent}."""
+    system_prompt: str | None = None
+    """System message added to every conversation that has none (text+label data becomes chat)."""
+
+
+class MethodConfig(_Section):
+    method: Literal["lora", "full"] = "lora"
+    """`lora` trains small adapter matrices (fast, small files); `full` updates every weight."""
+    lora_r: int = 16
+    """LoRA rank: 16 is enough for one task on a small model and keeps adapters a few MB."""
+    lora_alpha: int = 32
+    """LoRA scaling; 2 x rank is the common default."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input: light regularisation against overfitting small data sets."""
+    target_modules: str | list[str] = "all-linear"
+    """Modules that get adapters; `all-linear` (every linear layer but the output head) matches QLoRA's finding."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+
+
+class TrainConfig(_Section):
+    learning_rate: float | Auto = "auto"
+    """Peak learning rate (cosine decay after a short warm-up)."""
+    epochs: float | Auto = "auto"
+    """Passes over the training data (the early-stopping rule may end the run sooner)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps, overriding `epochs`."""
+    batch_size: int | Auto = "auto"
+    """Packed sequences per device per step."""
+    gradient_accumulation: int | Auto = "auto"
+    """Steps of gradients summed before each optimizer update."""
+    max_length: int | Auto = "auto"
+    """Longest example in tokens; longer ones are cut (the data inspector says how many)."""
+    pack_length: int | Auto = "auto"
+    """Length of one packed training sequence: several short examples share one row, no padding."""
+    weight_decay: float = 0.01
+    """AdamW weight decay: mild regularisation, on by default."""
+    warmup_ratio: float = 0.05
+    """Share of steps spent warming the learning rate up from zero."""
+    eval_steps: int | Auto = "auto"
+    """Evaluate on the validation set every N optimizer steps."""
+    early_stopping_patience: int = 3
+    """Stop when validation loss has not improved for this many evaluations; the best checkpoint is kept."""
+    save_total_limit: int = 2
+    """Checkpoints kept on disk (the best one is always kept as well)."""
+    seed: int = 42
+    """Random seed for data order, the validation split and initialisation."""
+    logging_steps: int = 1
+    """Write a line to metrics.jsonl every N optimizer steps."""
+
+
+class RunConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The base model."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Where the data comes from and how to read it."""
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    """How the model is adapted."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """Optimisation settings."""
+    reasons: dict[str, str] = Field(default_factory=dict)
+    """Why each "auto" value was chosen (filled by the resolver), keyed like `train.learning_rate`."""
+
+    def unresolved(self) -> list[str]:
+        """Names of fields still set to "auto"."""
+        out = []
+        for section in ("data", "train"):
+            for key, value in getattr(self, section).model_dump().items():
+                if value == "auto":
+                    out.append(f"{section}.{key}")
+        return out
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML run config; a bad file or value is one ConfigError sentence."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}; fix the syntax.") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with sections model, data, method, train.")
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{source}: {field}: {err['msg']}.") from exc
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

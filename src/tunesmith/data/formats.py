@@ -1,0 +1,593 @@
+"""Detect a data file's format and convert every row to one of tunesmith's canonical shapes.
+
+Canonical shapes (TRL's, see DESIGN.md "Canonical data shapes"):
+
+- chat:       {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+- pretrain:   {"text": str}
+- classify:   {"text": str, "label": str}
+- preference: {"prompt": messages, "chosen": messages, "rejected": messages}
+- kto:        {"prompt": messages, "completion": messages, "label": bool}
+
+Detection looks at every column that appears in any row. A row that does not fit the
+detected format is a ``DataError`` naming the file, the row (see ``load.py`` for what the
+row number means) and the reason; every other row is kept, even an empty answer: judging
+content is the quality gate's job, not this module's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.data.load import Record, read_records
+from tunesmith.errors import DataError
+
+
+class Format(str, Enum):
+    """An input data format that tunesmith recognises."""
+
+    OPENAI_CHAT = "openai_chat"
+    OPENAI_DPO = "openai_dpo"
+    ALPACA = "alpaca"
+    SHAREGPT = "sharegpt"
+    PROMPT_COMPLETION = "prompt_completion"
+    TEXT = "text"
+    TEXT_LABEL = "text_label"
+    PREFERENCE = "preference"
+    HH_RLHF = "hh_rlhf"
+    KTO = "kto"
+
+    @property
+    def task(self) -> str:
+        """The task this format's data trains: chat, pretrain, classify, preference or kto."""
+        return TASKS[self]
+
+
+TASKS = {
+    Format.OPENAI_CHAT: "chat",
+    Format.OPENAI_DPO: "preference",
+    Format.ALPACA: "chat",
+    Format.SHAREGPT: "chat",
+    Format.PROMPT_COMPLETION: "chat",
+    Format.TEXT: "pretrain",
+    Format.TEXT_LABEL: "classify",
+    Format.PREFERENCE: "preference",
+    Format.HH_RLHF: "preference",
+    Format.KTO: "kto",
+}
+
+# Canonical fields of each format: (required, optional). These are the names --columns uses.
+FIELDS: dict[Format, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    Format.OPENAI_CHAT: (("messages",), ()),
+    Format.OPENAI_DPO: (("prompt", "chosen", "rejected"), ()),
+    Format.ALPACA: (("instruction", "output"), ("input", "system")),
+    Format.SHAREGPT: (("messages",), ()),
+    Format.PROMPT_COMPLETION: (("prompt", "completion"), ()),
+    Format.TEXT: (("text",), ()),
+    Format.TEXT_LABEL: (("text", "label"), ()),
+    Format.PREFERENCE: (("prompt", "chosen", "rejected"), ()),
+    Format.HH_RLHF: (("chosen", "rejected"), ()),
+    Format.KTO: (("prompt", "completion", "label"), ()),
+}
+CANONICAL_FIELDS = sorted({name for required, optional in FIELDS.values() for name in required + optional})
+
+# Column names recognised without --columns (matched case-insensitively, earlier names first).
+TEXT_NAMES = ("text", "sentence", "query", "utterance", "content")
+LABEL_NAMES = ("label", "labels", "category", "intent", "class", "target")
+PROMPT_COMPLETION_PAIRS = (
+    ("prompt", "completion"),
+    ("prompt", "response"),
+    ("question", "answer"),
+    ("input", "output"),
+)
+
+ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
+
+
+@dataclass
+class LoadedData:
+    """A data file converted to canonical records, with where each record came from."""
+
+    path: str
+    format: Format
+    task: str  # "chat" | "pretrain" | "classify" | "preference" | "kto"
+    records: list[dict]  # canonical rows, in file order
+    rows: list[int]  # source row number of each record (same length as records)
+    column_map: dict[str, str]  # canonical field -> source column, e.g. {"text": "query"}
+    notes: list[str] = field(default_factory=list)  # how the file was read, for the user
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+
+
+def load_data(
+    path: str | Path,
+    columns: dict[str, str] | None = None,
+    format: Format | str | None = None,
+) -> LoadedData:
+    """Read a data file, detect its format and convert every row to the canonical shape.
+
+    ``columns`` maps canonical fields to the file's column names (``{"text": "body",
+    "label": "tag"}``) and overrides detection; ``format`` forces a format. Raises
+    ``DataError`` naming the file and row when the file or a row cannot be used.
+    """
+    notes: list[str] = []
+    records = read_records(path, notes)
+    fmt, column_map = _choose_format(records, path, columns, format)
+    convert = CONVERTERS[fmt]
+    canonical = []
+    for record in records:
+        try:
+            canonical.append(convert(record.data, column_map))
+        except _RowError as e:
+            raise DataError(f"{path}: row {record.row} {e}.") from None
+    return LoadedData(
+        path=str(path),
+        format=fmt,
+        task=fmt.task,
+        records=canonical,
+        rows=[record.row for record in records],
+        column_map=column_map,
+        notes=notes,
+    )
+
+
+def parse_columns(spec: str) -> dict[str, str]:
+    """Parse a ``--columns`` value: ``"text=query,label=category"`` -> ``{"text": "query", "label": "category"}``."""
+    columns: dict[str, str] = {}
+    for pair in spec.split(","):
+        canonical, sep, column = (part.strip() for part in pair.partition("="))
+        if not sep or not canonical or not column:
+            raise DataError(
+                f"--columns '{spec}' is not valid; write FIELD=COLUMN pairs separated by commas, "
+                "like text=query,label=category."
+            )
+        if canonical not in CANONICAL_FIELDS:
+            raise DataError(
+                f"--columns names the unknown field '{canonical}'; use one of {', '.join(CANONICAL_FIELDS)}."
+            )
+        if canonical in columns:
+            raise DataError(f"--columns gives the field '{canonical}' twice; give each field once.")
+        columns[canonical] = column
+    return columns
+
+
+def detect_format(records: list[Record], path: str | Path) -> tuple[Format, dict[str, str]]:
+    """Tell the format from the columns of all records; return it and its column map.
+
+    Raises ``DataError`` when no format fits or when two fit equally (then ``--columns``
+    decides).
+    """
+    keys = _all_keys(records)
+    candidates = {fmt: cols for fmt, match in MATCHERS.items() if (cols := match(keys))}
+    # A lone "text" column is the weakest hint (many instruction datasets carry a rendered
+    # "text" column too), so it only counts when nothing more specific fits.
+    if len(candidates) > 1:
+        candidates.pop(Format.TEXT, None)
+    # A format whose columns are a strict subset of another's is the weaker reading:
+    # prompt+completion+label is KTO, not prompt_completion with an extra column.
+    candidates = {
+        fmt: cols
+        for fmt, cols in candidates.items()
+        if not any(set(cols.values()) < set(other.values()) for other in candidates.values())
+    }
+    if not candidates and len(keys) == 1:
+        candidates = {Format.TEXT: {"text": keys[0]}}  # a file with a single column is plain text
+    if not candidates:
+        raise DataError(
+            f"{path}: cannot tell which columns hold the data (found: {', '.join(keys)}); pass --columns, "
+            "e.g. --columns text=COL,label=COL for classification or --columns prompt=COL,completion=COL "
+            "for instruction data."
+        )
+    if len(candidates) > 1:
+        fits = "; ".join(f"{fmt.value} using {', '.join(cols.values())}" for fmt, cols in candidates.items())
+        choices = " or ".join(
+            "--columns " + ",".join(f"{name}={col}" for name, col in cols.items()) for cols in candidates.values()
+        )
+        raise DataError(f"{path}: the columns fit more than one format ({fits}); pass {choices} to choose.")
+    [(fmt, cols)] = candidates.items()
+    if fmt is Format.OPENAI_CHAT and _uses_sharegpt_turns(records, cols["messages"]):
+        fmt = Format.SHAREGPT
+    return fmt, cols
+
+
+def to_chat(data: LoadedData, system_prompt: str | None = None) -> list[dict]:
+    """Chat records for SFT: chat data as is, text+label as user=text, assistant=label.
+
+    ``system_prompt`` is put first in every conversation that has no system turn.
+    Raises ``DataError`` for pretraining, preference or KTO data.
+    """
+    if data.task == "chat":
+        conversations = [record["messages"] for record in data.records]
+    elif data.task == "classify":
+        conversations = [
+            [{"role": "user", "content": r["text"]}, {"role": "assistant", "content": r["label"]}] for r in data.records
+        ]
+    else:
+        raise DataError(
+            f"{data.path}: supervised fine-tuning needs chat, instruction or text+label data, but the file "
+            f"holds {data.task} data (format {data.format.value}); use a training method for {data.task} data "
+            "or give a file with messages, prompt/completion or text/label columns."
+        )
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [
+        {"messages": (system if system and not any(m["role"] == "system" for m in conv) else []) + list(conv)}
+        for conv in conversations
+    ]
+
+
+def token_lengths(records: list[dict], task: str, tokenizer) -> list[int]:
+    """Token count of each canonical record as the model sees it.
+
+    chat: the rendered chat template; pretrain/classify: the text; preference: the prompt
+    with the longer of chosen/rejected; kto: prompt with completion.
+    """
+    if task in ("pretrain", "classify"):
+        return [len(ids) for ids in tokenizer([r["text"] for r in records])["input_ids"]]
+    if task == "chat":
+        return [_chat_length(r["messages"], tokenizer) for r in records]
+    if task == "preference":
+        return [
+            max(
+                _chat_length(r["prompt"] + r["chosen"], tokenizer), _chat_length(r["prompt"] + r["rejected"], tokenizer)
+            )
+            for r in records
+        ]
+    if task == "kto":
+        return [_chat_length(r["prompt"] + r["completion"], tokenizer) for r in records]
+    raise ValueError(f"unknown task {task!r}")
+
+
+def length_percentiles(lengths: list[int]) -> dict[str, int]:
+    """Summary of token lengths: min, p50, p90, p95, p99, max (percentiles rounded up)."""
+    if not lengths:
+        raise ValueError("length_percentiles needs at least one length")
+    values = np.asarray(lengths)
+    summary = {"min": int(values.min())}
+    for q in (50, 90, 95, 99):
+        # Rounded up: these values are used to pick a max length that fits the data.
+        summary[f"p{q}"] = int(np.ceil(np.percentile(values, q)))
+    summary["max"] = int(values.max())
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# Choosing the format
+
+
+def _choose_format(records, path, columns, format) -> tuple[Format, dict[str, str]]:
+    """Apply --format / --columns if given, else detect."""
+    if format is None and not columns:
+        return detect_format(records, path)
+
+    keys = _all_keys(records)
+    for canonical, column in (columns or {}).items():
+        if column not in keys:
+            raise DataError(
+                f"{path}: --columns maps {canonical} to the column '{column}', which the file does not have "
+                f"(columns: {', '.join(keys)}); use one of those names."
+            )
+    if format is not None:
+        fmt = _as_format(format)
+        column_map = {**(MATCHERS[fmt](keys) or {}), **(columns or {})}
+    else:
+        fmt = _format_for_fields(set(columns), path)
+        column_map = dict(columns)
+        if fmt is Format.OPENAI_CHAT and _uses_sharegpt_turns(records, column_map["messages"]):
+            fmt = Format.SHAREGPT
+
+    required, optional = FIELDS[fmt]
+    missing = [name for name in required if name not in column_map]
+    if missing:
+        raise DataError(
+            f"{path}: format {fmt.value} needs the field(s) {', '.join(missing)}, which no column provides "
+            f"(columns: {', '.join(keys)}); pass --columns {','.join(f'{m}=COL' for m in missing)}."
+        )
+    return fmt, {name: col for name, col in column_map.items() if name in required + optional}
+
+
+def _as_format(format: Format | str) -> Format:
+    try:
+        return Format(format)
+    except ValueError:
+        raise DataError(f"unknown data format '{format}'; use one of {', '.join(f.value for f in Format)}.") from None
+
+
+# The formats --columns can name by their fields. openai_dpo has the same fields as preference
+# and converts the same way; sharegpt is openai_chat with {"from", "value"} turns.
+FORMATS_BY_FIELDS = (
+    Format.OPENAI_CHAT,
+    Format.TEXT,
+    Format.TEXT_LABEL,
+    Format.PROMPT_COMPLETION,
+    Format.KTO,
+    Format.PREFERENCE,
+    Format.HH_RLHF,
+    Format.ALPACA,
+)
+
+
+def _format_for_fields(fields: set[str], path) -> Format:
+    """The format whose fields are exactly the ones given to --columns."""
+    for fmt in FORMATS_BY_FIELDS:
+        required, optional = FIELDS[fmt]
+        if set(required) <= fields <= set(required + optional):
+            return fmt
+    raise DataError(
+        f"{path}: --columns gives the fields {', '.join(sorted(fields))}, which match no format; give "
+        "text, text+label, messages, prompt+completion, prompt+completion+label, prompt+chosen+rejected, "
+        "chosen+rejected or instruction+output (+input, system)."
+    )
+
+
+def _all_keys(records: list[Record]) -> list[str]:
+    """Every column name that appears in any record, in order of first appearance."""
+    return list(dict.fromkeys(key for record in records for key in record.data))
+
+
+def _find(keys: list[str], names: str | tuple[str, ...]) -> str | None:
+    """The file's column for the first of ``names`` present (exact name, then ignoring case)."""
+    for name in (names,) if isinstance(names, str) else names:
+        if name in keys:
+            return name
+        for key in keys:
+            if key.lower() == name:
+                return key
+    return None
+
+
+def _columns(keys: list[str], **wanted) -> dict[str, str] | None:
+    """Map each canonical field to its column, or None if any is missing."""
+    found = {canonical: _find(keys, names) for canonical, names in wanted.items()}
+    return found if all(found.values()) else None
+
+
+def _match_alpaca(keys):
+    cols = _columns(keys, instruction="instruction", output="output")
+    if cols:
+        cols.update({name: col for name in ("input", "system") if (col := _find(keys, name))})
+    return cols
+
+
+def _match_prompt_completion(keys):
+    for prompt, completion in PROMPT_COMPLETION_PAIRS:
+        if cols := _columns(keys, prompt=prompt, completion=completion):
+            return cols
+    return None
+
+
+MATCHERS = {
+    Format.OPENAI_CHAT: lambda k: _columns(k, messages="messages"),
+    Format.OPENAI_DPO: lambda k: _columns(
+        k, prompt="input", chosen="preferred_output", rejected="non_preferred_output"
+    ),
+    Format.ALPACA: _match_alpaca,
+    Format.SHAREGPT: lambda k: _columns(k, messages="conversations"),
+    Format.PROMPT_COMPLETION: _match_prompt_completion,
+    Format.TEXT: lambda k: _columns(k, text="text"),
+    Format.TEXT_LABEL: lambda k: _columns(k, text=TEXT_NAMES, label=LABEL_NAMES),
+    Format.PREFERENCE: lambda k: _columns(k, prompt="prompt", chosen="chosen", rejected="rejected"),
+    Format.HH_RLHF: lambda k: _columns(k, chosen="chosen", rejected="rejected"),
+    Format.KTO: lambda k: _columns(k, prompt="prompt", completion="completion", label="label"),
+}
+
+
+def _uses_sharegpt_turns(records: list[Record], column: str) -> bool:
+    """True if the first turn found in ``column`` is ShareGPT-style ({"from", "value"})."""
+    for record in records:
+        turns = record.data.get(column)
+        if isinstance(turns, list) and turns and isinstance(turns[0], dict):
+            return "from" in turns[0] and "role" not in turns[0]
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# Converting rows. Each converter takes a raw row and the column map and returns the
+# canonical record, or raises _RowError with the reason (load_data adds file and row).
+
+
+class _RowError(Exception):
+    """Why a row does not fit its format; completes the sentence "FILE: row N ..."."""
+
+
+def _value(row: dict, cols: dict, name: str):
+    column = cols[name]
+    value = row.get(column)
+    if value is None:
+        raise _RowError(f"has no value in the column '{column}'; fill it in or remove the row")
+    return value
+
+
+def _string(row: dict, cols: dict, name: str) -> str:
+    value = _value(row, cols, name)
+    if not isinstance(value, str):
+        raise _RowError(
+            f"has a {type(value).__name__} in the column '{cols[name]}' where text is expected; make it a string"
+        )
+    return value
+
+
+def _nonempty_text(row: dict, cols: dict, name: str) -> str:
+    text = _string(row, cols, name)
+    if not text.strip():
+        raise _RowError(f"has empty text in the column '{cols[name]}'; fill it in or remove the row")
+    return text
+
+
+def _optional_string(row: dict, cols: dict, name: str) -> str:
+    return _string(row, cols, name) if name in cols and row.get(cols[name]) is not None else ""
+
+
+def _messages(value, column: str, default_role: str) -> list[dict]:
+    """A string (one turn by ``default_role``) or a list of turns, as canonical messages."""
+    if isinstance(value, str):
+        return [{"role": default_role, "content": value}]
+    if not isinstance(value, list) or not value:
+        raise _RowError(f"has no list of messages in the column '{column}'; give a non-empty list of turns")
+    return [_turn(turn, i, column) for i, turn in enumerate(value, start=1)]
+
+
+def _turn(turn, number: int, column: str) -> dict:
+    """One turn, OpenAI style {"role", "content"} or ShareGPT style {"from", "value"}."""
+    where = f"message {number} in the column '{column}'"
+    if not isinstance(turn, dict):
+        raise _RowError(f'has {where} that is not an object; write each turn as {{"role": ..., "content": ...}}')
+    sharegpt = "role" not in turn and "from" in turn
+    role = turn.get("from" if sharegpt else "role")
+    content = turn.get("value" if sharegpt else "content")
+    if role not in ROLES:
+        raise _RowError(
+            f"has {where} with the unknown role {role!r}; use system, user or assistant (human or gpt in ShareGPT)"
+        )
+    if content is None:
+        raise _RowError(f'has {where} with no content; give every turn a "content" string')
+    if not isinstance(content, str):
+        raise _RowError(f"has {where} whose content is a {type(content).__name__}, not text; make the content a string")
+    return {"role": ROLES[role], "content": content}
+
+
+def _prompt(value, column: str) -> list[dict]:
+    """A prompt: a string, a list of turns, or OpenAI's DPO input object {"messages": [...]}."""
+    if isinstance(value, dict) and "messages" in value:
+        value, column = value["messages"], f"{column}.messages"
+    messages = _messages(value, column, "user")
+    if messages[-1]["role"] != "user":
+        raise _RowError(
+            f"has a prompt in the column '{column}' that ends with a {messages[-1]['role']} turn; "
+            "end it with a user turn"
+        )
+    return messages
+
+
+def _label(row: dict, cols: dict) -> str:
+    value = _value(row, cols, "label")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 3.0 (e.g. from a Parquet float column) is the class "3"
+    if not isinstance(value, (str, int, float)):
+        raise _RowError(
+            f"has a {type(value).__name__} as label in the column '{cols['label']}'; make it a string or number"
+        )
+    if not str(value).strip():
+        raise _RowError(f"has an empty label in the column '{cols['label']}'; fill it in or remove the row")
+    return str(value)
+
+
+def _kto_label(row: dict, cols: dict) -> bool:
+    value = _value(row, cols, "label")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, str)) and str(value).strip().lower() in ("true", "1"):
+        return True
+    if isinstance(value, (int, str)) and str(value).strip().lower() in ("false", "0"):
+        return False
+    raise _RowError(f"has the label {value!r} in the column '{cols['label']}'; use true or false (or 1 or 0)")
+
+
+def _convert_chat(row, cols):
+    return {"messages": _messages(_value(row, cols, "messages"), cols["messages"], "user")}
+
+
+def _convert_alpaca(row, cols):
+    instruction = _string(row, cols, "instruction")
+    extra_input = _optional_string(row, cols, "input")
+    system = _optional_string(row, cols, "system")
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": f"{instruction}\n\n{extra_input}" if extra_input else instruction})
+    messages.append({"role": "assistant", "content": _string(row, cols, "output")})
+    return {"messages": messages}
+
+
+def _convert_prompt_completion(row, cols):
+    prompt = _prompt(_value(row, cols, "prompt"), cols["prompt"])
+    completion = _messages(_value(row, cols, "completion"), cols["completion"], "assistant")
+    return {"messages": prompt + completion}
+
+
+def _convert_text(row, cols):
+    return {"text": _nonempty_text(row, cols, "text")}
+
+
+def _convert_text_label(row, cols):
+    return {"text": _nonempty_text(row, cols, "text"), "label": _label(row, cols)}
+
+
+def _convert_preference(row, cols):
+    prompt = _prompt(_value(row, cols, "prompt"), cols["prompt"])
+    chosen = _messages(_value(row, cols, "chosen"), cols["chosen"], "assistant")
+    rejected = _messages(_value(row, cols, "rejected"), cols["rejected"], "assistant")
+    # Some datasets (e.g. UltraFeedback) repeat the prompt at the start of chosen/rejected.
+    if chosen[: len(prompt)] == prompt and rejected[: len(prompt)] == prompt:
+        chosen, rejected = chosen[len(prompt) :], rejected[len(prompt) :]
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _convert_hh_rlhf(row, cols):
+    """Two whole conversations; the shared part up to the last common user turn is the prompt."""
+    chosen = _dialogue(_value(row, cols, "chosen"), cols["chosen"])
+    rejected = _dialogue(_value(row, cols, "rejected"), cols["rejected"])
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared > 0 and chosen[shared - 1]["role"] != "user":
+        shared -= 1  # the prompt ends with the last shared user turn
+    if shared == 0:
+        raise _RowError(
+            f"has conversations in '{cols['chosen']}' and '{cols['rejected']}' that share no opening Human turn; "
+            "start both with the same prompt"
+        )
+    return {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
+
+
+_SPEAKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+
+
+def _dialogue(value, column: str) -> list[dict]:
+    """A "\\n\\nHuman: ...\\n\\nAssistant: ..." transcript (or a list of turns) as messages."""
+    if not isinstance(value, str):
+        return _messages(value, column, "assistant")
+    parts = _SPEAKER.split(value)  # [text before the first speaker, speaker, text, speaker, text, ...]
+    if len(parts) < 3 or parts[0].strip():
+        raise _RowError(
+            f"has text in the column '{column}' that is not a transcript starting with \"Human:\"; "
+            'write it as "\\n\\nHuman: ...\\n\\nAssistant: ..."'
+        )
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[speaker], "content": text.strip()} for speaker, text in zip(parts[1::2], parts[2::2])]
+
+
+def _convert_kto(row, cols):
+    prompt = _prompt(_value(row, cols, "prompt"), cols["prompt"])
+    completion = _messages(_value(row, cols, "completion"), cols["completion"], "assistant")
+    return {"prompt": prompt, "completion": completion, "label": _kto_label(row, cols)}
+
+
+CONVERTERS = {
+    Format.OPENAI_CHAT: _convert_chat,
+    Format.SHAREGPT: _convert_chat,
+    Format.OPENAI_DPO: _convert_preference,
+    Format.ALPACA: _convert_alpaca,
+    Format.PROMPT_COMPLETION: _convert_prompt_completion,
+    Format.TEXT: _convert_text,
+    Format.TEXT_LABEL: _convert_text_label,
+    Format.PREFERENCE: _convert_preference,
+    Format.HH_RLHF: _convert_hh_rlhf,
+    Format.KTO: _convert_kto,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Token lengths
+
+
+def _chat_length(messages: list[dict], tokenizer) -> int:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True)
+    # transformers 5 returns a BatchEncoding (a mapping) here; older versions a list of ids.
+    if isinstance(ids, Mapping):
+        ids = ids["input_ids"]
+    return len(ids)

@@ -1,0 +1,293 @@
+"""Read a data file into raw records, each tagged with the row number a user would look up.
+
+Row numbers are 1-based and mean:
+
+- JSONL, TXT: the line the record starts on, as an editor shows it.
+- CSV, TSV: the line the record starts on; the header is line 1, so the first data row is
+  row 2 (a quoted field spanning several lines makes the next row start further down).
+- JSON, Parquet, a ``datasets`` folder: the record's position in the list/table
+  (the first object is row 1).
+
+Nothing here changes the file, and nothing is skipped silently: blank lines are the only
+thing left out, and a row that cannot be read is a ``DataError`` naming file, row and reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import DataError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of a file: its user-visible row number and its fields."""
+
+    row: int
+    data: dict
+
+
+def read_records(path: str | Path, notes: list[str] | None = None) -> list[Record]:
+    """Read a data file or a ``datasets.save_to_disk`` folder into records, in file order.
+
+    Supports .jsonl, .json, .csv, .tsv, .txt (each optionally gzipped as ``.gz``), .parquet
+    and a saved ``Dataset``/``DatasetDict`` folder (a DatasetDict gives its "train" split).
+    Remarks on how the file was read (the split or list used) are appended to ``notes`` if
+    a list is given. Raises ``DataError`` for a missing, empty or unreadable file.
+    """
+    path = Path(path)
+    notes = notes if notes is not None else []
+    if path.is_dir():
+        records = _read_dataset_folder(path, notes)
+    elif not path.exists():
+        raise DataError(f"{path}: file not found; check the path.")
+    else:
+        records = _read_file(path, notes)
+    if not records:
+        raise DataError(f"{path}: the file holds no records; add at least one row of data.")
+    return records
+
+
+def _read_file(path: Path, notes: list[str]) -> list[Record]:
+    name = path.name.lower()
+    gzipped = name.endswith(".gz")
+    suffix = Path(name[:-3] if gzipped else name).suffix
+    if suffix not in SUFFIXES or (gzipped and suffix == ".parquet"):
+        raise DataError(
+            f"{path}: unknown file type '{suffix or path.name}'; use .jsonl, .json, .csv, .tsv, "
+            ".txt (each optionally .gz), .parquet or a folder saved with datasets.save_to_disk."
+        )
+    if suffix == ".parquet":
+        return _read_parquet(path)
+
+    text = _decode(_read_bytes(path, gzipped), path)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; add at least one row of data.")
+    if suffix == ".jsonl":
+        return _parse_jsonl(text, path)
+    if suffix == ".json":
+        return _parse_json(text, path, notes)
+    if suffix == ".txt":
+        return _parse_txt(text)
+    return _parse_csv(text, path, delimiter="\t" if suffix == ".tsv" else ",")
+
+
+def _read_bytes(path: Path, gzipped: bool) -> bytes:
+    try:
+        if gzipped:
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read the file ({e}); check that it is intact and readable.") from None
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    """Decode UTF-8 (a leading byte-order mark is allowed), naming the line of a bad byte."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file with UTF-8 encoding."
+        ) from None
+
+
+def _lines(text: str) -> list[str]:
+    # Split on "\n" only (not str.splitlines, which also splits on form feeds and the like)
+    # so that line numbers agree with what an editor shows.
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _parse_jsonl(text: str, path: Path) -> list[Record]:
+    records = []
+    for number, line in enumerate(_lines(text), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}: line {number} is not valid JSON ({e.msg} at column {e.colno}); fix or remove that line."
+            ) from None
+        if not isinstance(value, dict):
+            raise DataError(
+                f"{path}: line {number} holds a JSON {_json_kind(value)}, not an object; "
+                'each line must be one object like {"text": "..."}.'
+            )
+        records.append(Record(number, value))
+    return records
+
+
+def _parse_json(text: str, path: Path, notes: list[str]) -> list[Record]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":
+            # Many ".json" files are really JSON Lines (one object per line); read them as such.
+            notes.append(f"{path.name} holds one JSON object per line; read it as JSON Lines.")
+            return _parse_jsonl(text, path)
+        raise DataError(
+            f"{path}: line {e.lineno} is not valid JSON ({e.msg} at column {e.colno}); fix the file there."
+        ) from None
+
+    if isinstance(value, dict):
+        value = _list_inside(value, path, notes)
+    if not isinstance(value, list):
+        raise DataError(
+            f"{path}: the file holds a JSON {_json_kind(value)}; it must hold a list of objects "
+            'like [{"text": "..."}] or an object with one such list like {"data": [...]}.'
+        )
+    records = []
+    for number, item in enumerate(value, start=1):
+        if not isinstance(item, dict):
+            raise DataError(
+                f"{path}: row {number} (item {number} of the list) is a JSON {_json_kind(item)}, "
+                "not an object; make every item an object with named fields."
+            )
+        records.append(Record(number, item))
+    return records
+
+
+def _list_inside(obj: dict, path: Path, notes: list[str]) -> list:
+    """The list of records inside a top-level JSON object like {"data": [...]}."""
+    lists = [key for key, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if len(lists) == 1:
+        key = lists[0]
+    elif "train" in lists:
+        key = "train"
+    else:
+        found = ", ".join(lists) if lists else "none"
+        raise DataError(
+            f"{path}: the top-level JSON object must hold exactly one list of records "
+            f"(lists of objects found: {found}); keep one list or save the records as a JSON list."
+        )
+    notes.append(f"{path.name}: using the list of records under the key '{key}'.")
+    return obj[key]
+
+
+def _json_kind(value) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number", dict: "object"}.get(
+        type(value), "null"
+    )
+
+
+def _parse_txt(text: str) -> list[Record]:
+    """Documents separated by blank lines; with no blank lines, each line is a document."""
+    lines = _lines(text)
+    blank = [not line.strip() for line in lines]
+    # Only blank lines *between* content count as separators (not trailing newlines).
+    first = blank.index(False)
+    last = len(blank) - 1 - blank[::-1].index(False)
+    if not any(blank[first : last + 1]):
+        return [Record(n, {"text": line}) for n, line in enumerate(lines, start=1) if line.strip()]
+
+    records, start, current = [], 0, []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            if not current:
+                start = number
+            current.append(line)
+        elif current:
+            records.append(Record(start, {"text": "\n".join(current)}))
+            current = []
+    if current:
+        records.append(Record(start, {"text": "\n".join(current)}))
+    return records
+
+
+def _parse_csv(text: str, path: Path, delimiter: str) -> list[Record]:
+    """CSV/TSV with a header line; every value stays a string ("NA" is text, not missing)."""
+    # The default limit (128 KiB per field) is too small for long documents.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header, records, end_of_previous = None, [], 0
+    try:
+        for fields in reader:
+            start, end_of_previous = end_of_previous + 1, reader.line_num
+            if not fields:  # a blank line
+                continue
+            if header is None:
+                header = _check_header(fields, start, path)
+                continue
+            if len(fields) != len(header):
+                sep = "tab" if delimiter == "\t" else "comma"
+                raise DataError(
+                    f"{path}: row {start} has {len(fields)} fields but the header has {len(header)}; "
+                    f"put quotes around values that contain a {sep} or fix the row."
+                )
+            records.append(Record(start, dict(zip(header, fields))))
+    except csv.Error as e:
+        raise DataError(f"{path}: row {reader.line_num} cannot be read ({e}); fix the quoting on that line.") from None
+    return records
+
+
+def _check_header(fields: list[str], line: int, path: Path) -> list[str]:
+    seen = set()
+    for name in fields:
+        if name in seen:
+            raise DataError(f"{path}: the header (line {line}) names the column '{name}' twice; rename one of them.")
+        seen.add(name)
+    return fields
+
+
+def _read_parquet(path: Path) -> list[Record]:
+    import pyarrow.parquet as pq  # imported here: only Parquet files need it
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(
+            f"{path}: cannot read the Parquet file ({e}); check that it is a complete Parquet file."
+        ) from None
+    return [Record(n, row) for n, row in enumerate(rows, start=1)]
+
+
+def _read_dataset_folder(path: Path, notes: list[str]) -> list[Record]:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    if not any((path / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        raise DataError(
+            f"{path}: this folder is not a dataset saved with datasets.save_to_disk; give a data file or such a folder."
+        )
+    import datasets  # imported here: slow to import and only needed for saved folders
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise DataError(f"{path}: cannot load the saved dataset ({e}); save it again with save_to_disk.") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = _pick_split(dataset, path, notes)
+
+    rows = dataset.to_list()
+    # Class-label columns are stored as ids; give the user's label names instead.
+    for column, feature in dataset.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            notes.append(f"column '{column}' holds class ids; using their names.")
+            for row in rows:
+                class_id = row[column]
+                # -1 is how datasets marks a missing label; None makes it an error later.
+                row[column] = feature.int2str(class_id) if class_id is not None and class_id >= 0 else None
+    return [Record(n, row) for n, row in enumerate(rows, start=1)]
+
+
+def _pick_split(dataset_dict, path: Path, notes: list[str]):
+    splits = list(dataset_dict.keys())
+    if "train" in splits:
+        split = "train"
+    elif len(splits) == 1:
+        split = splits[0]
+    else:
+        raise DataError(
+            f"{path}: the saved DatasetDict has no 'train' split (splits: {', '.join(splits)}); "
+            "save the split to use as 'train' or point to that split's folder."
+        )
+    notes.append(f"DatasetDict folder: using the '{split}' split.")
+    return dataset_dict[split]

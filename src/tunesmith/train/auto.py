@@ -1,0 +1,112 @@
+"""Fill "auto" config values from the data, the model and the hardware, and say why.
+
+Each rule is a plain line with its reason; the reasons land in `config.yaml` under
+`reasons`, so a user can see (and override) every choice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tunesmith.config import RunConfig
+from tunesmith.models import count_params
+
+# Tokens per optimizer update. On a CPU, small updates mean many steps in a short run (a
+# 135M model takes roughly 1,500 tokens/s on two cores); on a GPU larger batches keep the
+# device busy and the gradient less noisy.
+CPU_TOKENS_PER_UPDATE = 2048
+GPU_TOKENS_PER_UPDATE = 32768
+
+
+def hardware() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        return {"device": "cuda", "name": torch.cuda.get_device_name(), "memory_gb": total / 2**30}
+    return {"device": "cpu", "name": "cpu", "threads": torch.get_num_threads()}
+
+
+def chat_token_lengths(rows: list[dict], tokenizer) -> list[int]:
+    from tunesmith.data.formats import token_lengths
+
+    return token_lengths(rows, "chat", tokenizer)
+
+
+def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file: bool) -> RunConfig:
+    """Return a copy of `config` with every "auto" value filled and a reason for each."""
+    config = config.model_copy(deep=True)
+    reasons = dict(config.reasons)
+    d, t, m = config.data, config.train, config.method
+    hw = hardware()
+    on_gpu = hw["device"] == "cuda"
+    n = len(rows)
+    params = count_params(config.model.name)
+
+    def set_(section, key, value, why):
+        setattr(section, key, value)
+        reasons[f"{'data' if section is d else 'train'}.{key}"] = why
+
+    if d.validation_split == "auto":
+        if has_validation_file:
+            set_(d, "validation_split", 0.0, "a validation file was given")
+        elif n < 20:
+            set_(d, "validation_split", 0.0, f"only {n} rows: too few to hold any out (no early stopping)")
+        else:
+            frac = min(0.1, 200 / n)
+            set_(d, "validation_split", round(frac, 4), f"10% of {n} rows, at most 200: enough for a stable loss")
+
+    if t.max_length == "auto":
+        lengths = chat_token_lengths(rows, tokenizer)
+        p99 = int(np.percentile(lengths, 99))
+        cap = 4096 if on_gpu else 1024
+        value = min(cap, max(64, _round_up(p99, 32)))
+        cut = sum(1 for x in lengths if x > value)
+        set_(t, "max_length", value,
+             f"p99 of token lengths is {p99} (max {max(lengths)}); {cut} of {n} rows would be cut; cap {cap} on {hw['device']}")
+
+    max_length = int(t.max_length)
+    if t.pack_length == "auto":
+        value = max(max_length, 4096 if on_gpu else 512)
+        set_(t, "pack_length", value, f"short examples are packed {value} tokens to a row, so no compute goes to padding")
+
+    if t.batch_size == "auto":
+        value = 1 if not on_gpu else max(1, GPU_TOKENS_PER_UPDATE // int(t.pack_length) // 4)
+        set_(t, "batch_size", value, "one packed row per step on CPU" if not on_gpu else f"fills {hw['name']}")
+
+    if t.gradient_accumulation == "auto":
+        target = GPU_TOKENS_PER_UPDATE if on_gpu else CPU_TOKENS_PER_UPDATE
+        value = max(1, round(target / (int(t.pack_length) * int(t.batch_size))))
+        set_(t, "gradient_accumulation", value, f"about {target} tokens per optimizer update on {hw['device']}")
+
+    if t.learning_rate == "auto":
+        small = params is not None and params < 1_000_000_000
+        if m.method == "lora":
+            value = 1e-3 if small and params < 500_000_000 else 2e-4
+            why = ("LoRA on a model under 500M parameters tolerates a high rate: 1e-3"
+                   if value == 1e-3 else "2e-4: the LoRA standard for models of 500M+ parameters")
+        else:
+            value = 5e-5 if small else 1e-5
+            why = "full fine-tuning needs a rate 10-50x below LoRA's: " + ("5e-5 under 1B" if small else "1e-5 at 1B+")
+        set_(t, "learning_rate", value, why)
+
+    if t.epochs == "auto":
+        value = 3 if n < 1000 else 2 if n < 10000 else 1
+        set_(t, "epochs", value, f"{n} rows: {value} epoch(s); small sets need repeats, large ones do not")
+
+    if t.eval_steps == "auto":
+        n_train = n * (1 - float(d.validation_split))
+        total_tokens = n_train * float(np.mean(chat_token_lengths(rows[:200], tokenizer))) * float(t.epochs)
+        tokens_per_step = int(t.pack_length) * int(t.batch_size) * int(t.gradient_accumulation)
+        steps = t.max_steps or max(1, math.ceil(total_tokens / tokens_per_step))
+        value = max(5, steps // 8)
+        set_(t, "eval_steps", value, f"about {steps} optimizer steps in all: evaluate (and checkpoint) 8 times")
+
+    config.reasons = reasons
+    return config
+
+
+def _round_up(x: int, k: int) -> int:
+    return int(math.ceil(x / k) * k)

@@ -1,0 +1,106 @@
+"""Trainer callbacks: `metrics.jsonl` for machines, a rich progress bar for people."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Append one JSON line per log event: step, train/eval loss, learning rate, tokens/s."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._last_time: float | None = None
+        self._last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time = time.perf_counter()
+        self._last_tokens = state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "train_loss" in logs:  # the end-of-training summary, not a step
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+            if key in logs:
+                row["train_loss" if key == "loss" else key] = logs[key]
+        if "loss" in logs:  # tokens/s over the steps since the previous training log
+            now = time.perf_counter()
+            tokens = state.num_input_tokens_seen
+            if self._last_time is not None and now > self._last_time:
+                row["tokens_per_s"] = round((tokens - self._last_tokens) / (now - self._last_time), 1)
+            row["tokens_seen"] = tokens
+            self._last_time, self._last_tokens = now, tokens
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        # Evaluation time is not training time: restart the tokens/s clock.
+        self._last_time = time.perf_counter()
+        self._last_tokens = state.num_input_tokens_seen
+
+
+class RichProgressCallback(TrainerCallback):
+    """A rich progress bar over optimizer steps showing loss, validation loss and tokens/s."""
+
+    def __init__(self, console=None, description: str = "training"):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self.description = description
+        self.progress = None
+        self.task = None
+        self._stats = {"loss": "-", "eval": "-", "tok/s": "-"}
+        self._clock = (time.perf_counter(), 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            self.description, total=state.max_steps, completed=state.global_step, stats=self._render()
+        )
+        self._clock = (time.perf_counter(), state.num_input_tokens_seen)
+
+    def _render(self) -> str:
+        return f"loss {self._stats['loss']}  val {self._stats['eval']}  {self._stats['tok/s']} tok/s"
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        if "loss" in logs:
+            self._stats["loss"] = f"{logs['loss']:.3f}"
+            now = time.perf_counter()
+            then, tokens = self._clock
+            if now > then:
+                self._stats["tok/s"] = f"{(state.num_input_tokens_seen - tokens) / (now - then):.0f}"
+            self._clock = (now, state.num_input_tokens_seen)
+        if "eval_loss" in logs:
+            self._stats["eval"] = f"{logs['eval_loss']:.3f}"
+            self._clock = (time.perf_counter(), state.num_input_tokens_seen)
+        self.progress.update(self.task, stats=self._render())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
