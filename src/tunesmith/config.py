@@ -126,9 +126,30 @@ def parse_config(raw: dict, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{source}: {field}: {err['msg']}.") from exc
+        errors = exc.errors()
+        err = errors[0]
+        field = _field_name(err)
+        # A field typed `X | Auto` fails once per union member; say that "auto" is allowed too.
+        auto_ok = any(e["type"] == "literal_error" and _field_name(e) == field and "'auto'" in e["msg"] for e in errors)
+        hint = ' (or "auto")' if auto_ok and err["type"] != "literal_error" else ""
+        raise ConfigError(f"{source}: {field}: {err['msg']}{hint}.") from exc
+
+
+def _field_name(err: dict) -> str:
+    """Dotted config field of a pydantic error, without the union-member tags pydantic adds
+    to `loc` (`train.batch_size`, not `train.batch_size.int`)."""
+    parts: list[str] = []
+    model: type[BaseModel] | None = RunConfig
+    for part in err["loc"]:
+        if model is not None and part in model.model_fields:
+            parts.append(str(part))
+            annotation = model.model_fields[part].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        else:
+            if model is not None and err["type"] == "extra_forbidden":
+                parts.append(str(part))  # the unknown key itself is what to fix
+            break
+    return ".".join(parts) or "config"
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

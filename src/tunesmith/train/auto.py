@@ -101,8 +101,8 @@ def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file:
         total_tokens = n_train * float(np.mean(chat_token_lengths(rows[:200], tokenizer))) * float(t.epochs)
         tokens_per_step = int(t.pack_length) * int(t.batch_size) * int(t.gradient_accumulation)
         steps = t.max_steps or max(1, math.ceil(total_tokens / tokens_per_step))
-        value = max(5, steps // 8)
-        set_(t, "eval_steps", value, f"about {steps} optimizer steps in all: evaluate (and checkpoint) 8 times")
+        value = max(5, steps // 5)
+        set_(t, "eval_steps", value, f"about {steps} optimizer steps in all: evaluate (and checkpoint) about 5 times")
 
     config.reasons = reasons
     return config

@@ -69,7 +69,10 @@ def tokenize_chats(rows: list[dict], tokenizer, max_length: int) -> TokenizedCha
         text, spans = assistant_spans(row["messages"], tokenizer)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        mask = [int(any(s <= a < e for s, e in spans)) for a, _ in offsets]
+        # A token is learned when it overlaps a reply, not only when it starts inside one:
+        # byte-level BPE glues the space after "Assistant:" to the reply's first word, and
+        # that first token is the one the model most needs to learn to produce.
+        mask = [int(any(a < e and b > s for s, e in spans)) for a, b in offsets]
         if len(ids) > max_length:
             out.truncated += 1
             ids, mask = ids[:max_length], mask[:max_length]
@@ -186,6 +189,7 @@ def trainer_args(config: RunConfig, run_dir: Path, has_eval: bool):
         report_to="none",
         disable_tqdm=True,  # the CLI draws its own rich progress bar
         dataloader_num_workers=0,
+        dataloader_pin_memory=on_gpu,
         dataset_num_proc=None,
         save_only_model=False,  # optimizer + RNG state are needed to resume exactly
     )

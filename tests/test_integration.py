@@ -1,0 +1,66 @@
+"""The bundled SmolLM2 for real: convert, train a few LoRA steps, save, reload, generate."""
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import write_chat_file
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    # A real model wants both cores (conftest pins one thread for the tiny model).
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_smollm2_lora_train_reload_generate_stops_at_eos(tmp_path):
+    from tunesmith.config import RunConfig
+    from tunesmith.models import load_tokenizer
+    from tunesmith.serve.engine import load_for_inference
+    from tunesmith.train.sft import train_sft
+
+    data = write_chat_file(tmp_path / "chat.jsonl", n=48)
+    config = RunConfig.model_validate(
+        {
+            "data": {"train": str(data), "system_prompt": "Reply with the intent name only."},
+            "train": {"max_steps": 4, "learning_rate": 1e-3, "pack_length": 256, "gradient_accumulation": 2,
+                      "eval_steps": 4, "warmup_ratio": 0.0},
+        }
+    )
+    run_dir = tmp_path / "run"
+    summary = train_sft(config, run_dir)
+    assert summary["global_step"] == 4
+    losses = [r["train_loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+              if "train_loss" in r]
+    assert losses[-1] < losses[0]
+
+    loaded = load_for_inference(str(run_dir))
+    tokenizer = load_tokenizer("smollm2-135m")
+    assert loaded.system_prompt == "Reply with the intent name only."
+    messages = [{"role": "system", "content": loaded.system_prompt},
+                {"role": "user", "content": "I still have not received my new card, when will it arrive?"}]
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = loaded.model.generate(**enc, max_new_tokens=40, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                    pad_token_id=tokenizer.pad_token_id)
+    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    assert tokenizer.eos_token_id in new, tokenizer.decode(new)  # it stopped by itself
+    assert len(new) < 40
+
+
+def test_quickstart_end_to_end(tmp_path, monkeypatch):
+    import tunesmith.quickstart as qs
+
+    prompts, labels = qs.test_conversations()
+    monkeypatch.setattr(qs, "test_conversations", lambda: (prompts[:8], labels[:8]))
+    report = qs.run_quickstart(tmp_path / "qs", max_steps=2)
+    assert 0.0 <= report["base_accuracy"] <= 1.0 and 0.0 <= report["tuned_accuracy"] <= 1.0
+    assert report["train"]["global_step"] == 2
+    assert (tmp_path / "qs" / "quickstart.json").exists()
+    assert len((tmp_path / "qs" / "eval" / "test_answers_tuned.jsonl").read_text().splitlines()) == 8
