@@ -200,16 +200,16 @@ def device_of_choice() -> str:
 def warm_up(model_name: str, examples: list[dict], pad_id: int) -> None:
     """Two forward/backward passes before anything is timed, so neither trainer pays for
     first-use costs (thread pools, allocator, kernel selection)."""
+    import torch
+
     from tunesmith.models import load_model
 
     model = load_model(model_name).to(device_of_choice())
     model.train()
+    ids = [e["input_ids"] for e in examples[:8]]
+    width = max(map(len, ids))
+    batch = torch.tensor([x + [pad_id] * (width - len(x)) for x in ids], device=model.device)
     for _ in range(2):
-        ids = [e["input_ids"] for e in examples[:8]]
-        width = max(map(len, ids))
-        import torch
-
-        batch = torch.tensor([x + [pad_id] * (width - len(x)) for x in ids], device=model.device)
         model(input_ids=batch, labels=batch).loss.backward()
     del model
 
@@ -217,7 +217,7 @@ def warm_up(model_name: str, examples: list[dict], pad_id: int) -> None:
 # --------------------------------------------------------------------------- the two runs
 
 
-def run_trl(args, train_rows: list[dict], pack_length: int, workdir: Path):
+def run_trl(args, train_rows: list[dict], workdir: Path):
     """Plain TRL: SFTTrainer + peft LoraConfig, padded batches, loss on the answer only."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -418,7 +418,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sft-vs-trl-") as tmp:
         workdir = Path(tmp)
         print("Training with TRL SFTTrainer (padded) ...", flush=True)
-        model, trl = run_trl(args, train_rows, pack_length, workdir)
+        model, trl = run_trl(args, train_rows, workdir)
         trl["validation_loss"] = answer_loss(model, val_examples, tokenizer.pad_token_id)
         del model
         print("Training with tunesmith (packed) ...", flush=True)

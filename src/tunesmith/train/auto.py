@@ -14,7 +14,7 @@ from tunesmith.config import RunConfig
 from tunesmith.models import count_params
 
 # Tokens per optimizer update. On a CPU, small updates mean many steps in a short run (a
-# 135M model takes roughly 1,500 tokens/s on two cores); on a GPU larger batches keep the
+# 135M model trains at roughly 150-190 tokens/s on two cores); on a GPU larger batches keep the
 # device busy and the gradient less noisy.
 CPU_TOKENS_PER_UPDATE = 2048
 GPU_TOKENS_PER_UPDATE = 32768
