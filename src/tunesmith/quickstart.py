@@ -14,7 +14,8 @@ from tunesmith.config import RunConfig
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE_TRAIN = SAMPLES / "banking77_train.csv"
 SAMPLE_TEST = SAMPLES / "banking77_test.csv"
-SYSTEM_PROMPT = "Classify the bank customer's message. Reply with the intent name only."
+# Short on purpose: every token of it is paid for in every training example.
+SYSTEM_PROMPT = "Name the intent."
 
 
 def quickstart_config(model: str = "smollm2-135m", max_steps: int | None = None) -> RunConfig:

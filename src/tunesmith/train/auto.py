@@ -13,11 +13,11 @@ import numpy as np
 from tunesmith.config import RunConfig
 from tunesmith.models import count_params
 
-# Tokens per optimizer update. On a CPU, small updates mean many steps in a short run (a
-# 135M model trains at roughly 150-190 tokens/s on two cores); on a GPU larger batches keep the
-# device busy and the gradient less noisy.
-CPU_TOKENS_PER_UPDATE = 2048
-GPU_TOKENS_PER_UPDATE = 32768
+# Examples per optimizer update: 16 is the usual fine-tuning batch; on a CPU (a 135M model
+# trains at roughly 150-190 tokens/s on two cores) it keeps updates frequent in a short run,
+# on a GPU a larger batch keeps the device busy and the gradient less noisy.
+CPU_EXAMPLES_PER_UPDATE = 16
+GPU_EXAMPLES_PER_UPDATE = 64
 
 
 def hardware() -> dict:
@@ -58,8 +58,8 @@ def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file:
             frac = min(0.1, 200 / n)
             set_(d, "validation_split", round(frac, 4), f"10% of {n} rows, at most 200: enough for a stable loss")
 
+    lengths = chat_token_lengths(rows, tokenizer)
     if t.max_length == "auto":
-        lengths = chat_token_lengths(rows, tokenizer)
         p99 = int(np.percentile(lengths, 99))
         cap = 4096 if on_gpu else 1024
         value = min(cap, max(64, _round_up(p99, 32)))
@@ -73,13 +73,16 @@ def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file:
         set_(t, "pack_length", value, f"short examples are packed {value} tokens to a row, so no compute goes to padding")
 
     if t.batch_size == "auto":
-        value = 1 if not on_gpu else max(1, GPU_TOKENS_PER_UPDATE // int(t.pack_length) // 4)
-        set_(t, "batch_size", value, "one packed row per step on CPU" if not on_gpu else f"fills {hw['name']}")
+        value = 1 if not on_gpu else max(1, 16384 // int(t.pack_length))
+        set_(t, "batch_size", value, "one packed row per step on CPU" if not on_gpu else f"about 16k tokens per step on {hw['name']}")
 
     if t.gradient_accumulation == "auto":
-        target = GPU_TOKENS_PER_UPDATE if on_gpu else CPU_TOKENS_PER_UPDATE
-        value = max(1, round(target / (int(t.pack_length) * int(t.batch_size))))
-        set_(t, "gradient_accumulation", value, f"about {target} tokens per optimizer update on {hw['device']}")
+        examples = GPU_EXAMPLES_PER_UPDATE if on_gpu else CPU_EXAMPLES_PER_UPDATE
+        mean_len = float(np.mean(lengths))
+        per_row = max(1.0, int(t.pack_length) / mean_len)  # examples one packed row holds
+        value = max(1, math.ceil(examples / (per_row * int(t.batch_size))))
+        set_(t, "gradient_accumulation", value,
+             f"about {examples} examples per optimizer update on {hw['device']} (mean length {mean_len:.0f} tokens)")
 
     if t.learning_rate == "auto":
         small = params is not None and params < 1_000_000_000
@@ -98,7 +101,7 @@ def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file:
 
     if t.eval_steps == "auto":
         n_train = n * (1 - float(d.validation_split))
-        total_tokens = n_train * float(np.mean(chat_token_lengths(rows[:200], tokenizer))) * float(t.epochs)
+        total_tokens = n_train * float(np.mean(lengths)) * float(t.epochs)
         tokens_per_step = int(t.pack_length) * int(t.batch_size) * int(t.gradient_accumulation)
         steps = t.max_steps or max(1, math.ceil(total_tokens / tokens_per_step))
         value = max(5, steps // 5)
