@@ -125,7 +125,7 @@ def test_resolve_fills_every_auto_field_with_a_reason(tiny_model_dir, tiny_token
     t = resolved.train
     assert 0 < resolved.data.validation_split <= 0.1
     assert t.max_length >= 64 and t.pack_length >= t.max_length
-    assert t.learning_rate == 1e-3  # LoRA on a model far under 500M parameters
+    assert t.learning_rate == 4e-3  # LoRA on a model far under 300M parameters
     assert t.epochs == 3 and t.eval_steps >= 5
 
 
