@@ -2,7 +2,7 @@
 
 Run from the repository root, in the project's virtualenv:
 
-    python benchmarks/sft_vs_trl.py                      # defaults: 320 rows, 8 steps, batch 16
+    python benchmarks/sft_vs_trl.py                      # defaults: 320 rows, one epoch, batch 16
     python benchmarks/sft_vs_trl.py --rows 64 --steps 2  # a quick check that it works
     python benchmarks/sft_vs_trl.py --json results.json  # also write the figures as JSON
 
@@ -17,8 +17,9 @@ difference is batching:
   * tunesmith: one packed row per step (no padding), `pack_length` chosen so that a row holds
                about `--batch-size` examples (see `choose_pack_length`).
 
-Equal examples per optimizer step and equal steps mean both see about the same amount of
-data, so their validation losses can be compared. Measured for each:
+By default both train one full epoch over the same rows, so both see exactly the same
+examples once (with about the same number of examples per step) and their validation losses
+can be compared; `--steps N` stops both after N optimizer steps instead. Measured for each:
 
   * wall time of training only (first step begins -> last optimizer step ends; model loading,
     data preparation and checkpoint saving are left out),
@@ -52,7 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m", help="tunesmith model name, local folder or hub id")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="Banking77-style CSV with text,category columns")
     p.add_argument("--rows", type=int, default=320, help="rows sampled from the CSV; 10%% are held out for validation")
-    p.add_argument("--steps", type=int, default=8, help="optimizer steps for each trainer")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps for each trainer (default: one full epoch over the same rows for both)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step (TRL batch size)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=128, help="longest example in tokens")
@@ -253,7 +255,7 @@ def run_trl(args, train_rows: list[dict], workdir: Path):
         output_dir=str(workdir / "trl"),
         learning_rate=args.learning_rate,
         num_train_epochs=1,
-        max_steps=args.steps,
+        max_steps=args.steps or -1,
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1,
         weight_decay=0.01,  # tunesmith's TrainConfig defaults, set explicitly
@@ -318,14 +320,15 @@ def run_tunesmith(args, train_rows: list[dict], pack_length: int, workdir: Path)
             "train": {
                 "learning_rate": args.learning_rate,
                 "epochs": 1,
-                "max_steps": args.steps,
+                "max_steps": args.steps,  # None: one epoch
                 "batch_size": 1,  # one packed row per optimizer step ...
                 "gradient_accumulation": 1,
                 "pack_length": pack_length,  # ... holding about --batch-size examples
                 "max_length": args.max_length,
                 "weight_decay": 0.01,
                 "warmup_ratio": 0.05,
-                "eval_steps": args.steps,  # also the save interval: one checkpoint, at the end (not timed)
+                # also the save interval: at most one checkpoint, at the end (not timed)
+                "eval_steps": args.steps or 10**6,
                 "save_total_limit": 1,
                 "seed": args.seed,
                 "logging_steps": 1,

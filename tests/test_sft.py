@@ -272,3 +272,20 @@ def test_no_training_data_is_config_error(tmp_path, tiny_model_dir):
     config = RunConfig.model_validate({"model": {"name": str(tiny_model_dir)}})
     with pytest.raises(ConfigError, match="data"):
         train_sft(config, tmp_path / "run")
+
+
+def test_packed_rows_attend_only_within_each_example(tiny_model_dir):
+    """Padding-free packing relies on transformers building a block-diagonal mask from the
+    restarting position ids (with the cache off, as in training): a packed row must give
+    the same logits as its examples run one by one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    seqs = [[5, 9, 17, 3, 44], [8, 8, 21], [30, 2, 7, 11]]
+    ids = torch.tensor([sum(seqs, [])])
+    positions = torch.tensor([[p for s in seqs for p in range(len(s))]])
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
+        separate = torch.cat([model(input_ids=torch.tensor([s]), use_cache=False).logits[0] for s in seqs])
+    assert torch.allclose(packed, separate, atol=1e-4)
