@@ -214,10 +214,11 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
         config, checkpoint = _resume_point(run_dir)
     elif (run_dir / "config.yaml").exists():
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --output.")
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     tokenizer = load_tokenizer(config.model.name)
     config, train_examples, val_examples, stats = prepare(config, tokenizer)
+    # Created only now, so a bad model name or data file leaves no empty run behind.
+    run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
 
     model, peft_config = build_model(config)
