@@ -129,6 +129,14 @@ def test_resolve_fills_every_auto_field_with_a_reason(tiny_model_dir, tiny_token
     assert t.epochs == 3 and t.eval_steps >= 5
 
 
+def test_auto_max_length_covers_the_longest_example(tiny_model_dir, tiny_tokenizer):
+    rows = chat_rows(30) + [{"messages": chat("card " * 150, "lost_or_stolen_card")}]
+    longest = max(len(tiny_tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) for r in rows)
+    config = RunConfig.model_validate({"model": {"name": str(tiny_model_dir)}})
+    t = resolve(config, rows, tiny_tokenizer, has_validation_file=False).train
+    assert longest > 150 and t.max_length >= longest  # no row loses its answer to the cut
+
+
 def test_resolve_keeps_explicit_values(tiny_model_dir, tiny_tokenizer):
     config = RunConfig.model_validate(
         {

@@ -38,6 +38,21 @@ def _quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
 
 
+def _convert_builtin_once(target: str | None) -> None:
+    """The first use of a built-in model converts its GGUF file (about 20 s): say so with a
+    spinner instead of sitting silent. `target` is a model name or a run directory."""
+    from tunesmith.models import BUILTIN_MODELS, builtin_cache_dir, ensure_builtin
+
+    name = target
+    if target and (Path(target) / "config.yaml").is_file():
+        from tunesmith.config import load_config
+
+        name = load_config(Path(target) / "config.yaml").model.name
+    if name in BUILTIN_MODELS and not (builtin_cache_dir(name) / "config.json").exists():
+        with err.status(f"first use of {name}: converting the bundled model once (about 20 s)"):
+            ensure_builtin(name)
+
+
 def user_errors(fn):
     """Turn a TunesmithError into one red sentence and exit code 1."""
 
@@ -92,6 +107,7 @@ def inspect_data(
     from tunesmith.models import load_tokenizer
 
     data = load_data(file, columns=parse_columns(columns) if columns else None)
+    _convert_builtin_once(model)
     with err.status(f"counting tokens with the {model} tokenizer"):
         lengths = token_lengths(data.records, data.task, load_tokenizer(model))
     table = Table(show_header=False, title=str(file))
@@ -162,6 +178,7 @@ def train(
 
         cfg = parse_config(raw, source="options")
         run_dir = output or _default_run_dir()
+    _convert_builtin_once(str(run_dir) if resume else cfg.model.name)
     progress = RichProgressCallback(console=err)
     err.print(f"run directory: [bold]{run_dir}[/bold]")
     try:
@@ -212,6 +229,7 @@ def generate_cmd(
     if (prompt is None) == (file is None):
         raise TunesmithError("Give exactly one of --prompt TEXT or --file FILE.")
     conversations = [[{"role": "user", "content": prompt}]] if prompt is not None else read_prompts(file)
+    _convert_builtin_once(target)
     with err.status("loading model"):
         loaded = load_for_inference(target, base=base)
     with Progress(console=err, transient=True) as bar:
@@ -241,6 +259,7 @@ def chat_cmd(
     _quiet_libraries()
     from tunesmith.serve.engine import generate, load_for_inference
 
+    _convert_builtin_once(target)
     with err.status("loading model"):
         loaded = load_for_inference(target, base=base)
     err.print(f"chatting with [bold]{loaded.name}[/bold] (empty line to quit, /reset to start over)")
@@ -276,15 +295,13 @@ def quickstart_cmd(
     _quiet_libraries()
     from rich.progress import Progress
 
-    from tunesmith.models import BUILTIN_MODELS, builtin_cache_dir
     from tunesmith.quickstart import SAMPLE_TEST, SAMPLE_TRAIN, run_quickstart, test_conversations
     from tunesmith.train.callbacks import RichProgressCallback
 
     run_dir = output or Path("runs") / time.strftime("quickstart-%Y%m%d-%H%M%S")
     err.print(f"fine-tuning [bold]{model}[/bold] on {SAMPLE_TRAIN.name}; testing on {SAMPLE_TEST.name}")
     err.print(f"run directory: [bold]{run_dir}[/bold]")
-    if model in BUILTIN_MODELS and not (builtin_cache_dir(model) / "config.json").exists():
-        err.print("first use: converting the bundled model to a cached float model (about 20 s)")
+    _convert_builtin_once(model)
     progress = RichProgressCallback(console=err)
     # One live display at a time: the evaluation bar starts after training's bar has closed.
     eval_bar = Progress(console=err, transient=True)

@@ -60,12 +60,14 @@ def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file:
 
     lengths = chat_token_lengths(rows, tokenizer)
     if t.max_length == "auto":
-        p99 = int(np.percentile(lengths, 99))
+        # Packing makes a long max_length cost nothing for short rows, so cover the longest
+        # example and cut only beyond the hardware cap.
+        p99, longest = int(np.percentile(lengths, 99)), max(lengths)
         cap = 4096 if on_gpu else 1024
-        value = min(cap, max(64, _round_up(p99, 32)))
+        value = min(cap, max(64, _round_up(longest, 32)))
         cut = sum(1 for x in lengths if x > value)
         set_(t, "max_length", value,
-             f"p99 of token lengths is {p99} (max {max(lengths)}); {cut} of {n} rows would be cut; cap {cap} on {hw['device']}")
+             f"longest example {longest} tokens (p99 {p99}); {cut} of {n} rows over it are cut; cap {cap} on {hw['device']}")
 
     max_length = int(t.max_length)
     if t.pack_length == "auto":
