@@ -57,8 +57,8 @@ def test_smollm2_lora_train_reload_generate_stops_at_eos(tmp_path):
 def test_quickstart_end_to_end(tmp_path, monkeypatch):
     import tunesmith.quickstart as qs
 
-    prompts, labels = qs.test_conversations()
-    monkeypatch.setattr(qs, "test_conversations", lambda: (prompts[:8], labels[:8]))
+    prompts, labels = qs.held_out_queries()
+    monkeypatch.setattr(qs, "held_out_queries", lambda: (prompts[:8], labels[:8]))
     report = qs.run_quickstart(tmp_path / "qs", max_steps=2)
     assert 0.0 <= report["base_accuracy"] <= 1.0 and 0.0 <= report["tuned_accuracy"] <= 1.0
     assert report["train"]["global_step"] == 2

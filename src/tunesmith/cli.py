@@ -149,7 +149,7 @@ def train(
 ) -> None:
     """Fine-tune a model on your data (LoRA by default) with validation and early stopping."""
     _quiet_libraries()
-    from tunesmith.config import RunConfig, load_config
+    from tunesmith.config import RunConfig, load_config, parse_config
     from tunesmith.data.formats import parse_columns
     from tunesmith.train.callbacks import RichProgressCallback
     from tunesmith.train.sft import train_sft
@@ -174,8 +174,6 @@ def train(
         for (section, key), value in overrides.items():
             if value is not None:
                 raw[section][key] = value
-        from tunesmith.config import parse_config
-
         cfg = parse_config(raw, source="options")
         run_dir = output or _default_run_dir()
     _convert_builtin_once(str(run_dir) if resume else cfg.model.name)
@@ -295,7 +293,7 @@ def quickstart_cmd(
     _quiet_libraries()
     from rich.progress import Progress
 
-    from tunesmith.quickstart import SAMPLE_TEST, SAMPLE_TRAIN, run_quickstart, test_conversations
+    from tunesmith.quickstart import SAMPLE_TEST, SAMPLE_TRAIN, held_out_queries, run_quickstart
     from tunesmith.train.callbacks import RichProgressCallback
 
     run_dir = output or Path("runs") / time.strftime("quickstart-%Y%m%d-%H%M%S")
@@ -306,7 +304,7 @@ def quickstart_cmd(
     # One live display at a time: the evaluation bar starts after training's bar has closed.
     eval_bar = Progress(console=err, transient=True)
     tasks: dict[str, int] = {}
-    n_test = len(test_conversations()[1])
+    n_test = len(held_out_queries()[1])
 
     def on_eval_batch(which: str, n: int) -> None:
         if not tasks:
@@ -333,10 +331,6 @@ def quickstart_cmd(
         f"training {report['train_seconds']:.0f} s, total {report['total_seconds']:.0f} s; "
         f"answers in {run_dir}/eval/; try it: tunesmith chat {run_dir}"
     )
-
-
-def main() -> None:  # pragma: no cover - console entry point alias
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,7 +30,7 @@ def quickstart_config(model: str = "smollm2-135m", max_steps: int | None = None)
     )
 
 
-def test_conversations() -> tuple[list[list[dict]], list[str]]:
+def held_out_queries() -> tuple[list[list[dict]], list[str]]:
     from tunesmith.data.formats import load_data
 
     data = load_data(SAMPLE_TEST)
@@ -66,7 +66,7 @@ def run_quickstart(
     summary = train_sft(quickstart_config(model, max_steps), run_dir, callbacks=train_callbacks)
     train_s = time.perf_counter() - start
 
-    prompts, labels = test_conversations()
+    prompts, labels = held_out_queries()
     results = {}
     for which, base in (("base", True), ("tuned", False)):
         step = (lambda n, w=which: on_eval_batch(w, n)) if on_eval_batch else None
@@ -75,7 +75,7 @@ def run_quickstart(
         (run_dir / "eval").mkdir(exist_ok=True)
         write_jsonl(
             run_dir / "eval" / f"test_answers_{which}.jsonl",
-            [{"text": p[-1]["content"], "label": l, "answer": a} for p, l, a in zip(prompts, labels, answers)],
+            [{"text": p[-1]["content"], "label": y, "answer": a} for p, y, a in zip(prompts, labels, answers)],
         )
     report = {
         "test_rows": len(labels),
