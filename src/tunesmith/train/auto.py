@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from tunesmith.config import RunConfig
+from tunesmith.data.formats import token_lengths
 from tunesmith.models import count_params
 
 # Examples per optimizer update: 16 is the usual fine-tuning batch; on a CPU (a 135M model
@@ -24,15 +25,9 @@ def hardware() -> dict:
     import torch
 
     if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
+        _, total = torch.cuda.mem_get_info()
         return {"device": "cuda", "name": torch.cuda.get_device_name(), "memory_gb": total / 2**30}
     return {"device": "cpu", "name": "cpu", "threads": torch.get_num_threads()}
-
-
-def chat_token_lengths(rows: list[dict], tokenizer) -> list[int]:
-    from tunesmith.data.formats import token_lengths
-
-    return token_lengths(rows, "chat", tokenizer)
 
 
 def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file: bool) -> RunConfig:
@@ -58,7 +53,7 @@ def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file:
             frac = min(0.1, 200 / n)
             set_(d, "validation_split", round(frac, 4), f"10% of {n} rows, at most 200: enough for a stable loss")
 
-    lengths = chat_token_lengths(rows, tokenizer)
+    lengths = token_lengths(rows, "chat", tokenizer)
     if t.max_length == "auto":
         # Packing makes a long max_length cost nothing for short rows, so cover the longest
         # example and cut only beyond the hardware cap.
