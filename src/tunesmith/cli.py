@@ -321,7 +321,7 @@ def quickstart_cmd(
         raise typer.Exit(130) from None
     finally:
         eval_bar.stop()
-    table = Table(title=f"Banking77 intent accuracy ({report['test_rows']} test queries, exact match)")
+    table = Table(title="Banking77 intent accuracy", caption=f"{report['test_rows']} held-out queries, exact match")
     table.add_column("model")
     table.add_column("accuracy", justify="right")
     table.add_row(f"{model} (base)", f"{report['base_accuracy']:.1%}")
