@@ -101,3 +101,22 @@ def test_train_generate_chat(tiny_model_dir, tiny_chat_file, tmp_path):
 
 def test_generate_needs_one_source(tiny_model_dir):
     assert_one_sentence_error(invoke("generate", tiny_model_dir), "--prompt")
+
+
+def test_data_check_writes_card_and_fix(tmp_path, tiny_model_dir):
+    from pathlib import Path
+
+    source = Path(__file__).parent / "data_files" / "quality" / "chat.jsonl"
+    before = source.read_bytes()
+    result = invoke("data", "check", source, "--model", tiny_model_dir, "--out", tmp_path, "--fix", tmp_path / "clean.jsonl")
+    assert result.exit_code == 1, result.output  # the planted conflicts and empty answers are errors
+    assert "conflicts" in result.output and "would block training" in result.output
+    card = json.loads((tmp_path / "data_card.json").read_text())
+    assert any(f["check"] == "pii" for f in card["findings"])
+    assert (tmp_path / "data_card.md").exists() and (tmp_path / "fix_log.jsonl").exists()
+    assert source.read_bytes() == before
+
+
+def test_data_check_clean_file_passes(tmp_path, tiny_model_dir, tiny_chat_file):
+    result = invoke("data", "check", tiny_chat_file, "--model", tiny_model_dir, "--out", tmp_path)
+    assert result.exit_code == 0, result.output

@@ -127,6 +127,50 @@ def inspect_data(
         console.print_json(data=record)
 
 
+@data_app.command("check")
+@user_errors
+def check_data_cmd(
+    file: Annotated[Path, typer.Argument(help="Training data file to check.")],
+    validation: Annotated[Optional[str], typer.Option(help="Validation file: checked for leakage from FILE.")] = None,
+    test: Annotated[Optional[str], typer.Option(help="Test file: checked for leakage from FILE.")] = None,
+    model: Annotated[str, typer.Option(help="Model whose tokenizer measures lengths.")] = "smollm2-135m",
+    max_length: Annotated[Optional[int], typer.Option(help="Flag rows longer than this many tokens.")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="Override detection: field=column,...")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for data_card.json and data_card.md.")] = Path("."),
+    fix: Annotated[Optional[Path], typer.Option(help="Write a cleaned copy here (JSONL) plus fix_log.jsonl; FILE is never changed.")] = None,
+) -> None:
+    """Check FILE for problems that spoil training (empty answers, conflicts, duplicates,
+    leakage, PII, encoding, lengths, labels) and write a data card. Exit code 1 when a
+    finding is an error, which blocks training."""
+    _quiet_libraries()
+    from tunesmith.data.formats import parse_columns
+    from tunesmith.data.quality import check_data, fix_data, write_card
+    from tunesmith.models import load_tokenizer
+
+    cols = parse_columns(columns) if columns else None
+    _convert_builtin_once(model)
+    with err.status(f"checking {file}"):
+        card = check_data(file, validation, test, tokenizer=load_tokenizer(model), max_length=max_length, columns=cols)
+    write_card(card, out)
+    table = Table(title=f"{file}: {card.rows} rows, {card.format}")
+    for col in ("severity", "check", "rows", "finding"):
+        table.add_column(col)
+    for f in card.findings:
+        style = "red" if f.severity == "error" else "yellow"
+        table.add_row(f"[{style}]{f.severity}[/{style}]", f.check, str(f.count), f.message)
+    console.print(table if card.findings else f"{file}: {card.rows} rows, no problems found.")
+    console.print(f"data card: {out / 'data_card.md'} and {out / 'data_card.json'}")
+    if fix:
+        result = fix_data(file, fix, columns=cols)
+        console.print(
+            f"cleaned copy: {result.out_path} ({result.rows_out} of {result.rows_in} rows; dropped {result.dropped}, "
+            f"redacted {result.redacted}, changed {result.changed}); every change is in {result.log_path}"
+        )
+    if card.errors():
+        err.print(f"[red]{len(card.errors())} error(s) would block training[/red]; fix them or use --fix for the safe ones.")
+        raise typer.Exit(1)
+
+
 # --------------------------------------------------------------------------- train
 
 

@@ -1,0 +1,702 @@
+"""The data quality gate: check canonical records for problems, write a data card, fix
+what is safe to fix.
+
+``check_data`` loads a training file (and optional validation/test files) with
+``formats.load_data`` and runs, in order: encoding, schema/content, length (with a
+tokenizer), duplicates/conflicts/leakage (``dedup.py``), PII (``pii.py``), labels
+(classification) and preference-pair checks. Each problem is a ``Finding`` with a
+severity: an ``error`` blocks training, a ``warning`` is reported. Rows are the source
+row numbers of ``LoadedData.rows`` (``load.py`` says what they mean per file type).
+
+A file that cannot be read at all (invalid UTF-8, a broken JSON line, a missing field) is
+not a finding: the loader raises ``DataError`` naming file, row and reason, because there
+are no records to judge until it is fixed.
+
+``fix_data`` writes a cleaned copy in the canonical shape plus ``fix_log.jsonl``; it only
+applies safe fixes (drop exact duplicates and rows without an answer, strip control
+characters and HTML, redact PII) and never touches the input file.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import statistics
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from html.entities import name2codepoint
+from itertools import pairwise
+from pathlib import Path
+
+from tunesmith.data import dedup, pii
+from tunesmith.data.formats import LoadedData, length_percentiles, load_data, parse_columns, token_lengths
+
+__all__ = ["DataCard", "Finding", "FixResult", "check_data", "fix_data", "write_card"]
+
+# 20 rows per finding: enough to open the file and see the pattern, small enough for a card.
+MAX_ROWS = 20
+# 3 example texts per finding in the markdown card; 160 characters each keeps the table readable.
+MAX_EXAMPLES = 3
+EXAMPLE_CHARS = 160
+# 0.85: dedup.py's default; on short texts it catches only very close copies (see dedup.py).
+NEAR_THRESHOLD = 0.85
+# Outliers: 3x the 99th percentile is far beyond the normal tail of any real data set.
+OUTLIER_FACTOR = 3
+# Classes under 5 rows cannot be learned or evaluated reliably (not even one per CV fold).
+RARE_CLASS_ROWS = 5
+# max/min class ratio above 10: the model learns to ignore the small classes.
+IMBALANCE_RATIO = 10
+# One-word answers are suspicious only where the typical (median) answer is longer than 3 words.
+TYPICAL_ANSWER_WORDS = 3
+
+CHECKS = ("schema", "encoding", "length", "duplicates", "conflicts", "leakage", "pii", "labels", "preference")
+
+# C0 and C1 control characters except \t \n \r.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# UTF-8 read as Latin-1/cp1252: "Ã©" (é), "â€™" (’), "Â " (nbsp) and friends.
+_MOJIBAKE = re.compile(r"Ã[\u0080-\u00ff]|â€|Â[\u00a0-\u00bf]")
+_HTML_TAGS = (
+    "a|abbr|b|blockquote|body|br|center|code|div|em|font|h[1-6]|head|hr|html|i|img|li|ol|p|pre|"
+    "script|small|span|strong|style|sub|sup|table|tbody|td|th|thead|tr|u|ul"
+)
+_HTML_TAG = re.compile(rf"</?(?:{_HTML_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE)
+_HTML_BREAK = re.compile(r"<(?:br|/p|/div|/li|/tr|hr)(?:\s[^<>]*)?/?>", re.IGNORECASE)
+_ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|([a-zA-Z][a-zA-Z0-9]{1,31}));")
+_REPLACEMENT = "\ufffd"
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Finding:
+    """One problem found in the data, with the rows it affects."""
+
+    check: str  # one of CHECKS
+    severity: str  # "error" (blocks training) | "warning"
+    message: str  # one sentence for people
+    rows: list[int]  # source row numbers, at most the first MAX_ROWS
+    count: int  # how many rows are affected in all
+    path: str = ""  # the file the rows belong to (the training file unless said otherwise)
+    examples: list[dict] = field(default_factory=list)  # [{"row": N, "text": "..."}], for people
+
+
+@dataclass
+class DataCard:
+    """What the gate found in a data set: findings and statistics."""
+
+    path: str
+    format: str
+    task: str
+    rows: int
+    findings: list[Finding]
+    stats: dict  # token/character length percentiles, label counts for classify, ...
+
+    def errors(self) -> list[Finding]:
+        """Findings that block training."""
+        return [f for f in self.findings if f.severity == "error"]
+
+    def warnings(self) -> list[Finding]:
+        """Findings that are reported but do not block training."""
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def to_json(self) -> dict:
+        """The card as a JSON-serialisable dict (``data_card.json``)."""
+        card = asdict(self)
+        card["summary"] = {"errors": len(self.errors()), "warnings": len(self.warnings())}
+        return card
+
+    def to_markdown(self) -> str:
+        """The card for people (``data_card.md``): a summary table, then each finding with example rows."""
+        lines = [
+            f"# Data card: {self.path}",
+            "",
+            f"- Format: {self.format}",
+            f"- Task: {self.task}",
+            f"- Rows: {self.rows}",
+            f"- Errors: {len(self.errors())} (block training)",
+            f"- Warnings: {len(self.warnings())}",
+            "",
+        ]
+        if not self.findings:
+            lines += ["No problems found.", ""]
+        else:
+            lines += ["| # | Check | Severity | Rows | Message |", "| --- | --- | --- | --- | --- |"]
+            for i, f in enumerate(self.findings, start=1):
+                lines.append(f"| {i} | {f.check} | {f.severity} | {f.count} | {_md_cell(f.message)} |")
+            lines.append("")
+            for i, f in enumerate(self.findings, start=1):
+                lines += [f"## {i}. {f.check} ({f.severity})", "", f.message, ""]
+                if f.path and f.path != self.path:
+                    lines += [f"File: `{f.path}`", ""]
+                if f.rows:
+                    more = f" and {f.count - len(f.rows)} more" if f.count > len(f.rows) else ""
+                    lines += [f"Rows: {', '.join(map(str, f.rows))}{more}", ""]
+                for example in f.examples:
+                    lines.append(f"- row {example['row']}: `{_md_cell(example['text'])}`")
+                if f.examples:
+                    lines.append("")
+        if self.stats:
+            lines += ["## Statistics", "", "```json", json.dumps(self.stats, indent=2, ensure_ascii=False), "```", ""]
+        return "\n".join(lines)
+
+
+@dataclass
+class FixResult:
+    """What ``fix_data`` did: where it wrote, and how many rows it dropped, redacted or changed."""
+
+    out_path: str
+    log_path: str
+    rows_in: int
+    rows_out: int
+    dropped: int
+    redacted: int
+    changed: int
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+
+
+def check_data(
+    train_path,
+    validation_path=None,
+    test_path=None,
+    tokenizer=None,
+    max_length: int | None = None,
+    columns=None,
+) -> DataCard:
+    """Run every quality check on a training file (and leakage checks against validation
+    and test files) and return a ``DataCard``.
+
+    ``tokenizer`` enables the length checks (token counts as the model sees them);
+    ``max_length`` flags rows that would be cut. ``columns`` is a mapping or a
+    ``"text=body,label=tag"`` string, passed to ``load_data``. Raises ``DataError`` when a
+    file cannot be read (e.g. invalid UTF-8).
+    """
+    columns = parse_columns(columns) if isinstance(columns, str) else columns
+    data = load_data(train_path, columns=columns)
+    ctx = _Context(data)
+    findings: list[Finding] = []
+    stats: dict = {"characters": _char_stats(data.records)} if data.records else {}
+    findings += _check_encoding(ctx)
+    findings += _check_schema(ctx)
+    if tokenizer is not None and data.records:
+        findings += _check_length(ctx, tokenizer, max_length, stats)
+    findings += _check_duplicates(ctx)
+    for other_path in (validation_path, test_path):
+        if other_path is not None:
+            findings += _check_leakage(ctx, load_data(other_path, columns=columns))
+    findings += _check_pii(ctx)
+    if data.task == "classify":
+        findings += _check_labels(ctx, stats)
+    if data.task == "preference":
+        findings += _check_preference(ctx)
+    return DataCard(
+        path=data.path,
+        format=data.format.value,
+        task=data.task,
+        rows=len(data.records),
+        findings=findings,
+        stats=stats,
+    )
+
+
+def write_card(card: DataCard, out_dir) -> None:
+    """Write ``data_card.json`` and ``data_card.md`` into ``out_dir`` (created if missing)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data_card.json").write_text(json.dumps(card.to_json(), indent=2, ensure_ascii=False) + "\n")
+    (out / "data_card.md").write_text(card.to_markdown())
+
+
+def fix_data(card_input_path, out_path, columns=None) -> FixResult:
+    """Write a cleaned copy of a data file as canonical JSONL, and ``fix_log.jsonl`` next to it.
+
+    Safe fixes only: drop exact duplicates (the first copy stays), drop rows without an
+    answer (empty assistant turn, no assistant turn, an empty preference side), strip
+    control characters and HTML tags (entities are unescaped), redact PII with typed
+    placeholders such as ``[EMAIL]``. Conflicting answers are reported by ``check_data``,
+    never resolved here. The input file is never modified.
+    """
+    columns = parse_columns(columns) if isinstance(columns, str) else columns
+    src, out = Path(card_input_path), Path(out_path)
+    if out.resolve() == src.resolve():
+        raise ValueError(f"fix_data would overwrite its input {src}; choose another output path")
+    data = load_data(src, columns=columns)
+    log: list[dict] = []
+    drop: dict[int, str] = {}  # index -> reason
+    for i, record in enumerate(data.records):
+        reason = _missing_answer(record)
+        if reason:
+            drop[i] = reason
+    index_of = {row: i for i, row in enumerate(data.rows)}
+    for group in dedup.exact_duplicates(data.records, data.rows):
+        for row in group.rows[1:]:
+            drop.setdefault(index_of[row], f"exact duplicate of row {group.rows[0]}")
+    kept: list[dict] = []
+    redacted = changed = 0
+    for i, (record, row) in enumerate(zip(data.records, data.rows)):
+        if i in drop:
+            log.append({"row": row, "action": "dropped", "reason": drop[i]})
+            continue
+        cleaned, fixes = _clean_record(record)
+        reason = _missing_answer(cleaned)
+        if reason:
+            log.append({"row": row, "action": "dropped", "reason": f"{reason} after cleaning"})
+            continue
+        if fixes["changed"]:
+            changed += 1
+            log.append({"row": row, "action": "changed", "reason": ", ".join(sorted(fixes["changed"]))})
+        if fixes["pii"]:
+            redacted += 1
+            kinds = dict(sorted(fixes["pii"].items()))
+            log.append({"row": row, "action": "redacted", "reason": "personal data or secrets", "kinds": kinds})
+        kept.append(cleaned)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for record in kept:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    log_path = out.parent / "fix_log.jsonl"
+    with log_path.open("w", encoding="utf-8") as f:
+        for line in log:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return FixResult(
+        out_path=str(out),
+        log_path=str(log_path),
+        rows_in=len(data.records),
+        rows_out=len(kept),
+        dropped=sum(1 for line in log if line["action"] == "dropped"),
+        redacted=redacted,
+        changed=changed,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Checks
+
+
+class _Context:
+    """The loaded training data with helpers to turn row lists into findings."""
+
+    def __init__(self, data: LoadedData):
+        self.data = data
+        self.by_row = dict(zip(data.rows, data.records))
+
+    def finding(self, check: str, severity: str, message: str, rows: list[int], data: LoadedData | None = None):
+        data = data or self.data
+        by_row = self.by_row if data is self.data else dict(zip(data.rows, data.records))
+        rows = list(dict.fromkeys(rows))
+        examples = [
+            {"row": r, "text": _shorten(dedup.record_text(by_row[r]))} for r in rows[:MAX_EXAMPLES] if r in by_row
+        ]
+        return Finding(check, severity, message, rows[:MAX_ROWS], len(rows), data.path, examples)
+
+
+def _text_fields(record: dict) -> Iterator[str]:
+    """Every free-text string of a canonical record."""
+    for key in ("messages", "prompt", "chosen", "rejected", "completion"):
+        for message in record.get(key) or []:
+            yield message["content"]
+    if isinstance(record.get("text"), str):
+        yield record["text"]
+    if isinstance(record.get("label"), str):
+        yield record["label"]
+
+
+def _has_html(text: str) -> bool:
+    if _HTML_TAG.search(text):
+        return True
+    return any(m.group(1) is None or m.group(1) in name2codepoint for m in _ENTITY.finditer(text))
+
+
+_ENCODING_PROBLEMS = (
+    ("control characters", lambda t: _CONTROL.search(t) is not None, "strip them (--fix does)"),
+    (
+        "mojibake (UTF-8 decoded as Latin-1, e.g. 'Ã©' for 'é')",
+        lambda t: _MOJIBAKE.search(t) is not None,
+        "re-export the source as UTF-8 or repair it with ftfy",
+    ),
+    ("leftover HTML tags or entities", _has_html, "strip them (--fix does)"),
+    (
+        "the replacement character U+FFFD (text was lost in a bad decode)",
+        lambda t: _REPLACEMENT in t,
+        "re-export the source as UTF-8",
+    ),
+)
+
+
+def _check_encoding(ctx: _Context) -> list[Finding]:
+    found: dict[str, list[int]] = {name: [] for name, _, _ in _ENCODING_PROBLEMS}
+    for record, row in zip(ctx.data.records, ctx.data.rows):
+        texts = list(_text_fields(record))
+        for name, test, _ in _ENCODING_PROBLEMS:
+            if any(test(t) for t in texts):
+                found[name].append(row)
+    return [
+        ctx.finding("encoding", "warning", f"{len(found[name])} rows contain {name}; {fix}.", found[name])
+        for name, _, fix in _ENCODING_PROBLEMS
+        if found[name]
+    ]
+
+
+def _blank(text) -> bool:
+    return not str(text).strip()
+
+
+def _missing_answer(record: dict) -> str | None:
+    """Why a record has no usable answer, or None. These rows are dropped by ``fix_data``."""
+    if "messages" in record:
+        roles = [m["role"] for m in record["messages"]]
+        if "assistant" not in roles:
+            return "no assistant turn"
+        if any(m["role"] == "assistant" and _blank(m["content"]) for m in record["messages"]):
+            return "empty assistant answer"
+    elif "chosen" in record:
+        for side in ("chosen", "rejected"):
+            if all(_blank(m["content"]) for m in record[side]):
+                return f"empty {side} side"
+    elif "completion" in record:
+        if all(_blank(m["content"]) for m in record["completion"]):
+            return "empty completion"
+    elif "label" in record and _blank(record["label"]):
+        return "empty label"
+    return None
+
+
+def _check_schema(ctx: _Context) -> list[Finding]:
+    empty, no_assistant, double, system_late, one_word = [], [], [], [], []
+    answers: list[tuple[int, int]] = []  # (row, words of the last assistant answer)
+    for record, row in zip(ctx.data.records, ctx.data.rows):
+        if "chosen" in record:
+            continue  # empty preference sides are the preference check's
+        reason = _missing_answer(record)
+        if reason == "no assistant turn":
+            no_assistant.append(row)
+        elif reason:
+            empty.append(row)
+        messages = record.get("messages")
+        if not messages:
+            continue
+        roles = [m["role"] for m in messages]
+        if any(a == b == "assistant" for a, b in pairwise(roles)):
+            double.append(row)
+        if "system" in roles[1:]:
+            system_late.append(row)
+        pair = dedup.record_prompt_answer(record)
+        if pair is not None and not _blank(pair[1]):
+            answers.append((row, len(pair[1].split())))
+    findings = []
+    if empty:
+        findings.append(
+            ctx.finding(
+                "schema",
+                "error",
+                f"{len(empty)} rows have an empty answer or label; fill them in or drop them (--fix drops them).",
+                empty,
+            )
+        )
+    if no_assistant:
+        findings.append(
+            ctx.finding(
+                "schema",
+                "error",
+                f"{len(no_assistant)} chats have no assistant turn, so there is nothing to learn; add an "
+                "answer or drop them (--fix drops them).",
+                no_assistant,
+            )
+        )
+    if double:
+        findings.append(
+            ctx.finding(
+                "schema",
+                "warning",
+                f"{len(double)} chats have two assistant turns in a row; merge them or add the user turn between.",
+                double,
+            )
+        )
+    if system_late:
+        findings.append(
+            ctx.finding(
+                "schema",
+                "warning",
+                f"{len(system_late)} chats have a system message that is not the first turn; move it to the start.",
+                system_late,
+            )
+        )
+    if answers and statistics.median(words for _, words in answers) > TYPICAL_ANSWER_WORDS:
+        one_word = [row for row, words in answers if words == 1]
+        if one_word:
+            findings.append(
+                ctx.finding(
+                    "schema",
+                    "warning",
+                    f"{len(one_word)} answers are a single word where most answers are longer; check they "
+                    "are complete.",
+                    one_word,
+                )
+            )
+    return findings
+
+
+def _check_length(ctx: _Context, tokenizer, max_length: int | None, stats: dict) -> list[Finding]:
+    lengths = token_lengths(ctx.data.records, ctx.data.task, tokenizer)
+    summary = length_percentiles(lengths)
+    stats["tokens"] = summary
+    findings = []
+    if max_length is not None:
+        over = [(row, n) for row, n in zip(ctx.data.rows, lengths) if n > max_length]
+        if over:
+            cut = sum(n - max_length for _, n in over)
+            findings.append(
+                ctx.finding(
+                    "length",
+                    "warning",
+                    f"{len(over)} rows are longer than max_length {max_length}; {cut} tokens in all would be cut.",
+                    [row for row, _ in over],
+                )
+            )
+    limit = summary["p99"] * OUTLIER_FACTOR
+    outliers = [row for row, n in zip(ctx.data.rows, lengths) if n > limit]
+    if outliers:
+        findings.append(
+            ctx.finding(
+                "length",
+                "warning",
+                f"{len(outliers)} rows are extreme length outliers (over {limit} tokens, {OUTLIER_FACTOR}x "
+                "the 99th percentile).",
+                outliers,
+            )
+        )
+    return findings
+
+
+def _check_duplicates(ctx: _Context) -> list[Finding]:
+    records, rows = ctx.data.records, ctx.data.rows
+    findings = []
+    exact = dedup.exact_duplicates(records, rows)
+    if exact:
+        repeats = [row for g in exact for row in g.rows[1:]]
+        first = exact[0]
+        findings.append(
+            ctx.finding(
+                "duplicates",
+                "warning",
+                f"{len(repeats)} rows repeat an earlier row exactly (e.g. row {first.rows[1]} repeats row "
+                f"{first.rows[0]}); --fix keeps the first copy.",
+                repeats,
+            )
+        )
+    near = dedup.near_duplicates(records, rows, threshold=NEAR_THRESHOLD)
+    if near:
+        members = [row for g in near for row in g.rows[1:]]
+        first = near[0]
+        findings.append(
+            ctx.finding(
+                "duplicates",
+                "warning",
+                f"{len(members)} rows nearly repeat an earlier row (similarity >= {NEAR_THRESHOLD}, e.g. rows "
+                f"{', '.join(map(str, first.rows[:5]))}); check whether they add anything.",
+                members,
+            )
+        )
+    conflicts = dedup.conflicting_answers(records, rows)
+    if conflicts:
+        affected = [row for c in conflicts for row in c.rows]
+        first = conflicts[0]
+        what = "labels" if ctx.data.task == "classify" else "answers"
+        findings.append(
+            ctx.finding(
+                "conflicts",
+                "error",
+                f"{len(conflicts)} prompts appear with different {what} ({len(affected)} rows, e.g. rows "
+                f"{', '.join(map(str, first.rows[:5]))}); keep one {what[:-1]} per prompt.",
+                affected,
+            )
+        )
+    return findings
+
+
+def _check_leakage(ctx: _Context, other: LoadedData) -> list[Finding]:
+    found = dedup.leakage(
+        ctx.data.records, other.records, other.rows, threshold=NEAR_THRESHOLD, train_rows=ctx.data.rows
+    )
+    name = Path(other.path).name
+    findings = []
+    if found["exact"]:
+        findings.append(
+            ctx.finding(
+                "leakage",
+                "error",
+                f"{len(found['exact'])} rows of {name} also appear in the training file, which inflates its "
+                "scores; remove them from one side.",
+                found["exact"],
+                data=other,
+            )
+        )
+    if found["near"]:
+        row, train_row, _ = found["near"][0]
+        findings.append(
+            ctx.finding(
+                "leakage",
+                "warning",
+                f"{len(found['near'])} rows of {name} nearly match a training row (e.g. row {row} and "
+                f"training row {train_row}); check them.",
+                [r for r, _, _ in found["near"]],
+                data=other,
+            )
+        )
+    return findings
+
+
+def _check_pii(ctx: _Context) -> list[Finding]:
+    rows_by_kind: dict[str, list[int]] = {}
+    hits = Counter()
+    for record, row in zip(ctx.data.records, ctx.data.rows):
+        for text in _text_fields(record):
+            for match in pii.find_pii(text):
+                hits[match.kind] += 1
+                found = rows_by_kind.setdefault(match.kind, [])
+                if not found or found[-1] != row:
+                    found.append(row)
+    return [
+        ctx.finding(
+            "pii",
+            "warning",
+            f"{len(rows)} rows contain {hits[kind]} {_KIND_NAMES.get(kind, kind)}; --fix replaces them with "
+            f"{pii.PLACEHOLDERS[kind]}.",
+            rows,
+        )
+        for kind, rows in rows_by_kind.items()
+    ]
+
+
+_KIND_NAMES = {
+    "email": "e-mail addresses",
+    "phone": "phone numbers",
+    "card": "credit-card numbers",
+    "iban": "IBANs",
+    "ssn": "US social security numbers",
+    "ip": "IP addresses",
+    "secret": "API keys or secrets",
+}
+
+
+def _check_labels(ctx: _Context, stats: dict) -> list[Finding]:
+    labels = [record["label"] for record in ctx.data.records]
+    counts = Counter(labels)
+    stats["labels"] = dict(counts.most_common())
+    findings = []
+    if not counts:
+        return findings
+    rare = sorted(label for label, n in counts.items() if n < RARE_CLASS_ROWS)
+    if rare:
+        rows = [row for row, label in zip(ctx.data.rows, labels) if label in rare]
+        shown = ", ".join(f"{label} ({counts[label]})" for label in rare[:10])
+        findings.append(
+            ctx.finding(
+                "labels",
+                "warning",
+                f"{len(rare)} classes have fewer than {RARE_CLASS_ROWS} rows ({shown}); add examples or merge them.",
+                rows,
+            )
+        )
+    (top, most), (bottom, least) = counts.most_common()[0], counts.most_common()[-1]
+    ratio = most / least
+    stats["imbalance_ratio"] = round(ratio, 2)
+    if ratio > IMBALANCE_RATIO:
+        rows = [row for row, label in zip(ctx.data.rows, labels) if label == bottom]
+        findings.append(
+            ctx.finding(
+                "labels",
+                "warning",
+                f"The classes are imbalanced: '{top}' has {most} rows and '{bottom}' {least} (ratio "
+                f"{ratio:.1f}); balance them or weight the loss.",
+                rows,
+            )
+        )
+    return findings
+
+
+def _check_preference(ctx: _Context) -> list[Finding]:
+    same, empty = [], []
+    for record, row in zip(ctx.data.records, ctx.data.rows):
+        if _missing_answer(record):
+            empty.append(row)
+        elif _side_text(record["chosen"]) == _side_text(record["rejected"]):
+            same.append(row)
+    findings = []
+    if same:
+        findings.append(
+            ctx.finding(
+                "preference",
+                "error",
+                f"{len(same)} pairs have chosen identical to rejected, which teaches nothing; fix or drop them.",
+                same,
+            )
+        )
+    if empty:
+        findings.append(
+            ctx.finding(
+                "preference",
+                "error",
+                f"{len(empty)} pairs have an empty chosen or rejected side; fill it in or drop them (--fix "
+                "drops them).",
+                empty,
+            )
+        )
+    return findings
+
+
+# ---------------------------------------------------------------------------------------
+# Fixes and helpers
+
+
+def _side_text(messages: list[dict]) -> str:
+    return dedup.normalize("\n".join(f"{m['role']}: {m['content']}" for m in messages))
+
+
+def _clean_text(text: str, changed: set[str], pii_kinds: Counter) -> str:
+    cleaned = _CONTROL.sub("", text)
+    if cleaned != text:
+        changed.add("stripped control characters")
+    if _has_html(cleaned):
+        before = cleaned
+        cleaned = _HTML_BREAK.sub("\n", cleaned)
+        cleaned = _HTML_TAG.sub("", cleaned)
+        cleaned = html.unescape(cleaned).replace("\xa0", " ")
+        if cleaned != before:
+            changed.add("stripped HTML")
+    cleaned, matches = pii.redact(cleaned)
+    pii_kinds.update(m.kind for m in matches)
+    return cleaned
+
+
+def _clean_record(record: dict) -> tuple[dict, dict]:
+    changed: set[str] = set()
+    kinds: Counter = Counter()
+    cleaned = {}
+    for key, value in record.items():
+        if isinstance(value, list):
+            cleaned[key] = [{**m, "content": _clean_text(m["content"], changed, kinds)} for m in value]
+        elif key == "text":
+            cleaned[key] = _clean_text(value, changed, kinds)
+        else:
+            cleaned[key] = value
+    return cleaned, {"changed": changed, "pii": dict(kinds)}
+
+
+def _char_stats(records: list[dict]) -> dict[str, int]:
+    return length_percentiles([len(dedup.record_text(r)) for r in records])
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("`", "'")

@@ -1,0 +1,194 @@
+"""The data quality gate: each planted problem is found at its row with its severity, and
+``fix_data`` drops or changes exactly the rows it should."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunesmith.data.quality import check_data, fix_data, write_card
+
+HERE = Path(__file__).parent / "data_files" / "quality"
+CHAT = HERE / "chat.jsonl"
+
+# (check, severity, rows, words in the message) for every problem planted in chat.jsonl.
+# Rows 1, 2, 3 and 18 are clean (row 3 is only in the conflict with row 15).
+EXPECTED = [
+    ("encoding", "warning", [4], "control characters"),
+    ("encoding", "warning", [5], "mojibake"),
+    ("encoding", "warning", [6], "HTML"),
+    ("encoding", "warning", [7], "U+FFFD"),
+    ("schema", "error", [8], "empty answer"),
+    ("schema", "error", [9], "no assistant turn"),
+    ("schema", "warning", [10], "two assistant turns"),
+    ("schema", "warning", [11], "system message"),
+    ("schema", "warning", [12], "single word"),
+    ("duplicates", "warning", [13], "repeat an earlier row exactly"),
+    ("duplicates", "warning", [14], "nearly repeat"),
+    ("conflicts", "error", [3, 15], "different answers"),
+    ("pii", "warning", [16], "e-mail"),
+    ("pii", "warning", [17], "credit-card"),
+]
+
+
+@pytest.fixture(scope="module")
+def chat_card():
+    return check_data(CHAT)
+
+
+def test_card_finds_each_planted_problem(chat_card):
+    assert chat_card.task == "chat" and chat_card.rows == 18
+    got = [(f.check, f.severity, f.rows) for f in chat_card.findings]
+    assert got == [(check, severity, rows) for check, severity, rows, _ in EXPECTED]
+    for finding, (_, _, rows, words) in zip(chat_card.findings, EXPECTED):
+        assert words in finding.message
+        assert finding.count == len(rows)
+        assert finding.path == str(CHAT)
+
+
+def test_clean_rows_have_no_findings(chat_card):
+    flagged = {row for f in chat_card.findings for row in f.rows}
+    assert not flagged & {1, 2, 18}
+    # Row 3 is clean on its own: only the conflict with row 15 names it.
+    assert [f.check for f in chat_card.findings if 3 in f.rows] == ["conflicts"]
+
+
+def test_errors_and_warnings(chat_card):
+    assert {f.check for f in chat_card.errors()} == {"schema", "conflicts"}
+    assert len(chat_card.errors()) + len(chat_card.warnings()) == len(chat_card.findings)
+
+
+def test_fix_drops_and_redacts_exactly_the_planted_rows(tmp_path):
+    before = CHAT.read_bytes()
+    result = fix_data(CHAT, tmp_path / "clean.jsonl")
+    assert CHAT.read_bytes() == before  # the input is never modified
+    log = [json.loads(line) for line in (tmp_path / "fix_log.jsonl").read_text().splitlines()]
+    by_action = {
+        action: [e["row"] for e in log if e["action"] == action] for action in ("dropped", "redacted", "changed")
+    }
+    assert by_action == {"dropped": [8, 9, 13], "redacted": [16, 17], "changed": [4, 6]}
+    assert (result.rows_in, result.rows_out, result.dropped, result.redacted, result.changed) == (18, 15, 3, 2, 2)
+    assert all(e["reason"] for e in log)
+
+    out = (tmp_path / "clean.jsonl").read_text()
+    assert "jane.doe@example.com" not in out and "[EMAIL]" in out
+    assert "4111 1111 1111 1111" not in out and "[CARD]" in out
+    assert "<br>" not in out and "&amp;" not in out and "\\u0007" not in out
+    # Conflicts are reported, never resolved: both rows stay.
+    assert out.count("Is there a fee for transfers?") == 2
+
+    # The cleaned copy still loads; what fix removes or redacts is gone from the card.
+    card = check_data(tmp_path / "clean.jsonl")
+    assert {f.check for f in card.findings} == {"encoding", "schema", "duplicates", "conflicts"}
+    assert not [f for f in card.findings if "HTML" in f.message or "control" in f.message]
+    assert [f.message for f in card.errors()] == [next(f.message for f in card.findings if f.check == "conflicts")]
+
+
+def test_fix_refuses_to_overwrite_its_input(tmp_path):
+    copy = tmp_path / "data.jsonl"
+    copy.write_bytes(CHAT.read_bytes())
+    with pytest.raises(ValueError, match="overwrite"):
+        fix_data(copy, copy)
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _chat(user, answer):
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+
+
+def test_leakage_between_train_and_test(tmp_path):
+    long_prompt = "Please explain in detail how the monthly statement for my savings account is calculated and sent"
+    train = _write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            _chat("How do I reset my PIN?", "Use the app to reset it."),
+            _chat("Is there a fee for transfers?", "No, transfers are free."),
+            _chat(long_prompt, "It is the sum of all postings."),
+        ],
+    )
+    test = _write_jsonl(
+        tmp_path / "test.jsonl",
+        [
+            _chat("Where is the nearest branch?", "See the map in the app."),
+            _chat("how do i reset my PIN", "Reset it in the app."),  # exact after normalisation
+            _chat(long_prompt.replace("sent", "sent to me"), "Postings added up."),  # near
+        ],
+    )
+    card = check_data(train, test_path=test)
+    leaks = [f for f in card.findings if f.check == "leakage"]
+    assert [(f.severity, f.rows, f.path) for f in leaks] == [("error", [2], str(test)), ("warning", [3], str(test))]
+    assert "test.jsonl" in leaks[0].message
+
+
+def test_classification_rare_class_and_label_counts():
+    card = check_data(HERE / "classify.csv")
+    assert card.task == "classify"
+    assert card.stats["labels"] == {"card_arrival": 12, "refund": 12, "change_pin": 2}
+    assert card.stats["imbalance_ratio"] == 6.0
+    assert [(f.check, f.severity, f.rows) for f in card.findings] == [("labels", "warning", [26, 27])]
+    assert "change_pin" in card.findings[0].message
+
+
+def test_classification_imbalance(tmp_path):
+    rows = ["text,label"] + [f"card {i} never arrived,card_arrival" for i in range(60)]
+    rows += [f"refund number {i} please,refund" for i in range(5)]
+    path = tmp_path / "imbalanced.csv"
+    path.write_text("\n".join(rows) + "\n")
+    card = check_data(path)
+    assert [(f.check, f.severity) for f in card.findings] == [("labels", "warning")]
+    assert "imbalanced" in card.findings[0].message and card.findings[0].count == 5
+
+
+def test_preference_identical_and_empty_side(tmp_path):
+    card = check_data(HERE / "preference.jsonl")
+    assert card.task == "preference"
+    assert [(f.check, f.severity, f.rows) for f in card.findings] == [
+        ("preference", "error", [2]),
+        ("preference", "error", [3]),
+    ]
+    result = fix_data(HERE / "preference.jsonl", tmp_path / "clean.jsonl")
+    log = [json.loads(line) for line in (tmp_path / "fix_log.jsonl").read_text().splitlines()]
+    assert [(e["row"], e["action"]) for e in log] == [(3, "dropped")]  # identical pairs are reported only
+    assert result.rows_out == 3
+
+
+def test_length_checks_with_tokenizer(tmp_path, tiny_tokenizer):
+    rows = [_chat(f"Question number {i} about my card?", f"Answer number {i} about the card.") for i in range(150)]
+    rows.append(_chat("Tell me everything.", "card " * 2000))  # row 151
+    path = _write_jsonl(tmp_path / "long.jsonl", rows)
+    card = check_data(path, tokenizer=tiny_tokenizer, max_length=200)
+    lengths = card.stats["tokens"]
+    length = [f for f in card.findings if f.check == "length"]
+    assert [(f.severity, f.rows) for f in length] == [("warning", [151]), ("warning", [151])]
+    cut = lengths["max"] - 200
+    assert f"{cut} tokens" in length[0].message
+    assert "outlier" in length[1].message
+
+
+def test_no_length_check_without_tokenizer(chat_card):
+    assert "tokens" not in chat_card.stats and "characters" in chat_card.stats
+
+
+def test_markdown_and_json_card(chat_card, tmp_path):
+    write_card(chat_card, tmp_path / "card")
+    md = (tmp_path / "card" / "data_card.md").read_text()
+    assert md == chat_card.to_markdown()
+    for check in {c for c, _, _, _ in EXPECTED}:
+        assert f"| {check} |" in md and f". {check} (" in md
+    assert "row 16:" in md  # example rows are shown
+    data = json.loads((tmp_path / "card" / "data_card.json").read_text())
+    assert data["summary"] == {"errors": 3, "warnings": 11}
+    assert [f["rows"] for f in data["findings"]] == [rows for _, _, rows, _ in EXPECTED]
+
+
+def test_invalid_utf8_is_a_loader_error(tmp_path):
+    from tunesmith.errors import DataError
+
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError):
+        check_data(path)
