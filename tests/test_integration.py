@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import write_chat_file
+from conftest import write_chat_file
 
 pytestmark = pytest.mark.integration
 

@@ -2,6 +2,7 @@
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -9,7 +10,7 @@ from transformers import TrainerCallback
 
 from conftest import banking_rows, tiny_run_config, write_chat_file
 from tunesmith.config import RunConfig, load_config, save_config
-from tunesmith.errors import ConfigError, ModelError
+from tunesmith.errors import ConfigError, DataError, ModelError
 from tunesmith.train.auto import resolve
 from tunesmith.train.sft import assistant_spans, tokenize_chats, train_sft
 
@@ -195,6 +196,8 @@ def test_lora_run_learns_and_writes_run_dir(tiny_run):
     assert info["global_step"] == 12 and info["method"] == "lora" and info["weights"] == "adapter"
     assert info["train_rows"] + info["validation_rows"] == 40
     assert any(p.name.startswith("checkpoint-") for p in (run_dir / "checkpoints").iterdir())
+    card = json.loads((run_dir / "data_card.json").read_text())  # the gate ran first
+    assert card["rows"] == 40 and card["stats"]["trained_despite_errors"] is False
 
 
 def test_full_fine_tune_writes_model(tmp_path, tiny_model_dir):
@@ -297,3 +300,26 @@ def test_packed_rows_attend_only_within_each_example(tiny_model_dir):
         packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
         separate = torch.cat([model(input_ids=torch.tensor([s]), use_cache=False).logits[0] for s in seqs])
     assert torch.allclose(packed, separate, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- data gate
+
+
+QUALITY_CHAT = Path(__file__).parent / "data_files" / "quality" / "chat.jsonl"
+
+
+def test_train_refuses_data_with_gate_errors(tiny_model_dir, tmp_path):
+    config = tiny_run_config(tiny_model_dir, QUALITY_CHAT, max_steps=2)
+    with pytest.raises(DataError) as exc:
+        train_sft(config, tmp_path / "run")
+    assert "data gate" in str(exc.value) and "--force" in str(exc.value) and "--fix" in str(exc.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_force_records_it_in_the_card(tiny_model_dir, tmp_path):
+    config = tiny_run_config(tiny_model_dir, QUALITY_CHAT, max_steps=2)
+    config.data.force = True
+    train_sft(config, tmp_path / "run")
+    card = json.loads((tmp_path / "run" / "data_card.json").read_text())
+    assert card["stats"]["trained_despite_errors"] is True
+    assert any(f["severity"] == "error" for f in card["findings"])

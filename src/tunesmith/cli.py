@@ -190,6 +190,7 @@ def train(
     system_prompt: Annotated[Optional[str], typer.Option(help="System message for rows that have none.")] = None,
     columns: Annotated[Optional[str], typer.Option(help="Override detection: field=column,...")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last checkpoint.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Train even if the data gate finds errors (recorded in the data card).")] = False,
 ) -> None:
     """Fine-tune a model on your data (LoRA by default) with validation and early stopping."""
     _quiet_libraries()
@@ -213,6 +214,7 @@ def train(
             ("train", "learning_rate"): learning_rate,
             ("train", "max_steps"): max_steps,
             ("train", "max_length"): max_length,
+            ("data", "force"): force or None,
         }
         raw = cfg.model_dump()
         for (section, key), value in overrides.items():

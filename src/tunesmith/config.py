@@ -36,6 +36,8 @@ class DataConfig(_Section):
     """Override format detection: canonical field -> column name, e.g. {text: query, label: intent}."""
     system_prompt: str | None = None
     """System message added to every conversation that has none (text+label data becomes chat)."""
+    force: bool = False
+    """Train even when the data gate finds errors (the data card records that you did)."""
 
 
 class MethodConfig(_Section):

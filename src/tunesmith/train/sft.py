@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.config import RunConfig, load_config, save_config
+from tunesmith.data.quality import write_card
 from tunesmith.errors import ConfigError, DataError, ModelError
 
 ADAPTER_DIR = "adapter"  # LoRA weights of a finished run
@@ -108,8 +109,6 @@ def prepare(config: RunConfig, tokenizer) -> tuple[RunConfig, list[dict], list[d
     config, train and validation examples, and data statistics for the run summary."""
     from tunesmith.train.auto import resolve
 
-    if not config.data.train:
-        raise ConfigError("No training data given: pass --data FILE or set data.train in the config.")
     rows = load_chat_rows(config.data.train, config)
     val_rows = load_chat_rows(config.data.validation, config) if config.data.validation else None
     config = resolve(config, rows, tokenizer, has_validation_file=val_rows is not None)
@@ -129,6 +128,27 @@ def prepare(config: RunConfig, tokenizer) -> tuple[RunConfig, list[dict], list[d
         "train_loss_tokens": sum(sum(e["assistant_masks"]) for e in train.examples),
     }
     return config, train.examples, val.examples, stats
+
+
+def gate_data(config: RunConfig, tokenizer):
+    """Run the data quality gate on the training (and validation) file before anything
+    trains. Errors stop the run with the top problems and the way out, unless
+    `data.force` is set, which the returned data card records."""
+    from tunesmith.data.quality import check_data
+
+    max_length = config.train.max_length if isinstance(config.train.max_length, int) else None
+    card = check_data(
+        config.data.train, config.data.validation, tokenizer=tokenizer, max_length=max_length, columns=config.data.columns
+    )
+    errors = card.errors()
+    if errors and not config.data.force:
+        top = "; ".join(f.message.rstrip(".") for f in errors[:3])
+        raise DataError(
+            f"{config.data.train}: the data gate found {len(errors)} error(s): {top}. Run `tunesmith data check "
+            f"{config.data.train} --fix CLEAN.jsonl` and train on the cleaned file, or pass --force to train anyway."
+        )
+    card.stats["trained_despite_errors"] = bool(errors)
+    return card
 
 
 def build_model(config: RunConfig):
@@ -214,12 +234,17 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
         config, checkpoint = _resume_point(run_dir)
     elif (run_dir / "config.yaml").exists():
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --output.")
+    if not config.data.train:
+        raise ConfigError("No training data given: pass --data FILE or set data.train in the config.")
 
     tokenizer = load_tokenizer(config.model.name)
+    card = None if resume else gate_data(config, tokenizer)
     config, train_examples, val_examples, stats = prepare(config, tokenizer)
     # Created only now, so a bad model name or data file leaves no empty run behind.
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
+    if card is not None:
+        write_card(card, run_dir)
 
     model, peft_config = build_model(config)
     has_eval = bool(val_examples)
