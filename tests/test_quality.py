@@ -181,7 +181,7 @@ def test_markdown_and_json_card(chat_card, tmp_path):
         assert f"| {check} |" in md and f". {check} (" in md
     assert "row 16:" in md  # example rows are shown
     data = json.loads((tmp_path / "card" / "data_card.json").read_text())
-    assert data["summary"] == {"errors": 3, "warnings": 11}
+    assert (data["summary"]["errors"], data["summary"]["warnings"]) == (3, 11)
     assert [f["rows"] for f in data["findings"]] == [rows for _, _, rows, _ in EXPECTED]
 
 
@@ -192,3 +192,25 @@ def test_invalid_utf8_is_a_loader_error(tmp_path):
     path.write_bytes(b'{"text": "caf\xe9"}\n')
     with pytest.raises(DataError):
         check_data(path)
+
+
+def test_quality_score_and_html_view(chat_card, tmp_path):
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"question {i} about cards"},
+                                     {"role": "assistant", "content": f"answer number {i} with detail"}]}) + "\n"
+            for i in range(10)
+        )
+    )
+    assert check_data(clean).score() == 100
+    score = chat_card.score()
+    assert 0 <= score < 100
+    errors = sum(f.count for f in chat_card.errors()) / chat_card.rows
+    assert score <= round(100 * (1 - errors))  # errors alone already cost this much
+    write_card(chat_card, tmp_path)
+    page = (tmp_path / "data_card.html").read_text()
+    assert f"Quality score {score} / 100" in page
+    assert all(f.check in page for f in chat_card.findings)
+    assert "<script" not in page  # row text is escaped, never rendered as markup
+    assert json.loads((tmp_path / "data_card.json").read_text())["summary"]["quality_score"] == score

@@ -152,14 +152,14 @@ def check_data_cmd(
     with err.status(f"checking {file}"):
         card = check_data(file, validation, test, tokenizer=load_tokenizer(model), max_length=max_length, columns=cols)
     write_card(card, out)
-    table = Table(title=f"{file}: {card.rows} rows, {card.format}")
+    table = Table(title=f"{file}: {card.rows} rows, {card.format}, quality score {card.score()}/100")
     for col in ("severity", "check", "rows", "finding"):
         table.add_column(col)
     for f in card.findings:
         style = "red" if f.severity == "error" else "yellow"
         table.add_row(f"[{style}]{f.severity}[/{style}]", f.check, str(f.count), f.message)
     console.print(table if card.findings else f"{file}: {card.rows} rows, no problems found.")
-    console.print(f"data card: {out / 'data_card.md'} and {out / 'data_card.json'}")
+    console.print(f"data card: {out / 'data_card.md'}, {out / 'data_card.html'}, {out / 'data_card.json'}")
     if fix:
         result = fix_data(file, fix, columns=cols)
         console.print(

@@ -84,6 +84,14 @@ class Finding:
     examples: list[dict] = field(default_factory=list)  # [{"row": N, "text": "..."}], for people
 
 
+# One number for a dashboard; the findings say what to do. Errors weigh four times a warning
+# because they are the problems that make a model learn the wrong thing.
+SCORE_FORMULA = (
+    "100 x (1 - sum over findings of weight x affected rows / rows), at least 0; "
+    "weight 1 for an error, 0.25 for a warning"
+)
+
+
 @dataclass
 class DataCard:
     """What the gate found in a data set: findings and statistics."""
@@ -103,11 +111,48 @@ class DataCard:
         """Findings that are reported but do not block training."""
         return [f for f in self.findings if f.severity == "warning"]
 
+    def score(self) -> int:
+        """Quality score from 0 to 100 (see ``SCORE_FORMULA``)."""
+        if not self.rows:
+            return 0
+        penalty = sum((1.0 if f.severity == "error" else 0.25) * f.count / self.rows for f in self.findings)
+        return max(0, round(100 * (1 - penalty)))
+
     def to_json(self) -> dict:
         """The card as a JSON-serialisable dict (``data_card.json``)."""
         card = asdict(self)
-        card["summary"] = {"errors": len(self.errors()), "warnings": len(self.warnings())}
+        card["summary"] = {
+            "errors": len(self.errors()),
+            "warnings": len(self.warnings()),
+            "quality_score": self.score(),
+            "score_formula": SCORE_FORMULA,
+        }
         return card
+
+    def to_html(self) -> str:
+        """A self-contained HTML page of the card (``data_card.html``), no external assets."""
+        esc = html.escape
+        rows = "".join(
+            f"<tr class='{esc(f.severity)}'><td>{esc(f.severity)}</td><td>{esc(f.check)}</td><td>{f.count}</td>"
+            f"<td>{esc(f.message)}<br><small>rows: {esc(', '.join(map(str, f.rows)))}</small></td></tr>"
+            for f in self.findings
+        )
+        table = (
+            f"<table><tr><th>severity</th><th>check</th><th>rows</th><th>finding</th></tr>{rows}</table>"
+            if self.findings
+            else "<p>No problems found.</p>"
+        )
+        return (
+            "<!doctype html><meta charset='utf-8'><title>Data card</title><style>"
+            "body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}"
+            ".error td:first-child{color:#b00;font-weight:bold}.warning td:first-child{color:#a60}</style>"
+            f"<h1>Data card: {esc(self.path)}</h1>"
+            f"<p>{esc(self.format)} &middot; {esc(self.task)} &middot; {self.rows} rows &middot; "
+            f"{len(self.errors())} errors (block training) &middot; {len(self.warnings())} warnings</p>"
+            f"<p><b>Quality score {self.score()} / 100</b> <small>({esc(SCORE_FORMULA)})</small></p>{table}"
+            f"<h2>Statistics</h2><pre>{esc(json.dumps(self.stats, indent=2, ensure_ascii=False))}</pre>"
+        )
 
     def to_markdown(self) -> str:
         """The card for people (``data_card.md``): a summary table, then each finding with example rows."""
@@ -119,6 +164,7 @@ class DataCard:
             f"- Rows: {self.rows}",
             f"- Errors: {len(self.errors())} (block training)",
             f"- Warnings: {len(self.warnings())}",
+            f"- Quality score: {self.score()} / 100 ({SCORE_FORMULA})",
             "",
         ]
         if not self.findings:
@@ -206,11 +252,12 @@ def check_data(
 
 
 def write_card(card: DataCard, out_dir) -> None:
-    """Write ``data_card.json`` and ``data_card.md`` into ``out_dir`` (created if missing)."""
+    """Write ``data_card.json``, ``data_card.md`` and ``data_card.html`` into ``out_dir`` (created if missing)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data_card.json").write_text(json.dumps(card.to_json(), indent=2, ensure_ascii=False) + "\n")
     (out / "data_card.md").write_text(card.to_markdown())
+    (out / "data_card.html").write_text(card.to_html())
 
 
 def fix_data(card_input_path, out_path, columns=None) -> FixResult:
