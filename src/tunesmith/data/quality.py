@@ -30,8 +30,9 @@ from html.entities import name2codepoint
 from itertools import pairwise
 from pathlib import Path
 
-from tunesmith.data import dedup, pii
+from tunesmith.data import dedup, pii, textcheck
 from tunesmith.data.formats import LoadedData, length_percentiles, load_data, parse_columns, token_lengths
+from tunesmith.errors import DataError
 
 __all__ = ["DataCard", "Finding", "FixResult", "check_data", "fix_data", "write_card"]
 
@@ -51,7 +52,9 @@ IMBALANCE_RATIO = 10
 # One-word answers are suspicious only where the typical (median) answer is longer than 3 words.
 TYPICAL_ANSWER_WORDS = 3
 
-CHECKS = ("schema", "encoding", "length", "duplicates", "conflicts", "leakage", "pii", "labels", "preference")
+CHECKS = (
+    "schema", "encoding", "length", "duplicates", "conflicts", "leakage", "pii", "labels", "preference", "language", "toxicity",
+)
 
 # C0 and C1 control characters except \t \n \r.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -214,13 +217,17 @@ def check_data(
     tokenizer=None,
     max_length: int | None = None,
     columns=None,
+    label_check: bool = True,
+    on_batch=None,
 ) -> DataCard:
     """Run every quality check on a training file (and leakage checks against validation
     and test files) and return a ``DataCard``.
 
     ``tokenizer`` enables the length checks (token counts as the model sees them);
     ``max_length`` flags rows that would be cut. ``columns`` is a mapping or a
-    ``"text=body,label=tag"`` string, passed to ``load_data``. Raises ``DataError`` when a
+    ``"text=body,label=tag"`` string, passed to ``load_data``. ``label_check`` runs the
+    embedding-based label-error check on classification data (about 60 s per 10k rows on
+    2 cores; ``on_batch(n)`` reports embedding progress). Raises ``DataError`` when a
     file cannot be read (e.g. invalid UTF-8).
     """
     columns = parse_columns(columns) if isinstance(columns, str) else columns
@@ -237,8 +244,13 @@ def check_data(
         if other_path is not None:
             findings += _check_leakage(ctx, load_data(other_path, columns=columns))
     findings += _check_pii(ctx)
+    if data.records:
+        findings += _check_language(ctx, stats)
+        findings += _check_toxicity(ctx)
     if data.task == "classify":
         findings += _check_labels(ctx, stats)
+        if label_check and len(data.records) >= 10:
+            findings += _check_label_errors(ctx, on_batch)
     if data.task == "preference":
         findings += _check_preference(ctx)
     return DataCard(
@@ -666,6 +678,74 @@ def _check_labels(ctx: _Context, stats: dict) -> list[Finding]:
             )
         )
     return findings
+
+
+def _check_label_errors(ctx: _Context, on_batch=None) -> list[Finding]:
+    """Rows whose label a cross-validated classifier on MiniLM embeddings confidently
+    disagrees with (cleanlab's confident learning)."""
+    from tunesmith.data import labels as label_check
+
+    try:
+        label_check.embedding_model_path()
+    except DataError as exc:  # the embedding model is an optional install: say the check did not run
+        return [ctx.finding("labels", "warning", f"The label-error check did not run: {exc}", [])]
+    texts = [record["text"] for record in ctx.data.records]
+    given = [record["label"] for record in ctx.data.records]
+    embeddings = label_check.embed(texts, on_batch=on_batch)
+    issues = label_check.suspected_label_errors(texts, given, embeddings=embeddings)
+    if not issues:
+        return []
+    first = issues[0]
+    row = ctx.data.rows[first.index]
+    return [
+        ctx.finding(
+            "labels",
+            "warning",
+            f"{len(issues)} rows may carry the wrong label (most suspicious: row {row}, labelled '{first.given}', "
+            f"looks like '{first.suggested}'); review them, most suspicious first.",
+            [ctx.data.rows[issue.index] for issue in issues],
+        )
+    ]
+
+
+def _check_language(ctx: _Context, stats: dict) -> list[Finding]:
+    texts = [" ".join(_text_fields(record)) for record in ctx.data.records]
+    mix = textcheck.language_mix(texts)
+    stats["languages"] = mix["counts"]
+    if not mix["other_rows"]:
+        return []
+    others = Counter(mix["counts"])
+    others.pop(mix["main"], None)
+    shown = ", ".join(f"{lang}: {n}" for lang, n in others.most_common(5))
+    return [
+        ctx.finding(
+            "language",
+            "warning",
+            f"{len(mix['other_rows'])} rows are not in the main language '{mix['main']}' ({shown}); "
+            "check that the mix is intended.",
+            [ctx.data.rows[i] for i in mix["other_rows"]],
+        )
+    ]
+
+
+def _check_toxicity(ctx: _Context) -> list[Finding]:
+    rows, terms = [], Counter()
+    for record, row in zip(ctx.data.records, ctx.data.rows):
+        found = [t for text in _text_fields(record) for t in textcheck.toxic_terms(text)]
+        if found:
+            rows.append(row)
+            terms.update(found)
+    if not rows:
+        return []
+    return [
+        ctx.finding(
+            "toxicity",
+            "warning",
+            f"{len(rows)} rows contain abusive terms from the built-in lexicon ({len(terms)} distinct); "
+            "review them unless the data is meant to hold such text (e.g. red-teaming).",
+            rows,
+        )
+    ]
 
 
 def _check_preference(ctx: _Context) -> list[Finding]:
