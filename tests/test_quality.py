@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tunesmith.data.quality import check_data, fix_data, write_card
+from tunesmith.errors import DataError
 
 HERE = Path(__file__).parent / "data_files" / "quality"
 CHAT = HERE / "chat.jsonl"
@@ -87,7 +88,7 @@ def test_fix_drops_and_redacts_exactly_the_planted_rows(tmp_path):
 def test_fix_refuses_to_overwrite_its_input(tmp_path):
     copy = tmp_path / "data.jsonl"
     copy.write_bytes(CHAT.read_bytes())
-    with pytest.raises(ValueError, match="overwrite"):
+    with pytest.raises(DataError, match="overwrite"):
         fix_data(copy, copy)
 
 
@@ -245,3 +246,19 @@ def test_language_and_toxicity_findings(tmp_path):
     by_check = {f.check: f for f in card.findings}
     assert by_check["language"].rows == [13] and card.stats["languages"]["de"] == 1
     assert by_check["toxicity"].rows == [14]
+
+
+def test_unusable_rows_are_card_findings_not_a_crash(tmp_path):
+    good = {"messages": [{"role": "user", "content": "How do I reset my PIN code?"},
+                         {"role": "assistant", "content": "Open the app and choose Security, then PIN."}]}
+    rows = [good, {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "hello"}]},
+            {"messages": [{"role": "user", "content": "what now"}, {"role": "assistant"}]}, good]
+    path = tmp_path / "broken.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    card = check_data(path)
+    [schema] = [f for f in card.findings if f.check == "schema" and f.severity == "error"]
+    assert schema.rows == [2, 3] and "unknown role 'bot'" in schema.message
+    assert card.rows == 2 and any(f.check == "duplicates" for f in card.findings)  # the rest is still checked
+    result = fix_data(path, tmp_path / "clean.jsonl")
+    log = [json.loads(line) for line in (tmp_path / "fix_log.jsonl").read_text().splitlines()]
+    assert [entry["row"] for entry in log] == [2, 3, 4] and result.rows_in == 4 and result.rows_out == 1

@@ -110,29 +110,35 @@ def load_data(
     path: str | Path,
     columns: dict[str, str] | None = None,
     format: Format | str | None = None,
+    bad_rows: list[tuple[int, str]] | None = None,
 ) -> LoadedData:
     """Read a data file, detect its format and convert every row to the canonical shape.
 
     ``columns`` maps canonical fields to the file's column names (``{"text": "body",
     "label": "tag"}``) and overrides detection; ``format`` forces a format. Raises
-    ``DataError`` naming the file and row when the file or a row cannot be used.
+    ``DataError`` naming the file and row when the file or a row cannot be used, unless
+    ``bad_rows`` is given: then each unusable row is appended to it as ``(row, reason)``
+    and left out, so the quality gate can report them all at once.
     """
     notes: list[str] = []
     records = read_records(path, notes)
     fmt, column_map = _choose_format(records, path, columns, format)
     convert = CONVERTERS[fmt]
-    canonical = []
+    canonical, rows = [], []
     for record in records:
         try:
             canonical.append(convert(record.data, column_map))
+            rows.append(record.row)
         except _RowError as e:
-            raise DataError(f"{path}: row {record.row} {e}.") from None
+            if bad_rows is None:
+                raise DataError(f"{path}: row {record.row} {e}.") from None
+            bad_rows.append((record.row, str(e)))
     return LoadedData(
         path=str(path),
         format=fmt,
         task=fmt.task,
         records=canonical,
-        rows=[record.row for record in records],
+        rows=rows,
         column_map=column_map,
         notes=notes,
     )

@@ -231,9 +231,18 @@ def check_data(
     file cannot be read (e.g. invalid UTF-8).
     """
     columns = parse_columns(columns) if isinstance(columns, str) else columns
-    data = load_data(train_path, columns=columns)
+    bad: list[tuple[int, str]] = []
+    data = load_data(train_path, columns=columns, bad_rows=bad)
     ctx = _Context(data)
     findings: list[Finding] = []
+    if bad:
+        row, reason = bad[0]
+        findings.append(Finding(
+            "schema", "error",
+            f"{len(bad)} rows cannot be used as {data.format.value} data (e.g. row {row} {reason}); "
+            "fix them (--fix drops them).",
+            [r for r, _ in bad][:MAX_ROWS], len(bad), data.path,
+        ))
     stats: dict = {"characters": _char_stats(data.records)} if data.records else {}
     findings += _check_encoding(ctx)
     findings += _check_schema(ctx)
@@ -284,9 +293,10 @@ def fix_data(card_input_path, out_path, columns=None) -> FixResult:
     columns = parse_columns(columns) if isinstance(columns, str) else columns
     src, out = Path(card_input_path), Path(out_path)
     if out.resolve() == src.resolve():
-        raise ValueError(f"fix_data would overwrite its input {src}; choose another output path")
-    data = load_data(src, columns=columns)
-    log: list[dict] = []
+        raise DataError(f"--fix would overwrite its input {src}; choose another output path.")
+    bad: list[tuple[int, str]] = []
+    data = load_data(src, columns=columns, bad_rows=bad)
+    log: list[dict] = [{"row": row, "action": "dropped", "reason": reason} for row, reason in bad]
     drop: dict[int, str] = {}  # index -> reason
     for i, record in enumerate(data.records):
         reason = _missing_answer(record)
@@ -315,6 +325,7 @@ def fix_data(card_input_path, out_path, columns=None) -> FixResult:
             kinds = dict(sorted(fixes["pii"].items()))
             log.append({"row": row, "action": "redacted", "reason": "personal data or secrets", "kinds": kinds})
         kept.append(cleaned)
+    log.sort(key=lambda line: line["row"])
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
         for record in kept:
@@ -326,7 +337,7 @@ def fix_data(card_input_path, out_path, columns=None) -> FixResult:
     return FixResult(
         out_path=str(out),
         log_path=str(log_path),
-        rows_in=len(data.records),
+        rows_in=len(data.records) + len(bad),
         rows_out=len(kept),
         dropped=sum(1 for line in log if line["action"] == "dropped"),
         redacted=redacted,
