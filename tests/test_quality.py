@@ -262,3 +262,18 @@ def test_unusable_rows_are_card_findings_not_a_crash(tmp_path):
     result = fix_data(path, tmp_path / "clean.jsonl")
     log = [json.loads(line) for line in (tmp_path / "fix_log.jsonl").read_text().splitlines()]
     assert [entry["row"] for entry in log] == [2, 3, 4] and result.rows_in == 4 and result.rows_out == 1
+
+
+def test_preference_sides_with_different_prompts(tmp_path):
+    def side(user, reply):
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+
+    rows = [
+        {"prompt": "Greet me", "chosen": "Hello there!", "rejected": "Go away."},
+        {"prompt": "Help", "chosen": side("Reset my PIN", "Open Security."), "rejected": side("Close my account", "Done.")},
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    card = check_data(path)
+    differing = [f for f in card.findings if "different prompts" in f.message]
+    assert len(differing) == 1 and differing[0].rows == [2]

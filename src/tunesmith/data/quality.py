@@ -760,13 +760,27 @@ def _check_toxicity(ctx: _Context) -> list[Finding]:
 
 
 def _check_preference(ctx: _Context) -> list[Finding]:
-    same, empty = [], []
+    same, empty, context = [], [], []
     for record, row in zip(ctx.data.records, ctx.data.rows):
         if _missing_answer(record):
             empty.append(row)
         elif _side_text(record["chosen"]) == _side_text(record["rejected"]):
             same.append(row)
+        # Both sides must answer the same prompt: user or system turns inside a side that
+        # differ from the other side's mean the two replies answer different conversations.
+        if _context_turns(record["chosen"]) != _context_turns(record["rejected"]):
+            context.append(row)
     findings = []
+    if context:
+        findings.append(
+            ctx.finding(
+                "preference",
+                "error",
+                f"{len(context)} pairs have different prompts on the chosen and the rejected side, so the "
+                "replies are not comparable; give both sides the same conversation.",
+                context,
+            )
+        )
     if same:
         findings.append(
             ctx.finding(
@@ -791,6 +805,10 @@ def _check_preference(ctx: _Context) -> list[Finding]:
 
 # ---------------------------------------------------------------------------------------
 # Fixes and helpers
+
+
+def _context_turns(messages: list[dict]) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"].strip()) for m in messages if m["role"] != "assistant"]
 
 
 def _side_text(messages: list[dict]) -> str:
