@@ -277,3 +277,12 @@ def test_preference_sides_with_different_prompts(tmp_path):
     card = check_data(path)
     differing = [f for f in card.findings if "different prompts" in f.message]
     assert len(differing) == 1 and differing[0].rows == [2]
+
+
+def test_task_option_checks_text_label_rows_as_chats(tmp_path):
+    path = tmp_path / "intents.csv"
+    path.write_text("text,label\n" + "".join(f"how do I do thing number {i},intent_{i % 3}\n" for i in range(9)))
+    card = check_data(path, task="chat", label_check=False)
+    assert card.task == "chat" and not card.errors()
+    with pytest.raises(DataError, match="not preference data"):
+        check_data(path, task="preference")

@@ -138,6 +138,7 @@ def check_data_cmd(
     columns: Annotated[Optional[str], typer.Option(help="Override detection: field=column,...")] = None,
     out: Annotated[Path, typer.Option(help="Folder for data_card.json and data_card.md.")] = Path("."),
     fix: Annotated[Optional[Path], typer.Option(help="Write a cleaned copy here (JSONL) plus fix_log.jsonl; FILE is never changed.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="What the data will train: chat, classify, pretrain, preference or kto (default: as detected).")] = None,
     label_check: Annotated[bool, typer.Option(help="Look for mislabelled rows with embeddings (classification data; ~60 s per 10k rows on 2 CPU cores).")] = True,
 ) -> None:
     """Check FILE for problems that spoil training (empty answers, conflicts, duplicates,
@@ -153,10 +154,10 @@ def check_data_cmd(
     from rich.progress import Progress
 
     with Progress(console=err, transient=True) as bar:
-        task = bar.add_task(f"checking {file}", total=None)
+        bar_id = bar.add_task(f"checking {file}", total=None)
         card = check_data(
             file, validation, test, tokenizer=load_tokenizer(model), max_length=max_length, columns=cols,
-            label_check=label_check, on_batch=lambda n: bar.update(task, description="embedding for the label check", advance=n),
+            label_check=label_check, task=task, on_batch=lambda n: bar.update(bar_id, description="embedding for the label check", advance=n),
         )
     write_card(card, out)
     table = Table(title=f"{file}: {card.rows} rows, {card.format}, quality score {card.score()}/100")

@@ -25,13 +25,13 @@ import re
 import statistics
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from html.entities import name2codepoint
 from itertools import pairwise
 from pathlib import Path
 
 from tunesmith.data import dedup, pii, textcheck
-from tunesmith.data.formats import LoadedData, length_percentiles, load_data, parse_columns, token_lengths
+from tunesmith.data.formats import LoadedData, length_percentiles, load_data, parse_columns, to_chat, token_lengths
 from tunesmith.errors import DataError
 
 __all__ = ["DataCard", "Finding", "FixResult", "check_data", "fix_data", "write_card"]
@@ -219,6 +219,7 @@ def check_data(
     columns=None,
     label_check: bool = True,
     on_batch=None,
+    task: str | None = None,
 ) -> DataCard:
     """Run every quality check on a training file (and leakage checks against validation
     and test files) and return a ``DataCard``.
@@ -227,12 +228,14 @@ def check_data(
     ``max_length`` flags rows that would be cut. ``columns`` is a mapping or a
     ``"text=body,label=tag"`` string, passed to ``load_data``. ``label_check`` runs the
     embedding-based label-error check on classification data (about 60 s per 10k rows on
-    2 cores; ``on_batch(n)`` reports embedding progress). Raises ``DataError`` when a
+    2 cores; ``on_batch(n)`` reports embedding progress). ``task`` says what the data will
+    train ("chat", "classify", ...): text+label data checked as "chat" is checked as the
+    chats `train` makes of it. Raises ``DataError`` when a
     file cannot be read (e.g. invalid UTF-8).
     """
     columns = parse_columns(columns) if isinstance(columns, str) else columns
     bad: list[tuple[int, str]] = []
-    data = load_data(train_path, columns=columns, bad_rows=bad)
+    data = _as_task(load_data(train_path, columns=columns, bad_rows=bad), task)
     ctx = _Context(data)
     findings: list[Finding] = []
     if bad:
@@ -251,7 +254,7 @@ def check_data(
     findings += _check_duplicates(ctx)
     for other_path in (validation_path, test_path):
         if other_path is not None:
-            findings += _check_leakage(ctx, load_data(other_path, columns=columns))
+            findings += _check_leakage(ctx, _as_task(load_data(other_path, columns=columns), task))
     findings += _check_pii(ctx)
     if data.records:
         findings += _check_language(ctx, stats)
@@ -269,6 +272,19 @@ def check_data(
         rows=len(data.records),
         findings=findings,
         stats=stats,
+    )
+
+
+def _as_task(data: LoadedData, task: str | None) -> LoadedData:
+    """Check the data as the task it will train: text+label rows meant for chat SFT become
+    chats (text in, label out), as `train` converts them; any other mismatch is an error."""
+    if task is None or task == data.task:
+        return data
+    if task == "chat" and data.task == "classify":
+        return replace(data, records=to_chat(data), task="chat")
+    raise DataError(
+        f"{data.path} holds {data.task} data ({data.format.value}), not {task} data; pass --task {data.task}, "
+        "or --columns to read other columns."
     )
 
 
