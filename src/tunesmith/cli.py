@@ -43,8 +43,10 @@ def _convert_builtin_once(target: str | None) -> None:
     spinner instead of sitting silent. `target` is a model name or a run directory."""
     from tunesmith.models import BUILTIN_MODELS, builtin_cache_dir, ensure_builtin
 
+    from tunesmith.serve.engine import is_run_dir
+
     name = target
-    if target and (Path(target) / "config.yaml").is_file():
+    if target and is_run_dir(Path(target)):
         from tunesmith.config import load_config
 
         name = load_config(Path(target) / "config.yaml").model.name
