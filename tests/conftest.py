@@ -170,3 +170,81 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
     run_dir = root / "run"
     summary = train_sft(config, run_dir)
     return run_dir, summary
+
+
+class StubOpenAI:
+    """A chat-completions server on localhost for endpoint teachers. `reply(messages)` makes
+    each answer; `fail` is a list of HTTP statuses to answer with first, one per request
+    (e.g. [429, 500] then success). Every request's arrival time and body are recorded."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        self.times: list[float] = []
+        self.fail: list[int] = []
+        self.reply = lambda messages: "ok " + messages[-1]["content"][:20]
+        self.key: str | None = None
+        stub = self
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                import time
+
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    stub.requests.append(body)
+                    stub.times.append(time.monotonic())
+                    status = stub.fail.pop(0) if stub.fail else 200
+                if stub.key and self.headers.get("Authorization") != f"Bearer {stub.key}":
+                    status = 401
+                if not self.path.endswith("/v1/chat/completions"):
+                    status = 404
+                if status == 200:
+                    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": stub.reply(body["messages"])}}]}
+                else:
+                    answer = {"error": {"message": f"stub status {status}"}}
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub_openai():
+    server = StubOpenAI()
+    yield server
+    server.close()
+
+
+class ScriptedTeacher:
+    """A deterministic in-process teacher: `reply(messages)` answers each conversation."""
+
+    name = "scripted"
+    prefill = False
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.calls = 0
+
+    def complete(self, conversations, temperature=0.8, max_new_tokens=128):
+        self.calls += len(conversations)
+        return [self.reply(c) for c in conversations]

@@ -120,3 +120,70 @@ def test_data_check_writes_card_and_fix(tmp_path, tiny_model_dir):
 def test_data_check_clean_file_passes(tmp_path, tiny_model_dir, tiny_chat_file):
     result = invoke("data", "check", tiny_chat_file, "--model", tiny_model_dir, "--out", tmp_path)
     assert result.exit_code == 0, result.output
+
+
+def _intent_csv(path, n=24):
+    from tests.conftest import banking_rows
+
+    rows = [r for r in banking_rows() if r[1] in ("card_arrival", "top_up_failed")][:n]
+    path.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in rows))
+    return path
+
+
+def test_data_augment_writes_variants_with_provenance(tmp_path):
+    src = _intent_csv(tmp_path / "intents.csv", 6)
+    out = tmp_path / "aug.jsonl"
+    result = invoke("data", "augment", src, "--out", out, "--methods", "typo,swap", "--copies", "2")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["method"] for r in rows} == {"original", "typo", "swap"}
+    assert sorted({r["source_id"] for r in rows}) == [2, 3, 4, 5, 6, 7]  # CSV rows after the header
+    assert "typo" in result.output and "original" in result.output
+
+
+def test_data_augment_errors_are_one_sentence(tmp_path):
+    src = _intent_csv(tmp_path / "intents.csv", 4)
+    assert_one_sentence_error(invoke("data", "augment", src, "--out", src), "is the input file itself")
+    assert_one_sentence_error(invoke("data", "augment", src, "--out", tmp_path / "o.jsonl", "--methods", "typo,blur"),
+                              "Unknown augmentation method 'blur'")
+    assert_one_sentence_error(invoke("data", "augment", src, "--out", tmp_path / "o.jsonl", "--methods", "paraphrase",
+                                     "--teacher-url", "http://127.0.0.1:9/v1"), "--teacher-url needs --teacher-model")
+
+
+def test_data_synth_with_an_endpoint_teacher(tmp_path, stub_openai):
+    import re
+
+    counter = iter(range(1000))
+
+    def reply(messages):
+        label = re.search(r'label "([^"]+)"', messages[-1]["content"]).group(1)
+        return f"Customer question {next(counter)} on {label}, asked in a new way {next(counter)}"
+
+    stub_openai.reply = reply
+    stub_openai.key = "sk-test"
+    seed = _intent_csv(tmp_path / "seed.csv")
+    out = tmp_path / "synth.jsonl"
+    args = ["data", "synth", "--seed", seed, "--out", out, "--n", 4, "--teacher-url", stub_openai.url,
+            "--teacher-model", "stub", "--label-check", "off", "--rouge", 1.0, "--cosine", 1.0]
+    result = runner.invoke(app, [str(a) for a in args], env={"TUNESMITH_TEACHER_KEY": "sk-test"})
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 4
+    assert (tmp_path / "synth.report.json").exists() and "filter report" in result.output
+    # a second run with a larger --n continues the same file
+    result = runner.invoke(app, [str(a) for a in args[:7] + [6] + args[8:]], env={"TUNESMITH_TEACHER_KEY": "sk-test"})
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 6 and len(stub_openai.requests) == 6
+
+
+def test_data_synth_errors_are_one_sentence(tmp_path, stub_openai):
+    stub_openai.key = "right"
+    seed = _intent_csv(tmp_path / "seed.csv")
+    out = tmp_path / "s.jsonl"
+    assert_one_sentence_error(
+        invoke("data", "synth", "--seed", seed, "--out", out, "--n", 2, "--teacher-url", stub_openai.url,
+               "--teacher-model", "m", "--teacher-key", "wrong"), "refused the key with HTTP 401", "--teacher-key")
+    assert_one_sentence_error(invoke("data", "synth", "--out", out, "--n", 2), "Give --seed FILE")
+    assert_one_sentence_error(invoke("data", "synth", "--out", out, "--n", 2, "--topics", tmp_path / "none.yaml"),
+                              "does not exist")
+    assert_one_sentence_error(invoke("data", "synth", "--seed", seed, "--out", seed, "--n", 2), "is the input file itself")
+    assert not out.exists() or out.read_text() == ""

@@ -17,7 +17,7 @@ from rich.table import Table
 from tunesmith.errors import TunesmithError
 
 app = typer.Typer(help="Turn a general-purpose LLM into a specialist for your task.", no_args_is_help=True)
-data_app = typer.Typer(help="Read, check and convert data files.", no_args_is_help=True)
+data_app = typer.Typer(help="Read, check, augment and synthesize data files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
@@ -179,6 +179,159 @@ def check_data_cmd(
     if card.errors():
         err.print(f"[red]{len(card.errors())} error(s) would block training[/red]; fix them or use --fix for the safe ones.")
         raise typer.Exit(1)
+
+
+@data_app.command("augment")
+@user_errors
+def augment_cmd(
+    file: Annotated[Path, typer.Argument(help="Data file whose rows get variants.")],
+    out: Annotated[Path, typer.Option(help="Where to write the rows (JSONL): the originals, then the variants.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated: typo[:rate], case, punct, dropout[:rate], swap[:rate], paraphrase. A rate is the share of words touched.")] = "typo:0.05,case,punct,dropout:0.1,swap:0.1",
+    copies: Annotated[int, typer.Option(help="Variants per method per row.")] = 1,
+    originals: Annotated[bool, typer.Option(help="Also write the original rows (method 'original').")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same variants.")] = 0,
+    columns: Annotated[Optional[str], typer.Option(help="Override detection: field=column,...")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="Local model that paraphrases (default: the bundled model).")] = None,
+    teacher_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint that paraphrases instead, e.g. http://localhost:8000/v1.")] = None,
+    teacher_model: Annotated[Optional[str], typer.Option(help="Model name to ask the endpoint for.")] = None,
+    teacher_key: Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")] = None,
+) -> None:
+    """Write meaning-preserving variants of each row's user text (typos, casing, punctuation,
+    word dropout and swaps, paraphrases); answers and labels are kept. Every row records
+    `source_id` (its row in FILE) and `method`."""
+    _quiet_libraries()
+    from rich.progress import Progress
+
+    from tunesmith.data.augment import augment, parse_methods
+    from tunesmith.data.formats import load_data, parse_columns
+    from tunesmith.data.teacher import make_teacher
+    from tunesmith.serve.engine import write_jsonl
+
+    chosen = parse_methods(methods)
+    if copies < 1:
+        raise TunesmithError(f"--copies must be at least 1, got {copies}.")
+    _refuse_overwrite(file, out)
+    data = load_data(file, columns=parse_columns(columns) if columns else None)
+    model = None
+    if "paraphrase" in chosen:
+        model = make_teacher(teacher, teacher_url, teacher_model, teacher_key)
+        if not teacher_url:
+            _convert_builtin_once(model.target)
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(f"augmenting {file.name}", total=len(data.records))
+        rows, report = augment(data.records, data.task, chosen, data.rows, copies, seed, model, originals,
+                               on_progress=lambda n: bar.advance(task, n))
+    write_jsonl(out, rows)
+    table = Table(title=f"{out}: {report.rows_out} rows from {report.rows_in}")
+    table.add_column("method")
+    table.add_column("rows", justify="right")
+    for method, count in report.made.items():
+        table.add_row(method, str(count))
+    for reason, count in report.skipped.items():
+        table.add_row(f"[yellow]skipped[/yellow] {reason}", str(count))
+    console.print(table)
+    console.print("Variants of one row are near-duplicates: give `tunesmith train` a --validation file of "
+                  "original rows, or a held-out split can share sources with the training rows.")
+
+
+@data_app.command("synth")
+@user_errors
+def synth_cmd(
+    out: Annotated[Path, typer.Option(help="JSONL to grow; rows already there count, so a stopped run continues.")],
+    n: Annotated[int, typer.Option("--n", help="Rows to have in OUT when done.")],
+    seed: Annotated[Optional[Path], typer.Option(help="Examples to learn from: chat, text+label or preference data.")] = None,
+    kind: Annotated[str, typer.Option(help="auto (from the seed), instruct, classify, preference or scenarios.")] = "auto",
+    topics: Annotated[Optional[Path], typer.Option(help="Scenarios YAML: template (with {topic}), topics, optional variables, system, answer.")] = None,
+    methods: Annotated[str, typer.Option(help="Instruct data: self-instruct and/or evol (Evol-Instruct), comma-separated.")] = "self-instruct,evol",
+    teacher: Annotated[Optional[str], typer.Option(help="Local teacher model: built-in name, folder or run directory (default smollm2-135m).")] = None,
+    teacher_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint as teacher, e.g. http://localhost:8000/v1.")] = None,
+    teacher_model: Annotated[Optional[str], typer.Option(help="Model name to ask the endpoint for.")] = None,
+    teacher_key: Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")] = None,
+    rpm: Annotated[Optional[float], typer.Option(help="Endpoint requests per minute at most (judge included).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Endpoint requests in flight at once.")] = 4,
+    judge: Annotated[Optional[str], typer.Option(help="Local judge model; rows it scores below --min-score are dropped.")] = None,
+    judge_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint as judge.")] = None,
+    judge_model: Annotated[Optional[str], typer.Option(help="Model name to ask the judge endpoint for.")] = None,
+    judge_key: Annotated[Optional[str], typer.Option(envvar="TUNESMITH_JUDGE_KEY", help="API key for the judge endpoint.")] = None,
+    min_score: Annotated[float, typer.Option(help="Judge score (1-10) a row needs.")] = 6.0,
+    rejected_model: Annotated[Optional[str], typer.Option(help="Preference data: a weaker local model writes the rejected answers (default: degraded copies of the chosen one).")] = None,
+    label_check: Annotated[str, typer.Option(help="Classification: classifier (trained on the seed), teacher (asked yes/no) or off.")] = "classifier",
+    label_descriptions: Annotated[Optional[Path], typer.Option(help="YAML mapping each label to a description for the teacher.")] = None,
+    rouge: Annotated[float, typer.Option(help="Drop rows whose ROUGE-L with a seed or earlier row is above this.")] = 0.7,
+    cosine: Annotated[float, typer.Option(help="Drop rows whose MiniLM embedding cosine with a seed or earlier row is above this.")] = 0.95,
+    min_chars: Annotated[Optional[int], typer.Option(help="Shortest new text (default: from the seed).")] = None,
+    max_chars: Annotated[Optional[int], typer.Option(help="Longest new text (default: from the seed).")] = None,
+    max_candidates: Annotated[Optional[int], typer.Option(help="Stop after this many candidates (default 10 x --n).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Candidates per round.")] = 16,
+    temperature: Annotated[float, typer.Option(help="Teacher sampling temperature for new texts.")] = 0.9,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer or scenario in tokens.")] = 256,
+    random_seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    columns: Annotated[Optional[str], typer.Option(help="Override detection of the seed file: field=column,...")] = None,
+) -> None:
+    """Generate new rows with a teacher model (Self-Instruct, Evol-Instruct, label-conditioned,
+    preference pairs or scenarios), filter every one, and report what was kept and why the
+    rest was dropped (OUT's .report.json; dropped rows in .dropped.jsonl)."""
+    _quiet_libraries()
+    import yaml
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tunesmith.data.formats import parse_columns
+    from tunesmith.data.synth import SynthOptions, load_scenarios, sidecar_paths, synthesize
+    from tunesmith.data.teacher import make_teacher
+
+    if seed:
+        _refuse_overwrite(seed, out)
+    descriptions = {}
+    if label_descriptions:
+        try:
+            descriptions = yaml.safe_load(label_descriptions.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise TunesmithError(f"--label-descriptions {label_descriptions}: cannot read it as YAML ({exc}).") from None
+        if not isinstance(descriptions, dict):
+            raise TunesmithError(f"--label-descriptions {label_descriptions} must map each label to a description.")
+    options = SynthOptions(
+        n=n, kind=kind, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), seed=random_seed,
+        batch_size=batch_size, temperature=temperature, max_new_tokens=max_new_tokens, min_chars=min_chars,
+        max_chars=max_chars, rouge_threshold=rouge, embedding_threshold=cosine, label_check=label_check,
+        min_judge_score=min_score, max_candidates=max_candidates, label_descriptions={str(k): str(v) for k, v in descriptions.items()},
+        scenarios=load_scenarios(topics) if topics else None,
+    )
+    the_teacher = make_teacher(teacher, teacher_url, teacher_model, teacher_key, rpm, concurrency)
+    the_judge = (make_teacher(judge, judge_url, judge_model, judge_key, rpm, concurrency, what="judge")
+                 if judge or judge_url else None)
+    weaker = make_teacher(rejected_model, what="rejected-model") if rejected_model else None
+    for local in (the_teacher, the_judge, weaker):
+        if local is not None and hasattr(local, "target"):
+            _convert_builtin_once(local.target)
+    columns_map = parse_columns(columns) if columns else None
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
+    task = bar.add_task("loading", total=n)
+
+    def show(report) -> None:
+        bar.update(task, completed=min(report.kept, n),
+                   description=f"{report.kind}: kept {report.kept}, dropped {sum(report.dropped.values())}")
+
+    dropped_path, report_path = sidecar_paths(out)
+    try:
+        with bar:
+            report = synthesize(out, the_teacher, options, seed, columns_map, the_judge, weaker, on_progress=show)
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted.[/yellow] the rows kept so far are in {out}; run the same command to continue.")
+        raise typer.Exit(130) from None
+    table = Table(title=f"{out}: {report.kept} rows kept of {report.candidates} candidates ({report.kind}, teacher {report.teacher})")
+    table.add_column("dropped because")
+    table.add_column("rows", justify="right")
+    for reason, count in report.dropped.most_common():
+        table.add_row(reason, str(count))
+    console.print(table if report.dropped else f"{out}: {report.kept} rows kept, none dropped.")
+    if report.stopped:
+        err.print(f"[yellow]{report.stopped}[/yellow]")
+    console.print(f"filter report: {report_path}; dropped rows: {dropped_path}")
+
+
+def _refuse_overwrite(source: Path, out: Path) -> None:
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise TunesmithError(f"--out {out} is the input file itself; write to another file so the original stays intact.")
 
 
 # --------------------------------------------------------------------------- train

@@ -70,9 +70,12 @@ def generate(
     temperature: float = 0.0,
     batch_size: int = 16,
     on_batch: Callable[[int], None] | None = None,
+    top_p: float = 1.0,
 ) -> list[str]:
-    """Answer each conversation (a list of messages ending with a user turn). Greedy when
-    `temperature` is 0. Generation stops at the tokenizer's end-of-turn token."""
+    """Answer each conversation (a list of messages ending with a user turn, or with a partial
+    assistant turn to continue, which returns only the continuation). Greedy when
+    `temperature` is 0, else sampled (nucleus sampling when `top_p` < 1). Generation stops
+    at the tokenizer's end-of-turn token."""
     import torch
 
     tokenizer, model = loaded.tokenizer, loaded.model
@@ -80,9 +83,9 @@ def generate(
     answers: list[str] = []
     for start in range(0, len(conversations), batch_size):
         batch = [with_system(c, loaded.system_prompt) for c in conversations[start : start + batch_size]]
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+        texts = [_chat_text(tokenizer, c) for c in batch]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
         with torch.inference_mode():
             out = model.generate(
                 **enc,
@@ -96,6 +99,14 @@ def generate(
         if on_batch:
             on_batch(len(batch))
     return [a.strip() for a in answers]
+
+
+def _chat_text(tokenizer, messages: list[dict]) -> str:
+    """The prompt text: a conversation ending with a user turn gets the assistant header; one
+    ending with a partial assistant turn is continued from where it stops (prefill)."""
+    if messages and messages[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
