@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ScriptedTeacher
+from conftest import ScriptedTeacher
 from tunesmith.data.augment import (
     augment, casing, clean_line, parse_methods, punctuation, typo, word_dropout, word_swap,
 )

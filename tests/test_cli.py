@@ -123,7 +123,7 @@ def test_data_check_clean_file_passes(tmp_path, tiny_model_dir, tiny_chat_file):
 
 
 def _intent_csv(path, n=24):
-    from tests.conftest import banking_rows
+    from conftest import banking_rows
 
     rows = [r for r in banking_rows() if r[1] in ("card_arrival", "top_up_failed")][:n]
     path.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in rows))

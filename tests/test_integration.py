@@ -64,3 +64,22 @@ def test_quickstart_end_to_end(tmp_path, monkeypatch):
     assert report["train"]["global_step"] == 2
     assert (tmp_path / "qs" / "quickstart.json").exists()
     assert len((tmp_path / "qs" / "eval" / "test_answers_tuned.jsonl").read_text().splitlines()) == 8
+
+
+def test_smollm2_teacher_writes_classification_rows(tmp_path):
+    """The bundled model as teacher: it continues a list of seed examples, and the filters
+    keep rows of the intended label."""
+    from conftest import banking_rows
+    from tunesmith.data.synth import SynthOptions, synthesize
+    from tunesmith.data.teacher import LocalTeacher
+
+    rows = [r for r in banking_rows() if r[1] in ("card_arrival", "top_up_failed", "exchange_rate")]
+    seed = tmp_path / "seed.jsonl"
+    seed.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows))
+    out = tmp_path / "synth.jsonl"
+    report = synthesize(out, LocalTeacher("smollm2-135m"), SynthOptions(n=6, max_candidates=48), seed_path=seed)
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert report.kept == len(kept) >= 3
+    assert all(r["label"] in ("card_arrival", "top_up_failed", "exchange_rate") and r["text"] for r in kept)
+    seed_texts = {t for t, _ in rows}
+    assert not seed_texts & {r["text"] for r in kept}

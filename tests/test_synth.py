@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from tests.conftest import ScriptedTeacher, banking_rows
+from conftest import ScriptedTeacher, banking_rows
 from tunesmith.data.synth import (
     Pool, SynthOptions, degrade, load_scenarios, parse_score, sidecar_paths, synthesize,
 )
@@ -73,6 +73,9 @@ def test_classify_filters_every_bad_row_and_reports_why(tmp_path, seed_csv):
     assert report.kept == 4 and len(rows) == 4
     assert {r["text"] for r in rows} == set(CLASSIFY_REPLIES["card_arrival"][-2:] + CLASSIFY_REPLIES["top_up_failed"])
     assert all(r["label"] in LABELS and r["method"] == "label-conditioned" and r["teacher"] == "scripted" for r in rows)
+    # provenance: the seed rows shown to the teacher (CSV rows 2-17), all of the row's own label
+    seed_rows = {i + 2: line.rsplit(",", 1)[1] for i, line in enumerate(seed_csv.read_text().splitlines()[1:])}
+    assert all(r["source_ids"] and {seed_rows[i] for i in r["source_ids"]} == {r["label"]} for r in rows)
     dropped = report.dropped
     assert dropped["unparseable (empty reply)"] >= 1
     assert dropped["unparseable (a lead-in or refusal, not a row)"] == 1
@@ -182,6 +185,7 @@ def test_preference_pairs_from_seed_prompts_then_new_ones(tmp_path):
     assert report.kept == 5
     assert sorted(r["prompt"][-1]["content"] for r in rows if r["method"] == "seed-prompt") == sorted(prompts)
     assert sum(r["method"] == "self-instruct" for r in rows) == 2
+    assert sorted(r["source_ids"][0] for r in rows if r["method"] == "seed-prompt") == [1, 2, 3]
     for r in rows:
         assert r["chosen"][0]["role"] == "assistant" and r["rejected"][0]["content"] != r["chosen"][0]["content"]
         assert r["rejected_by"] in ("truncated", "shuffled", "off-topic")
@@ -246,6 +250,14 @@ def test_scenarios_text_and_answered(tmp_path):
     rows = read(tmp_path / "t.jsonl")
     assert [r["topic"] for r in rows].count("a lease dispute") == 2
     assert all(r["text"].startswith("Case") and r["variables"]["setting"] in ("hypothetical", "realistic") for r in rows)
+
+    # a seed next to --topics is what new scenarios must not repeat
+    old = tmp_path / "old.txt"
+    old.write_text(rows[0]["text"] + "\n")
+    again = iter(["Case 0: " + rows[0]["text"][8:], "Case 9: a brand new dispute about a neighbour's fence and who pays."])
+    report = synthesize(tmp_path / "t2.jsonl", ScriptedTeacher(lambda m: next(again)), SynthOptions(n=1, batch_size=1, scenarios=spec),
+                        seed_path=old)
+    assert report.kept == 1 and sum(report.dropped.values()) == 1 and "the seed" in next(iter(report.dropped))
 
     spec = load_scenarios(scenarios_file(tmp_path, answer=True))
     synthesize(tmp_path / "c.jsonl", ScriptedTeacher(reply), SynthOptions(n=2, scenarios=spec, rouge_threshold=0.95))

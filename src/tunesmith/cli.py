@@ -247,7 +247,7 @@ def synth_cmd(
     teacher_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint as teacher, e.g. http://localhost:8000/v1.")] = None,
     teacher_model: Annotated[Optional[str], typer.Option(help="Model name to ask the endpoint for.")] = None,
     teacher_key: Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")] = None,
-    rpm: Annotated[Optional[float], typer.Option(help="Endpoint requests per minute at most (judge included).")] = None,
+    rpm: Annotated[Optional[float], typer.Option(help="Endpoint requests per minute at most (teacher and judge share it when they use the same URL).")] = None,
     concurrency: Annotated[int, typer.Option(help="Endpoint requests in flight at once.")] = 4,
     judge: Annotated[Optional[str], typer.Option(help="Local judge model; rows it scores below --min-score are dropped.")] = None,
     judge_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint as judge.")] = None,
@@ -277,7 +277,7 @@ def synth_cmd(
 
     from tunesmith.data.formats import parse_columns
     from tunesmith.data.synth import SynthOptions, load_scenarios, sidecar_paths, synthesize
-    from tunesmith.data.teacher import make_teacher
+    from tunesmith.data.teacher import EndpointTeacher, RateLimiter, make_teacher
 
     if seed:
         _refuse_overwrite(seed, out)
@@ -300,6 +300,8 @@ def synth_cmd(
     the_judge = (make_teacher(judge, judge_url, judge_model, judge_key, rpm, concurrency, what="judge")
                  if judge or judge_url else None)
     weaker = make_teacher(rejected_model, what="rejected-model") if rejected_model else None
+    if isinstance(the_judge, EndpointTeacher) and isinstance(the_teacher, EndpointTeacher) and the_judge.url == the_teacher.url:
+        the_judge._limiter = the_teacher._limiter = RateLimiter(rpm)  # one endpoint, one --rpm budget
     for local in (the_teacher, the_judge, weaker):
         if local is not None and hasattr(local, "target"):
             _convert_builtin_once(local.target)

@@ -130,6 +130,7 @@ class Candidate:
     reason: str | None = None  # set when dropped
     request: str = ""  # scenarios: the filled-in template the teacher was given
     in_pool: bool = False  # added to the duplicate pool this round
+    sources: list[str] = field(default_factory=list)  # seed texts it was made from (for source_ids)
 
 
 def sidecar_paths(out: Path) -> tuple[Path, Path]:
@@ -293,7 +294,7 @@ def _kind(options: SynthOptions, seed, seed_path) -> str:
 
 
 class _Run:
-    """State of one synthesis run: the seed, the duplicate pool, counts and the open files."""
+    """State of one synthesis run: the seed, the duplicate pool, the counts and the files."""
 
     def __init__(self, out: Path, teacher, options: SynthOptions, kind: str, seed, judge, rejected_teacher):
         self.out, self.teacher, self.options, self.kind = out, teacher, options, kind
@@ -308,6 +309,7 @@ class _Run:
         self.seed_prompts: list[list[dict]] = []
         self.seed_texts: list[str] = []
         self.by_label: dict[str, list[str]] = {}
+        self.row_of: dict[str, int] = {}  # seed text -> its row in the seed file, for provenance
         self.classifier = None
         if seed is not None:
             self._read_seed(seed)
@@ -320,6 +322,15 @@ class _Run:
 
     def _read_seed(self, seed) -> None:
         records = seed.records
+        for r, row in zip(records, seed.rows):
+            prompt = r.get("prompt") or _prompt_of(r.get("messages", []))
+            key = r.get("text") or (prompt[-1]["content"] if prompt else None)
+            if key:
+                self.row_of.setdefault(key, row)
+        if self.kind == "scenarios":  # the seed only says what not to repeat
+            self.seed_texts = list(self.row_of)
+            self._add_to_pool(self.seed_texts, seed=True)
+            return
         if self.kind == "classify":
             for r in records:
                 self.by_label.setdefault(r["label"], []).append(r["text"])
@@ -340,7 +351,7 @@ class _Run:
             systems = {p[0]["content"] for p in self.seed_prompts if p[0]["role"] == "system"}
             self.system = systems.pop() if len(systems) == 1 else None
             if not self.seed_texts:
-                raise DataError("The seed has no user requests to learn from.")
+                raise DataError("The seed file has no user turns to learn requests from; give chat or preference rows.")
         self._add_to_pool(self.seed_texts, seed=True)
         self.rng.shuffle(self.seed_prompts)
 
@@ -375,9 +386,12 @@ class _Run:
         for row in _read_jsonl(self.dropped_path):
             self.report.dropped[row["reason"]] += 1
             self._example(row["reason"], row.get("text", ""))
-        # Burn the RNG forward so a resumed run does not re-propose the same candidates.
-        for _ in range(self.report.candidates):
-            self.rng.random()
+        # Seeded by the resume point: runs repeat exactly, and a resumed run does not
+        # re-propose the candidates of the run before it.
+        import torch
+
+        self.rng = random.Random(f"{self.options.seed}-{self.report.candidates}")
+        torch.manual_seed(self.options.seed + self.report.candidates)  # a local teacher's sampling
 
     # ------------------------------------------------------------------ one round
 
@@ -408,10 +422,10 @@ class _Run:
             description = self.options.label_descriptions.get(label)
             instruction = CLASSIFY_PROMPT.format(name=_label_name(label), description=f" ({description})" if description else "")
             prompts.append(self._list_prompt(instruction, examples, numbered=False))
-            metas.append(label)
+            metas.append((label, examples))
         answers = self.teacher.complete(prompts, temperature=self.options.temperature, max_new_tokens=64)
-        return [Candidate({"text": text, "label": label, "method": "label-conditioned"}, text, "label-conditioned", label)
-                for text, label in zip((clean_line(a) for a in answers), metas)]
+        return [Candidate({"text": text, "label": label}, text, "label-conditioned", label, sources=examples)
+                for text, (label, examples) in zip((clean_line(a) for a in answers), metas)]
 
     def _list_prompt(self, instruction: str, examples: list[str], numbered: bool) -> list[dict]:
         """Ask for one more item of a list of examples. A local teacher is given the list as
@@ -425,7 +439,7 @@ class _Run:
 
     def _propose_tasks(self, size: int, methods: tuple[str, ...]) -> list[Candidate]:
         """New requests by Self-Instruct or Evol-Instruct (no answers yet)."""
-        prompts, chosen = [], []
+        prompts, chosen, sources = [], [], []
         for _ in range(size):
             method = self.rng.choice(methods)
             if method == "self-instruct":
@@ -435,20 +449,22 @@ class _Run:
                     examples.append(self.rng.choice(self.generated_tasks))
                 prompts.append(self._list_prompt(SELF_INSTRUCT_PROMPT, [" ".join(e.split()) for e in examples], numbered=True))
             else:
-                base = self.rng.choice(self.seed_texts + self.generated_tasks)
-                prompts.append([{"role": "user", "content": EVOL_PROMPT.format(step=self.rng.choice(EVOL_STEPS), task=base)}])
+                examples = [self.rng.choice(self.seed_texts + self.generated_tasks)]
+                prompts.append([{"role": "user", "content": EVOL_PROMPT.format(step=self.rng.choice(EVOL_STEPS), task=examples[0])}])
             chosen.append(method)
+            sources.append(examples)
         answers = self.teacher.complete(prompts, temperature=self.options.temperature, max_new_tokens=128)
         # A continued list runs on into further items: only its first line is the new one.
         one_line = getattr(self.teacher, "prefill", False)
-        return [Candidate({}, clean_line(a, keep_lines=not (one_line and m == "self-instruct")), m) for a, m in zip(answers, chosen)]
+        return [Candidate({}, clean_line(a, keep_lines=not (one_line and m == "self-instruct")), m, sources=src)
+                for a, m, src in zip(answers, chosen, sources)]
 
     def _propose_instruct(self, size: int) -> list[Candidate]:
         return self._propose_tasks(size, tuple(self.options.methods))
 
     def _propose_preference(self, size: int) -> list[Candidate]:
         # Seed prompts first (each once), then new prompts written Self-Instruct style.
-        from_seed = [Candidate({"prompt": p}, p[-1]["content"], "seed-prompt", from_seed=True)
+        from_seed = [Candidate({"prompt": p}, p[-1]["content"], "seed-prompt", from_seed=True, sources=[p[-1]["content"]])
                      for p in self.seed_prompts[:size]]
         self.seed_prompts = self.seed_prompts[len(from_seed):]
         return from_seed + (self._propose_tasks(size - len(from_seed), ("self-instruct",)) if size > len(from_seed) else [])
@@ -469,7 +485,7 @@ class _Run:
         out = []
         for answer, (topic, values, request) in zip(answers, metas):
             text = answer.strip()
-            row = {"text": text, "topic": topic, **({"variables": values} if values else {}), "method": "scenario"}
+            row = {"text": text, "topic": topic, **({"variables": values} if values else {})}
             out.append(Candidate(row, text, "scenario", label=topic, request=request))
         return out
 
@@ -534,7 +550,7 @@ class _Run:
             for i, (c, p, a) in enumerate(zip(candidates, prompts, answers)):
                 bad, how = (rejected[i].strip(), "weaker-model") if rejected else degrade(a, answers[:i] + answers[i + 1 :], self.rng)
                 c.row = {"prompt": p, "chosen": [{"role": "assistant", "content": a.strip()}],
-                         "rejected": [{"role": "assistant", "content": bad}], "method": c.method, "rejected_by": how}
+                         "rejected": [{"role": "assistant", "content": bad}], "rejected_by": how}
                 if not a.strip():
                     c.reason = "empty answer"
                 elif not bad or " ".join(bad.split()) == " ".join(a.split()):
@@ -547,7 +563,7 @@ class _Run:
                 c.row = {**c.row, "messages": [{"role": "user", "content": c.key}, {"role": "assistant", "content": a.strip()}]}
                 del c.row["text"]
             else:
-                c.row = {"messages": p + [{"role": "assistant", "content": a.strip()}], "method": c.method}
+                c.row = {"messages": p + [{"role": "assistant", "content": a.strip()}]}
 
     def _judge(self, candidates: list[Candidate]) -> None:
         """Drop rows the judge scores below the threshold (and pairs whose rejected answer it
@@ -594,7 +610,8 @@ class _Run:
                 self._example(c.reason, c.key)
                 dropped_rows.append({"reason": c.reason, "method": c.method, "text": c.key, **({"label": c.label} if c.label else {})})
                 continue
-            row = {**c.row, "method": c.method, "teacher": self.teacher.name}
+            source_ids = sorted({self.row_of[t] for t in c.sources if t in self.row_of})
+            row = {**c.row, "method": c.method, "teacher": self.teacher.name, **({"source_ids": source_ids} if source_ids else {})}
             kept_rows.append(row)
             self.report.kept += 1
             self.report.by_method[c.method] += 1
