@@ -362,3 +362,15 @@ def test_tiny_local_teacher_runs_the_pipeline(tmp_path, seed_csv, tiny_model_dir
     assert report.candidates == 4
     assert report.kept + sum(report.dropped.values()) == 4
     assert json.loads(sidecar_paths(tmp_path / "l.jsonl")[1].read_text())["candidates"] == 4
+
+
+def test_refusal_and_meta_filters_adapt_to_the_seed(tmp_path):
+    # In this seed customers apologise and mention examples, so such rows are not talk about the task.
+    seed = tmp_path / "seed.csv"
+    seed.write_text("text,label\n" + "".join(
+        f"\"I'm sorry to ask again about example {i}, where is my card number {i}?\",card\n" for i in range(10)))
+    counter = iter(range(100))
+    teacher = ScriptedTeacher(lambda m: f"I'm sorry, but the example card {next(counter)} still has not come, {random.random()}")
+    report = synthesize(tmp_path / "s.jsonl", teacher, SynthOptions(n=2, rouge_threshold=1.0, embedding_threshold=1.0),
+                        seed_path=seed)
+    assert report.kept == 2 and not report.dropped

@@ -49,8 +49,10 @@ EVOL_PROMPT = (
     "self-contained and answerable. Reply with the rewritten request only.\n\nRequest: {task}"
 )
 CLASSIFY_PROMPT = 'Write new texts with the label "{name}"{description}, in the style of these and different in wording and detail, one per line.'
-# Words a generated row uses when it talks about the task instead of being a row.
+# Words a generated row uses when it talks about the task instead of being a row, and the
+# openings of a refusal or a reply to the teacher's instructions.
 META_WORDS = ("label", "labelled", "example", "examples", "rewritten", "request")
+REFUSAL_STARTS = ("sure", "certainly", "i'm sorry", "i am sorry", "as an ai", "i cannot", "i can't help")
 LABEL_JUDGE_PROMPT = 'Does this message fit the label "{name}"{description}? Answer yes or no.\n\nMessage: {text}'
 JUDGE_PROMPTS = {
     "classify": 'Rate from 1 to 10 how realistic and clear this message is as an example of the label "{name}".\n\nMessage: {text}\n\nReply with the number only.',
@@ -314,9 +316,12 @@ class _Run:
         if seed is not None:
             self._read_seed(seed)
         self._length_bounds()
-        lowered = [set(re.findall(r"\w+", t.lower())) for t in self.seed_texts]
-        # Only words the seed itself rarely uses count as talk about the task.
-        self.meta_words = {w for w in META_WORDS if sum(w in words for words in lowered) <= 0.02 * len(lowered)}
+        # Only words and openings the seed itself rarely uses count against a row: a customer
+        # may well write "I'm sorry, but ..." or mention an example.
+        rare = 0.02 * len(self.seed_texts)
+        words = [set(re.findall(r"\w+", t.lower())) for t in self.seed_texts]
+        self.meta_words = {w for w in META_WORDS if sum(w in ws for ws in words) <= rare}
+        self.refusal_starts = tuple(p for p in REFUSAL_STARTS if sum(t.lower().startswith(p) for t in self.seed_texts) <= rare)
 
     # ------------------------------------------------------------------ setup
 
@@ -500,7 +505,7 @@ class _Run:
                 continue
             if not c.key:
                 c.reason = "unparseable (empty reply)"
-            elif c.key.rstrip().endswith(":") or c.key.lower().startswith(("sure", "i'm sorry", "i am sorry", "as an ai")):
+            elif c.key.rstrip().endswith(":") or c.key.lower().startswith(self.refusal_starts):
                 c.reason = "unparseable (a lead-in or refusal, not a row)"
             elif self.meta_words & set(re.findall(r"\w+", c.key.lower())):
                 c.reason = "unparseable (talks about the task instead of being a row)"
