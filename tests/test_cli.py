@@ -187,3 +187,28 @@ def test_data_synth_errors_are_one_sentence(tmp_path, stub_openai):
                               "does not exist")
     assert_one_sentence_error(invoke("data", "synth", "--seed", seed, "--out", seed, "--n", 2), "is the input file itself")
     assert not out.exists() or out.read_text() == ""
+
+
+def test_data_synth_judge_on_the_same_endpoint_shares_the_rate_limit(tmp_path, stub_openai):
+    import re
+
+    counter = iter(range(1000))
+
+    def reply(messages):
+        text = messages[-1]["content"]
+        if text.startswith("Rate from 1 to 10"):
+            return "8"
+        label = re.search(r'label "([^"]+)"', text).group(1)
+        return f"Customer question {next(counter)} on {label}, asked in a new way {next(counter)}"
+
+    stub_openai.reply = reply
+    seed = _intent_csv(tmp_path / "seed.csv")
+    result = invoke("data", "synth", "--seed", seed, "--out", tmp_path / "s.jsonl", "--n", 3, "--teacher-url", stub_openai.url,
+                    "--teacher-model", "t", "--judge-url", stub_openai.url, "--judge-model", "j", "--rpm", 600,
+                    "--label-check", "off", "--rouge", 1.0, "--cosine", 1.0)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["judge_score"] == 8 for r in rows)
+    assert {b["model"] for b in stub_openai.requests} == {"t", "j"}
+    gaps = [b - a for a, b in zip(stub_openai.times, stub_openai.times[1:])]
+    assert len(stub_openai.times) == 6 and min(gaps) >= 0.08  # one budget of 10 a second for both

@@ -301,7 +301,7 @@ def synth_cmd(
                  if judge or judge_url else None)
     weaker = make_teacher(rejected_model, what="rejected-model") if rejected_model else None
     if isinstance(the_judge, EndpointTeacher) and isinstance(the_teacher, EndpointTeacher) and the_judge.url == the_teacher.url:
-        the_judge._limiter = the_teacher._limiter = RateLimiter(rpm)  # one endpoint, one --rpm budget
+        the_judge.limiter = the_teacher.limiter = RateLimiter(rpm)  # one endpoint, one --rpm budget
     for local in (the_teacher, the_judge, weaker):
         if local is not None and hasattr(local, "target"):
             _convert_builtin_once(local.target)

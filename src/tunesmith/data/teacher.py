@@ -77,7 +77,7 @@ class EndpointTeacher:
     max_retries: int = 5
     timeout: float = 120.0
     backoff: float = 1.0  # first retry waits this many seconds, then doubles (capped at 30 s)
-    _limiter: RateLimiter | None = field(default=None, repr=False)
+    limiter: RateLimiter | None = field(default=None, repr=False)  # made from requests_per_minute; may be shared
 
     @property
     def name(self) -> str:
@@ -90,8 +90,8 @@ class EndpointTeacher:
 
     def complete(self, conversations: list[list[dict]], temperature: float = 0.8, max_new_tokens: int = 128) -> list[str]:
         """One answer per conversation, in order; requests run `concurrency` at a time."""
-        if self._limiter is None:
-            self._limiter = RateLimiter(self.requests_per_minute)
+        if self.limiter is None:
+            self.limiter = RateLimiter(self.requests_per_minute)
         with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
             return list(pool.map(lambda c: self._one(c, temperature, max_new_tokens), conversations))
 
@@ -104,7 +104,7 @@ class EndpointTeacher:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(self._delay(attempt, retry_after))
-            self._limiter.wait()
+            self.limiter.wait()
             try:
                 response = requests.post(self.endpoint, json=body, headers=headers, timeout=self.timeout)
             except requests.RequestException as exc:
