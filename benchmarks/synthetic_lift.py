@@ -187,9 +187,12 @@ def main() -> None:
             - results["seed, same longer budget"]["accuracy"]} if args.equal_epochs else {}),
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
+    # Lift is measured against the seed alone trained for the same number of steps.
+    seed_at = {r["steps"]: r["accuracy"] for name, r in results.items() if name.startswith("seed,") or name == "seed"}
     print(f"\n{'arm':<30} {'rows':>6} {'steps':>6} {'accuracy':>9} {'lift':>7}")
     for name, r in results.items():
-        print(f"{name:<30} {r['train_rows']:>6} {r['steps']:>6} {r['accuracy']:>9.1%} {r['accuracy'] - base:>+7.1%}")
+        print(f"{name:<30} {r['train_rows']:>6} {r['steps']:>6} {r['accuracy']:>9.1%} "
+              f"{r['accuracy'] - seed_at.get(r['steps'], base):>+7.1%}")
     print(f"teacher {teacher.name}; {len(test)} test queries; results in {out}/results.json")
 
 
