@@ -96,15 +96,20 @@ def test_augment_chat_changes_user_turns_only():
 
 
 def test_paraphrase_uses_the_teacher_and_filters_its_replies():
-    # keyed by the last letter of the text to paraphrase: a good reply, an empty one, a ramble
-    replies = {"a": "Message: Paraphrased: x", "b": "", "c": "way " * 200}
-    teacher = ScriptedTeacher(lambda m: replies[m[-1]["content"][-1]])
-    records = [{"text": "first message a", "label": "x"}, {"text": "second message b", "label": "x"}, {"text": "third message c", "label": "x"}]
+    replies = {  # keyed by the text to paraphrase
+        "How do I activate my new card?": "Message: What are the steps to activate my new card?",
+        "Where is my card?": "",
+        "Why was my top-up declined?": "way " * 200,
+        "Can I change my PIN at an ATM?": "Turtles are green and they like swimming in warm lakes.",
+    }
+    teacher = ScriptedTeacher(lambda m: replies[m[-1]["content"].rsplit("Message: ", 1)[1]])
+    records = [{"text": t, "label": "x"} for t in replies]
     rows, report = augment(records, "classify", {"paraphrase": None}, teacher=teacher)
     para = [r for r in rows if r["method"] == "paraphrase"]
-    assert [(r["text"], r["source_id"]) for r in para] == [("Paraphrased: x", 1)]
-    assert report.skipped == {"paraphrase: empty": 1, "paraphrase: empty or length far from the original": 1}
-    assert teacher.calls == 3
+    assert [(r["text"], r["source_id"]) for r in para] == [("What are the steps to activate my new card?", 1)]
+    assert report.skipped == {"paraphrase: empty": 1, "paraphrase: length far from the original": 1,
+                              "paraphrase: meaning drifted (embedding cosine < 0.6)": 1}
+    assert teacher.calls == 4
     with pytest.raises(ConfigError, match="needs a teacher"):
         augment(records, "classify", {"paraphrase": None})
 
@@ -113,4 +118,5 @@ def test_clean_line_strips_list_markers_prefixes_and_lead_ins():
     assert clean_line('1. "Can you help me top up?"\nmore') == "Can you help me top up?"
     assert clean_line("Here is a new message:\n- I lost my card") == "I lost my card"
     assert clean_line("New message: hello there") == "hello there"
+    assert clean_line("In different words: my card is lost") == "my card is lost"
     assert clean_line("  \n ") == ""

@@ -32,6 +32,8 @@ for r, row in enumerate(_ROWS):
         _NEIGHBOURS[ch] = "".join(near)
 
 _WORD = re.compile(r"\S+")
+# all-MiniLM-L6-v2 scores true paraphrases well above this, and answers or drift below it.
+PARAPHRASE_MIN_COSINE = 0.6
 PARAPHRASE_PROMPT = (
     "Rewrite the message below in different words. Keep its meaning, its language and its "
     "tone. Reply with the rewritten message only.\n\nMessage: {text}"
@@ -244,26 +246,34 @@ def augment(
 
 def _paraphrase(records, task, row_numbers, jobs, teacher, add, report, on_progress, batch: int = 32) -> None:
     """Ask the teacher for a paraphrase of each user text; keep one only if it is neither
-    empty, a copy, nor far longer or shorter than the original (a sign it answered instead)."""
+    empty, a copy, far longer or shorter than the original (a sign it answered instead), nor
+    far from it in meaning (MiniLM cosine below PARAPHRASE_MIN_COSINE)."""
+    from tunesmith.data.labels import embed
+
     done_rows: set[int] = set()
     for start in range(0, len(jobs), batch):
         part = jobs[start : start + batch]
-        prompts = [[{"role": "user", "content": PARAPHRASE_PROMPT.format(text=user_texts(records[i], task)[k])}] for i, k in part]
-        answers = teacher.complete(prompts, temperature=0.7, max_new_tokens=160)
-        for (i, k), answer in zip(part, answers):
-            original = user_texts(records[i], task)
-            new = clean_line(answer, keep_lines=task != "classify")
-            ratio = len(new) / max(1, len(original[k]))
-            if not new or not 0.3 <= ratio <= 3.0:
-                report.skip("paraphrase", "empty or length far from the original" if new else "empty")
+        originals = [user_texts(records[i], task)[k] for i, k in part]
+        prompts = [[{"role": "user", "content": PARAPHRASE_PROMPT.format(text=t)}] for t in originals]
+        answers = [clean_line(a, keep_lines=task != "classify") for a in teacher.complete(prompts, temperature=0.7, max_new_tokens=160)]
+        similarity = (embed(originals) * embed([a or " " for a in answers])).sum(axis=1)
+        for (i, k), new, original, cosine in zip(part, answers, originals, similarity):
+            ratio = len(new) / max(1, len(original))
+            if not new:
+                report.skip("paraphrase", "empty")
+            elif not 0.3 <= ratio <= 3.0:
+                report.skip("paraphrase", "length far from the original")
+            elif cosine < PARAPHRASE_MIN_COSINE:
+                report.skip("paraphrase", f"meaning drifted (embedding cosine < {PARAPHRASE_MIN_COSINE})")
             else:
-                add(records[i], row_numbers[i], "paraphrase", [new if j == k else t for j, t in enumerate(original)])
+                texts = user_texts(records[i], task)
+                add(records[i], row_numbers[i], "paraphrase", [new if j == k else t for j, t in enumerate(texts)])
             if on_progress and i not in done_rows:
                 done_rows.add(i)
                 on_progress(1)
 
 
-_PREFIX = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|(?:rewritten |new |paraphrased )?(?:message|text|request|task|answer)\s*:)\s*", re.IGNORECASE)
+_PREFIX = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|(?:rewritten |new |paraphrased )?(?:message|text|request|task|answer)\s*:|in (?:other|different) words\s*[:,])\s*", re.IGNORECASE)
 
 
 def clean_line(answer: str, keep_lines: bool = False) -> str:
