@@ -179,7 +179,8 @@ def main() -> None:
     print(f"referee (LR on all real train rows) agrees with the label of: {json.dumps(noise)}", flush=True)
     summary = {
         "teacher": teacher.name, "seed_rows": len(seed_rows), "synthetic_rows": len(synth_rows),
-        "synthesis_seconds_this_run": round(synth_s),  # near 0 when OUT already held every row "test_rows": len(test), "steps": args.steps,
+        # Near 0 when OUT already held every row from an earlier run.
+        "synthesis_seconds_this_run": round(synth_s), "test_rows": len(test), "steps": args.steps,
         "filter_report": report.to_dict(), "referee_label_agreement": noise, "arms": results,
         "lift_synthetic": results["seed+synthetic"]["accuracy"] - base,
         **({"lift_augmented": results["seed+augmented"]["accuracy"] - base} if "seed+augmented" in results else {}),
