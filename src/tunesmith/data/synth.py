@@ -197,6 +197,14 @@ class Pool:
         self.is_seed += [seed] * len(texts)
         self.vectors = np.concatenate([self.vectors, vectors]) if len(self.vectors) else vectors
 
+    def remove(self, text: str) -> None:
+        """Forget the latest generated copy of `text` (seed texts stay)."""
+        for j in range(len(self.texts) - 1, -1, -1):
+            if self.texts[j] == text and not self.is_seed[j]:
+                del self.texts[j], self.is_seed[j]
+                self.vectors = np.delete(self.vectors, j, axis=0)
+                return
+
     def duplicate(self, text: str, vector: np.ndarray) -> str | None:
         """Why `text` repeats a known text, or None."""
         if not self.texts:
@@ -414,13 +422,9 @@ class _Run:
         self._commit(candidates)
 
     def _propose_classify(self, size: int) -> list[Candidate]:
-        labels = list(self.by_label)
         picks: list[str] = []
         for _ in range(size):
-            # Fill labels evenly: one with the fewest kept rows goes next.
-            counts = {label: self.kept_per_group[label] + picks.count(label) for label in labels}
-            fewest = min(counts.values())
-            picks.append(self.rng.choice([label for label, k in counts.items() if k == fewest]))
+            picks.append(self._fewest(list(self.by_label), picks))
         prompts, metas = [], []
         for label in picks:
             examples = self.rng.sample(self.by_label[label], min(5, len(self.by_label[label])))
@@ -431,6 +435,12 @@ class _Run:
         answers = self.teacher.complete(prompts, temperature=self.options.temperature, max_new_tokens=64)
         return [Candidate({"text": text, "label": label}, text, "label-conditioned", label, sources=examples)
                 for text, (label, examples) in zip((clean_line(a) for a in answers), metas)]
+
+    def _fewest(self, groups: list[str], pending: list[str]) -> str:
+        """Fill groups (labels, topics) evenly: one with the fewest kept and pending rows."""
+        counts = {g: self.kept_per_group[g] + pending.count(g) for g in groups}
+        fewest = min(counts.values())
+        return self.rng.choice([g for g, k in counts.items() if k == fewest])
 
     def _list_prompt(self, instruction: str, examples: list[str], numbered: bool) -> list[dict]:
         """Ask for one more item of a list of examples. A local teacher is given the list as
@@ -478,9 +488,7 @@ class _Run:
         spec = self.options.scenarios
         prompts, metas = [], []
         for _ in range(size):
-            counts = {t: self.kept_per_group[t] + [m[0] for m in metas].count(t) for t in spec.topics}
-            fewest = min(counts.values())
-            topic = self.rng.choice([t for t, k in counts.items() if k == fewest])
+            topic = self._fewest(spec.topics, [m[0] for m in metas])
             values = {name: self.rng.choice(options) for name, options in spec.variables.items()}
             request = spec.template.format(topic=topic, **values)
             messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + [{"role": "user", "content": request}]
@@ -609,8 +617,8 @@ class _Run:
         kept_rows, dropped_rows = [], []
         for c in candidates:
             if c.reason:
-                if c.in_pool:
-                    self._drop_from_pool(c.key)
+                if c.in_pool:  # a row that failed a later filter should not block better rows like it
+                    self.pool.remove(c.key)
                 self.report.dropped[c.reason] += 1
                 self._example(c.reason, c.key)
                 dropped_rows.append({"reason": c.reason, "method": c.method, "text": c.key, **({"label": c.label} if c.label else {})})
@@ -625,14 +633,6 @@ class _Run:
                 self.generated_tasks.append(c.key)
         _append_jsonl(self.out, kept_rows)
         _append_jsonl(self.dropped_path, dropped_rows)
-
-    def _drop_from_pool(self, text: str) -> None:
-        # Rows that failed a later filter should not block better rows like them.
-        for j in range(len(self.pool.texts) - 1, -1, -1):
-            if self.pool.texts[j] == text and not self.pool.is_seed[j]:
-                del self.pool.texts[j], self.pool.is_seed[j]
-                self.pool.vectors = np.delete(self.pool.vectors, j, axis=0)
-                return
 
     def _example(self, reason: str, text: str) -> None:
         examples = self.report.examples.setdefault(reason, [])
