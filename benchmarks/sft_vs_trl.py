@@ -310,7 +310,7 @@ def run_tunesmith(args, train_rows: list[dict], pack_length: int, workdir: Path)
             # The held-out rows are ours: no split, so no evaluation during training.
             "data": {"train": str(train_file), "validation_split": 0.0},
             "method": {
-                "method": "lora",
+                "adapter": "lora",
                 "lora_r": 16,
                 "lora_alpha": 32,
                 "lora_dropout": 0.05,

@@ -145,6 +145,7 @@ def tiny_run_config(model_dir, data_file, **train):
         epochs=1,
         warmup_ratio=0.0,
         early_stopping_patience=100,
+        best_metric="loss",
     )
     values.update(train)
     return RunConfig.model_validate(

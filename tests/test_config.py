@@ -11,7 +11,7 @@ def test_yaml_round_trip(tmp_path):
         {
             "model": {"name": "some/model"},
             "data": {"train": "train.jsonl", "columns": {"text": "query", "label": "intent"}, "validation_split": 0.2},
-            "method": {"method": "lora", "lora_r": 4, "target_modules": ["q_proj", "v_proj"]},
+            "method": {"adapter": "lora", "lora_r": 4, "target_modules": ["q_proj", "v_proj"]},
             "train": {"learning_rate": 3e-4, "max_steps": 7, "batch_size": "auto"},
             "reasons": {"train.batch_size": "because"},
         }
@@ -43,7 +43,7 @@ def test_unknown_section_is_named():
     [
         ({"train": {"batch_size": "big"}}, "train.batch_size"),
         ({"train": {"max_steps": "x"}}, "train.max_steps"),
-        ({"method": {"method": "qlora"}}, "method.method"),
+        ({"method": {"adapter": "lorax"}}, "method.adapter"),
         ({"data": {"validation_split": [1]}}, "data.validation_split"),
     ],
 )
@@ -87,6 +87,32 @@ def test_unresolved_lists_auto_fields():
         "train.max_length",
         "train.pack_length",
         "train.eval_steps",
+        "train.best_metric",
     }
     config.train.learning_rate = 1e-4
     assert "train.learning_rate" not in config.unresolved()
+
+
+def test_qlora_is_lora_on_a_4bit_base():
+    method = parse_config({"method": {"adapter": "qlora"}}).method
+    assert (method.adapter, method.quantize) == ("lora", "4bit")
+    method = parse_config({"method": {"adapter": "qlora", "quantize": "8bit"}}).method
+    assert (method.adapter, method.quantize) == ("lora", "8bit")
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ({"stages": []}, "at least one stage"),
+        ({"stages": ["sft", "pretrain"]}, "pretrain must be the first stage"),
+        ({"stages": ["sft", "sft"]}, "once"),
+        ({"stages": ["sft", "classify"]}, "sft or classify"),
+        ({"stages": ["finetune"]}, "method.stages"),
+        ({"adapter": "full", "quantize": "4bit"}, "cannot be fully fine-tuned"),
+        ({"adapter": "lora", "freeze_layers": 2}, "freeze_layers applies to adapter full"),
+    ],
+)
+def test_bad_method_combinations_are_one_sentence(method, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_config({"method": method}, source="c.yaml")
+    assert "Value error" not in str(info.value) and "\n" not in str(info.value)

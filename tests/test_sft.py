@@ -202,7 +202,7 @@ def test_lora_run_learns_and_writes_run_dir(tiny_run):
 
 def test_full_fine_tune_writes_model(tmp_path, tiny_model_dir):
     config = tiny_run_config(tiny_model_dir, write_chat_file(tmp_path / "chat.jsonl", n=16), max_steps=2, eval_steps=2)
-    config.method.method = "full"
+    config.method.adapter = "full"
     summary = train_sft(config, tmp_path / "run")
     assert summary["weights"] == "model" and summary["global_step"] == 2
     model_dir = tmp_path / "run" / "model"

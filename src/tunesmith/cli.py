@@ -346,7 +346,19 @@ def train(
     model: Annotated[Optional[str], typer.Option(help="Base model: built-in name, local folder or hub id.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML run config; options given here override it.")] = None,
     validation: Annotated[Optional[str], typer.Option(help="Validation file; default: hold out a split.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="lora (default) or full.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="What to train: sft (default), pretrain (raw text) or classify.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="classify: same as --method classify.")] = None,
+    stages: Annotated[Optional[str], typer.Option(help="Several stages in order, e.g. pretrain,sft.")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="lora (default), rslora, dora, pissa, olora, loha, lokr, ia3, prompt, prefix, qlora or full.")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="Load the base in 4bit or 8bit (QLoRA; CUDA GPU only).")] = None,
+    pretrain_data: Annotated[Optional[str], typer.Option(help="Raw-text file for the pretrain stage of --stages pretrain,...")] = None,
+    replay_ratio: Annotated[Optional[float], typer.Option(help="Share of general text mixed into pretraining against forgetting.")] = None,
+    replay_file: Annotated[Optional[str], typer.Option(help="General text for --replay-ratio; default: the shipped sample.")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="Adapter rank (LoRA family, LoHa, LoKr).")] = None,
+    freeze_layers: Annotated[Optional[int], typer.Option(help="With --adapter full: freeze the bottom N layers.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory.")] = None,
+    neftune: Annotated[Optional[float], typer.Option(help="NEFTune noise scale on embeddings (5 is typical).")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the loss (0.1 is typical).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Run directory; default runs/run-DATE-TIME.")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Passes over the data; default auto.")] = None,
     learning_rate: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate; default auto.")] = None,
@@ -357,24 +369,40 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last checkpoint.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Train even if the data gate finds errors (recorded in the data card).")] = False,
 ) -> None:
-    """Fine-tune a model on your data (LoRA by default) with validation and early stopping."""
+    """Fine-tune a model on your data: chat tuning, continued pretraining or a classifier, with
+    LoRA (default), another PEFT method or full fine-tuning, validation and early stopping."""
     _quiet_libraries()
     from tunesmith.config import RunConfig, load_config, parse_config
     from tunesmith.data.formats import parse_columns
     from tunesmith.train.callbacks import RichProgressCallback
-    from tunesmith.train.sft import train_sft
+    from tunesmith.train.stages import train as train_stages
 
     if resume:
         run_dir, cfg = resume, RunConfig()
     else:
         cfg = load_config(config) if config else RunConfig()
+        if task not in (None, "classify"):
+            raise TunesmithError(f"--task {task} is not a task: use --task classify, or --method sft|pretrain.")
+        chosen = [s for s in (method, task, stages) if s]
+        if len(chosen) > 1:
+            raise TunesmithError("Give one of --method, --task or --stages.")
         overrides = {
             ("model", "name"): model,
             ("data", "train"): data,
             ("data", "validation"): validation,
             ("data", "system_prompt"): system_prompt,
             ("data", "columns"): parse_columns(columns) if columns else None,
-            ("method", "method"): method,
+            ("data", "pretrain"): pretrain_data,
+            ("data", "replay_ratio"): replay_ratio,
+            ("data", "replay_file"): replay_file,
+            ("method", "stages"): [s.strip() for s in chosen[0].split(",")] if chosen else None,
+            ("method", "adapter"): adapter,
+            ("method", "quantize"): quantize,
+            ("method", "lora_r"): lora_r,
+            ("method", "freeze_layers"): freeze_layers,
+            ("method", "gradient_checkpointing"): gradient_checkpointing,
+            ("method", "neftune_alpha"): neftune,
+            ("method", "label_smoothing"): label_smoothing,
             ("train", "epochs"): epochs,
             ("train", "learning_rate"): learning_rate,
             ("train", "max_steps"): max_steps,
@@ -385,13 +413,15 @@ def train(
         for (section, key), value in overrides.items():
             if value is not None:
                 raw[section][key] = value
+        if lora_r is not None and raw["method"]["lora_alpha"] == 32:
+            raw["method"]["lora_alpha"] = 2 * lora_r  # keep alpha = 2 x rank unless set
         cfg = parse_config(raw, source="options")
         run_dir = output or _default_run_dir()
     _convert_builtin_once(str(run_dir) if resume else cfg.model.name)
     progress = RichProgressCallback(console=err)
     err.print(f"run directory: [bold]{run_dir}[/bold]")
     try:
-        summary = train_sft(cfg, run_dir, callbacks=[progress], resume=resume is not None)
+        summary = train_stages(cfg, run_dir, callbacks=[progress], resume=resume is not None)
     except KeyboardInterrupt:
         progress.close()
         err.print(f"[yellow]interrupted.[/yellow] continue with: tunesmith train --resume {run_dir}")
@@ -401,17 +431,76 @@ def train(
 
 def _print_train_summary(summary: dict, run_dir: Path) -> None:
     table = Table(show_header=False, title="training finished")
+    for stage in summary.get("stages", [])[:-1]:
+        table.add_row(f"stage {stage['stage']}", f"{stage['global_step']} steps, loss {stage['train_loss']:.4f}")
     table.add_row("steps", str(summary["global_step"]))
     table.add_row("train rows / validation rows", f"{summary['train_rows']} / {summary['validation_rows']}")
     if summary.get("truncated_rows") or summary.get("skipped_rows"):
-        table.add_row("cut at max_length / skipped", f"{summary['truncated_rows']} / {summary['skipped_rows']}")
+        table.add_row("cut at max_length / skipped", f"{summary['truncated_rows']} / {summary.get('skipped_rows', 0)}")
+    if summary.get("trainable_params"):
+        share = summary["trainable_params"] / summary["total_params"]
+        table.add_row("trained parameters", f"{summary['trainable_params']:,} ({share:.2%})")
     table.add_row("final train loss", f"{summary['train_loss']:.4f}")
     if summary.get("best_eval_loss") is not None:
         table.add_row("best validation loss", f"{summary['best_eval_loss']:.4f}")
+    if summary.get("best_eval_perplexity") is not None:
+        table.add_row("validation perplexity", f"{summary['best_eval_perplexity']:.2f}")
+    if summary.get("eval_accuracy") is not None:
+        table.add_row("validation accuracy / macro-F1", f"{summary['eval_accuracy']:.1%} / {summary['eval_macro_f1']:.3f}")
     table.add_row("time", f"{summary['train_runtime_s']:.0f} s")
-    table.add_row("weights", str(run_dir / summary["weights"]))
+    final_dir = run_dir / summary["stage"] if summary.get("stages") else run_dir
+    table.add_row("weights", str(final_dir / summary["weights"]))
     console.print(table)
-    console.print(f"try it: tunesmith chat {run_dir}")
+    if summary["task"] == "classify":
+        console.print(f"try it: tunesmith predict {run_dir} --text \"...\"")
+    elif summary["task"] == "sft":
+        console.print(f"try it: tunesmith chat {run_dir}")
+
+
+@app.command("predict")
+@user_errors
+def predict_cmd(
+    run: Annotated[str, typer.Argument(help="Run directory of a classification run.")],
+    file: Annotated[Optional[str], typer.Option(help="Texts to label: a .txt file or rows with a text column.")] = None,
+    text: Annotated[Optional[str], typer.Option(help="One text to label.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write predictions as JSONL here (default: print).")] = None,
+    top_k: Annotated[int, typer.Option(help="Most likely labels kept per row, with probabilities.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Texts scored together.")] = 32,
+) -> None:
+    """Label texts with a classification run: the label, its probability and the runners-up.
+    When the file has labels too, the accuracy is printed."""
+    _quiet_libraries()
+    from rich.progress import Progress
+
+    from tunesmith.data.formats import load_data
+    from tunesmith.serve.engine import write_jsonl
+    from tunesmith.train.classify import load_classifier, predict
+
+    if (text is None) == (file is None):
+        raise TunesmithError("Give exactly one of --text TEXT or --file FILE.")
+    rows = [{"text": text}]
+    if file is not None:
+        data = load_data(file)
+        if data.task not in ("pretrain", "classify"):
+            raise TunesmithError(f"{file} holds {data.task} data; give a .txt file or rows with a text column.")
+        rows = data.records
+    _convert_builtin_once(run)
+    with err.status("loading classifier"):
+        classifier = load_classifier(run)
+    with Progress(console=err, transient=True) as bar:
+        task_id = bar.add_task("predicting", total=len(rows))
+        predictions = predict(classifier, [r["text"] for r in rows], batch_size, top_k, lambda n: bar.advance(task_id, n))
+    results = [{"text": r["text"], **p, **({"true_label": r["label"]} if "label" in r else {})} for r, p in zip(rows, predictions)]
+    if out:
+        write_jsonl(out, results)
+        err.print(f"wrote {len(results)} predictions to {out}")
+    else:
+        for r in results:
+            console.print(f"[bold]{r['label']}[/bold] {r['probability']:.1%}  {r['text'][:100]}")
+    labelled = [r for r in results if "true_label" in r]
+    if labelled:
+        correct = sum(r["label"] == r["true_label"] for r in labelled)
+        console.print(f"accuracy {correct / len(labelled):.1%} on {len(labelled)} labelled rows")
 
 
 # --------------------------------------------------------------------------- use the result

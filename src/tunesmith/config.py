@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import ConfigError
 
 Auto = Literal["auto"]
+Stage = Literal["pretrain", "sft", "classify"]
+Adapter = Literal["lora", "rslora", "dora", "pissa", "olora", "loha", "lokr", "ia3", "prompt", "prefix", "full"]
+STAGES: tuple[str, ...] = Stage.__args__
+ADAPTERS: tuple[str, ...] = Adapter.__args__
 
 
 class _Section(BaseModel):
@@ -38,21 +42,70 @@ class DataConfig(_Section):
     """System message added to every conversation that has none (text+label data becomes chat)."""
     force: bool = False
     """Train even when the data gate finds errors (the data card records that you did)."""
+    pretrain: str | None = None
+    """Raw-text file for the `pretrain` stage when later stages train on `train` (e.g. stages pretrain,sft)."""
+    replay_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of general text mixed into continued pretraining, so the model keeps its general language (0.1-0.3 is common)."""
+    replay_file: str | None = None
+    """General text for the replay mix; default: the sample shipped with tunesmith (160 paragraphs)."""
 
 
 class MethodConfig(_Section):
-    method: Literal["lora", "full"] = "lora"
-    """`lora` trains small adapter matrices (fast, small files); `full` updates every weight."""
-    lora_r: int = 16
+    stages: list[Stage] = Field(default_factory=lambda: ["sft"])
+    """Training stages in order: `pretrain` (continued pretraining on raw text), `sft` (chat or
+    instruction tuning), `classify` (a classification head). Each stage starts from the previous one's weights."""
+    adapter: Adapter = "lora"
+    """What is trained: `lora` (default), `rslora`, `dora`, `pissa`/`olora` (LoRA with SVD/QR initialisation),
+    `loha`, `lokr`, `ia3`, `prompt` or `prefix` tuning, or `full` (every weight). `qlora` = lora + quantize 4bit."""
+    quantize: Literal["none", "4bit", "8bit"] = "none"
+    """Load the frozen base model in 4 or 8 bits (QLoRA); needs a CUDA GPU and bitsandbytes."""
+    lora_r: int = Field(16, ge=1)
     """LoRA rank: 16 is enough for one task on a small model and keeps adapters a few MB."""
-    lora_alpha: int = 32
+    lora_alpha: int = Field(32, ge=1)
     """LoRA scaling; 2 x rank is the common default."""
-    lora_dropout: float = 0.05
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA input: light regularisation against overfitting small data sets."""
     target_modules: str | list[str] = "all-linear"
     """Modules that get adapters; `all-linear` (every linear layer but the output head) matches QLoRA's finding."""
+    num_virtual_tokens: int = Field(20, ge=1)
+    """Learned virtual tokens for `prompt` and `prefix` tuning."""
+    freeze_layers: int = Field(0, ge=0)
+    """With `full`: keep the embeddings and the bottom N layers frozen (less memory, less forgetting)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
+    neftune_alpha: float = Field(0.0, ge=0.0)
+    """NEFTune: uniform noise of this scale on input embeddings during training (5 is the paper's value; 0 = off)."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Label smoothing of the training loss (0.1 is common; 0 = off)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _qlora_alias(cls, data):
+        # "qlora" is what users call LoRA on a 4-bit base; store it as its two parts.
+        if isinstance(data, dict) and data.get("adapter") == "qlora":
+            data = {**data, "adapter": "lora", "quantize": data.get("quantize") if data.get("quantize") not in (None, "none") else "4bit"}
+        return data
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_order(cls, stages: list[str]) -> list[str]:
+        if not stages:
+            raise ValueError("give at least one stage")
+        if len(set(stages)) != len(stages):
+            raise ValueError("each stage may appear once")
+        if "pretrain" in stages and stages[0] != "pretrain":
+            raise ValueError("pretrain must be the first stage")
+        if "sft" in stages and "classify" in stages:
+            raise ValueError("choose sft or classify, not both")
+        return stages
+
+    @model_validator(mode="after")
+    def _compatible(self):
+        if self.quantize != "none" and self.adapter == "full":
+            raise ValueError("a quantized base model cannot be fully fine-tuned: use adapter lora (QLoRA)")
+        if self.freeze_layers and self.adapter != "full":
+            raise ValueError("freeze_layers applies to adapter full; adapters already keep the base frozen")
+        return self
 
 
 class TrainConfig(_Section):
@@ -84,6 +137,8 @@ class TrainConfig(_Section):
     """Random seed for data order, the validation split and initialisation."""
     logging_steps: int = 1
     """Write a line to metrics.jsonl every N optimizer steps."""
+    best_metric: Literal["loss", "accuracy", "macro_f1"] | Auto = "auto"
+    """Validation metric for early stopping and the best checkpoint: auto = accuracy for classify, loss otherwise."""
 
 
 class RunConfig(_Section):
@@ -134,7 +189,8 @@ def parse_config(raw: dict, source: str = "config") -> RunConfig:
         # A field typed `X | Auto` fails once per union member; say that "auto" is allowed too.
         auto_ok = any(e["type"] == "literal_error" and _field_name(e) == field and "'auto'" in e["msg"] for e in errors)
         hint = ' (or "auto")' if auto_ok and err["type"] != "literal_error" else ""
-        raise ConfigError(f"{source}: {field}: {err['msg']}{hint}.") from exc
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{source}: {field}: {msg}{hint}.") from exc
 
 
 def _field_name(err: dict) -> str:

@@ -147,16 +147,18 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_model(name: str, dtype=None, **kwargs):
-    """Load a causal LM by name (see `resolve_model`). `dtype` defaults to float32 on CPU and
-    bfloat16 on a GPU that supports it."""
-    from transformers import AutoModelForCausalLM
+def load_model(name: str, dtype=None, head: str = "lm", **kwargs):
+    """Load a model by name (see `resolve_model`): a causal LM, or with `head="classify"` the
+    same decoder with a sequence-classification head (pass `num_labels`, `id2label`, ...).
+    `dtype` defaults to float32 on CPU and bfloat16 on a GPU that supports it."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if dtype is None:
         dtype = default_dtype()
     source = resolve_model(name)
+    auto = AutoModelForSequenceClassification if head == "classify" else AutoModelForCausalLM
     try:
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        return auto.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as exc:
         raise _hub_error(name, exc) from exc
 

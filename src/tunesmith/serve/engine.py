@@ -27,16 +27,21 @@ def load_for_inference(target: str, base: bool = False) -> Loaded:
     its full weights), or a base model name. `base=True` loads a run's untuned base model."""
     from tunesmith.config import load_config
     from tunesmith.models import load_model, load_tokenizer
-    from tunesmith.train.sft import ADAPTER_DIR, MODEL_DIR
+    from tunesmith.train.common import ADAPTER_DIR, MODEL_DIR
 
     path = Path(target).expanduser()
     if not is_run_dir(path):
         if base:
             raise ModelError(f"--base needs a run directory, and {target} is not one.")
         return Loaded(_eval(load_model(target)), load_tokenizer(target), target)
+    original_base = load_config(path / "config.yaml").model.name
+    path = final_stage_dir(path)
     config = load_config(path / "config.yaml")
+    if config.method.stages[-1] == "classify":
+        raise ModelError(f"{target} is a classifier, which labels text rather than writing it: use `tunesmith predict {target}`.")
     base_name, system = config.model.name, config.data.system_prompt
-    if base:
+    if base:  # the model before any stage, not the weights a later stage started from
+        base_name = original_base
         return Loaded(_eval(load_model(base_name)), load_tokenizer(base_name), f"{base_name} (base)", system)
     if (path / MODEL_DIR).is_dir():
         weights = str(path / MODEL_DIR)
@@ -46,8 +51,10 @@ def load_for_inference(target: str, base: bool = False) -> Loaded:
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(load_model(base_name), path / ADAPTER_DIR)
-    # Merging folds the adapter into the weights, so generation runs at base-model speed.
-    model = model.merge_and_unload()
+    # Merging folds the adapter into the weights, so generation runs at base-model speed;
+    # prompt and prefix tuning have no weights to fold and stay wrapped.
+    if not model.peft_config["default"].is_prompt_learning:
+        model = model.merge_and_unload()
     # The adapter folder holds the training tokenizer but no config.json, so it is not a
     # model folder for `load_tokenizer`; read the tokenizer from it directly.
     from transformers import AutoTokenizer
@@ -56,6 +63,15 @@ def load_for_inference(target: str, base: bool = False) -> Loaded:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Loaded(_eval(model), tokenizer, f"{path} ({base_name} + adapter)", system)
+
+
+def final_stage_dir(path: Path) -> Path:
+    """The directory holding a run's final weights: the run itself, or for a multi-stage
+    run (`stages: [pretrain, sft]`) the folder of its last stage."""
+    from tunesmith.config import load_config
+
+    stages = load_config(path / "config.yaml").method.stages
+    return path / stages[-1] if len(stages) > 1 else path
 
 
 def _eval(model):

@@ -30,8 +30,11 @@ def hardware() -> dict:
     return {"device": "cpu", "name": "cpu", "threads": torch.get_num_threads()}
 
 
-def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file: bool) -> RunConfig:
-    """Return a copy of `config` with every "auto" value filled and a reason for each."""
+def resolve(
+    config: RunConfig, rows: list[dict], tokenizer, has_validation_file: bool, kind: str = "chat"
+) -> RunConfig:
+    """Return a copy of `config` with every "auto" value filled and a reason for each.
+    `kind` is what the rows are: "chat" (sft), "pretrain" (raw text) or "classify"."""
     config = config.model_copy(deep=True)
     reasons = dict(config.reasons)
     d, t, m = config.data, config.train, config.method
@@ -53,7 +56,48 @@ def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file:
             frac = min(0.1, 200 / n)
             set_(d, "validation_split", round(frac, 4), f"10% of {n} rows, at most 200: enough for a stable loss")
 
-    lengths = token_lengths(rows, "chat", tokenizer)
+    if t.best_metric == "auto":
+        metric = "accuracy" if kind == "classify" else "loss"
+        set_(t, "best_metric", metric, "classification is judged by accuracy" if kind == "classify" else "validation loss")
+
+    lengths = token_lengths(rows, "chat" if kind == "chat" else "classify" if kind == "classify" else "pretrain", tokenizer)
+    if kind == "pretrain":
+        _resolve_pretrain(t, set_, lengths, on_gpu, hw)
+    elif kind == "classify":
+        _resolve_classify(t, set_, lengths, on_gpu, hw, n)
+    else:
+        _resolve_chat(t, set_, lengths, on_gpu, hw, n)
+
+    if t.learning_rate == "auto":
+        value, why = learning_rate(m.adapter, params, kind)
+        set_(t, "learning_rate", value, why)
+
+    if t.epochs == "auto":
+        if kind == "pretrain":
+            total = sum(lengths)
+            value = 2 if total < 1_000_000 else 1
+            set_(t, "epochs", value, f"{total} tokens of text: {value} epoch(s); more repeats of raw text overfit")
+        else:
+            value = 3 if n < 1000 else 2 if n < 10000 else 1
+            set_(t, "epochs", value, f"{n} rows: {value} epoch(s); small sets need repeats, large ones do not")
+
+    if t.eval_steps == "auto":
+        n_train = n * (1 - float(d.validation_split))
+        if kind == "classify":
+            steps = math.ceil(n_train * float(t.epochs) / (int(t.batch_size) * int(t.gradient_accumulation)))
+        else:
+            total_tokens = n_train * float(np.mean(lengths)) * float(t.epochs)
+            tokens_per_step = int(t.pack_length) * int(t.batch_size) * int(t.gradient_accumulation)
+            steps = math.ceil(total_tokens / tokens_per_step)
+        steps = t.max_steps or max(1, steps)
+        value = max(5, steps // 5)
+        set_(t, "eval_steps", value, f"about {steps} optimizer steps in all: evaluate (and checkpoint) about 5 times")
+
+    config.reasons = reasons
+    return config
+
+
+def _resolve_chat(t, set_, lengths, on_gpu, hw, n) -> None:
     if t.max_length == "auto":
         # Packing makes a long max_length cost nothing for short rows, so cover the longest
         # example and cut only beyond the hardware cap.
@@ -81,24 +125,60 @@ def resolve(config: RunConfig, rows: list[dict], tokenizer, has_validation_file:
         set_(t, "gradient_accumulation", value,
              f"about {examples} examples per optimizer update on {hw['device']} (mean length {mean_len:.0f} tokens)")
 
-    if t.learning_rate == "auto":
-        value, why = (lora_learning_rate if m.method == "lora" else full_learning_rate)(params)
-        set_(t, "learning_rate", value, why)
 
-    if t.epochs == "auto":
-        value = 3 if n < 1000 else 2 if n < 10000 else 1
-        set_(t, "epochs", value, f"{n} rows: {value} epoch(s); small sets need repeats, large ones do not")
+def _resolve_pretrain(t, set_, lengths, on_gpu, hw) -> None:
+    if t.max_length == "auto":
+        # Text is cut into blocks of this many tokens: long enough for document-level
+        # context, short enough that a CPU step stays in seconds.
+        value = 2048 if on_gpu else 512
+        set_(t, "max_length", value, f"text is packed into {value}-token blocks on {hw['device']}")
+    if t.pack_length == "auto":
+        set_(t, "pack_length", int(t.max_length), "blocks are already full: pack length = block length")
+    if t.batch_size == "auto":
+        value = 1 if not on_gpu else max(1, 16384 // int(t.max_length))
+        set_(t, "batch_size", value, "one block per step on CPU" if not on_gpu else f"about 16k tokens per step on {hw['name']}")
+    if t.gradient_accumulation == "auto":
+        # Raw text has no short examples to average over: aim at a token count per update.
+        target = 65536 if on_gpu else 4096
+        value = max(1, target // (int(t.max_length) * int(t.batch_size)))
+        set_(t, "gradient_accumulation", value, f"about {target} tokens per optimizer update on {hw['device']}")
 
-    if t.eval_steps == "auto":
-        n_train = n * (1 - float(d.validation_split))
-        total_tokens = n_train * float(np.mean(lengths)) * float(t.epochs)
-        tokens_per_step = int(t.pack_length) * int(t.batch_size) * int(t.gradient_accumulation)
-        steps = t.max_steps or max(1, math.ceil(total_tokens / tokens_per_step))
-        value = max(5, steps // 5)
-        set_(t, "eval_steps", value, f"about {steps} optimizer steps in all: evaluate (and checkpoint) about 5 times")
 
-    config.reasons = reasons
-    return config
+def _resolve_classify(t, set_, lengths, on_gpu, hw, n) -> None:
+    if t.max_length == "auto":
+        p99, longest = int(np.percentile(lengths, 99)), max(lengths)
+        cap = 2048 if on_gpu else 512
+        value = min(cap, max(16, _round_up(longest, 8)))
+        cut = sum(1 for x in lengths if x > value)
+        set_(t, "max_length", value, f"longest text {longest} tokens (p99 {p99}); {cut} of {n} over it are cut; cap {cap}")
+    if t.pack_length == "auto":
+        set_(t, "pack_length", int(t.max_length), "classification rows are padded per batch, not packed")
+    if t.batch_size == "auto":
+        value = 64 if on_gpu else 32
+        set_(t, "batch_size", value, f"{value} texts per step: short texts batch cheaply, and 77-way labels want large batches")
+    if t.gradient_accumulation == "auto":
+        set_(t, "gradient_accumulation", 1, "the batch is already large enough for a stable gradient")
+
+
+def learning_rate(adapter: str, params: int | None, kind: str) -> tuple[float, str]:
+    """Peak learning rate by what is trained. Virtual-token and scaling methods move few
+    parameters and need larger steps than LoRA; full fine-tuning needs much smaller ones."""
+    if adapter == "full":
+        return full_learning_rate(params)
+    if adapter == "prompt":
+        return 3e-2, "prompt tuning trains only virtual-token embeddings: 3e-2, the usual rate"
+    if adapter == "prefix":
+        return 1e-2, "prefix tuning trains only per-layer prefixes: 1e-2, the usual rate"
+    if adapter == "ia3":
+        return 1e-2, "IA3 learns scaling vectors only: 1e-2, several times a LoRA rate"
+    value, why = lora_learning_rate(params)
+    if kind == "classify" and params is not None and params < 300_000_000:
+        # The new head starts from random weights; measured on Banking77 (see classify_vs_generate).
+        value, why = 1e-3, f"{params / 1e6:.0f}M parameters with a new classification head: 1e-3"
+    if adapter == "rslora":
+        # rsLoRA scales updates by alpha/sqrt(r) instead of alpha/r: r/sqrt(r) = 4x larger at r=16.
+        return value / 4, why + "; divided by 4 for rsLoRA's larger scaling"
+    return value, why
 
 
 def lora_learning_rate(params: int | None) -> tuple[float, str]:

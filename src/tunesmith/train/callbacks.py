@@ -25,7 +25,7 @@ class MetricsFileCallback(TrainerCallback):
         if not logs or "train_loss" in logs:  # the end-of-training summary, not a step
             return
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+        for key in ("loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "learning_rate", "grad_norm"):
             if key in logs:
                 row["train_loss" if key == "loss" else key] = logs[key]
         if "loss" in logs:  # tokens/s over the steps since the previous training log
@@ -92,7 +92,9 @@ class RichProgressCallback(TrainerCallback):
             if now > then:
                 self._stats["tok/s"] = f"{(state.num_input_tokens_seen - tokens) / (now - then):.0f}"
             self._clock = (now, state.num_input_tokens_seen)
-        if "eval_loss" in logs:
+        if "eval_accuracy" in logs:
+            self._stats["eval"] = f"{logs['eval_accuracy']:.1%}"
+        elif "eval_loss" in logs:
             self._stats["eval"] = f"{logs['eval_loss']:.3f}"
             self._clock = (time.perf_counter(), state.num_input_tokens_seen)
         self.progress.update(self.task, stats=self._render())

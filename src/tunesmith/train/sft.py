@@ -1,4 +1,5 @@
-"""Supervised fine-tuning (chat / instruction data), LoRA by default or full.
+"""Supervised fine-tuning (chat / instruction data) with any adapter of the PEFT family,
+or full fine-tuning.
 
 Reads top to bottom: load data, resolve "auto" settings, tokenize with loss on assistant
 tokens only, build model, build TRL's SFTTrainer (packed, padding-free), train, save.
@@ -7,17 +8,24 @@ tokens only, build model, build TRL's SFTTrainer (packed, padding-free), train, 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.config import RunConfig, load_config, save_config
+from tunesmith.config import RunConfig, save_config
 from tunesmith.data.quality import write_card
-from tunesmith.errors import ConfigError, DataError, ModelError
-
-ADAPTER_DIR = "adapter"  # LoRA weights of a finished run
-MODEL_DIR = "model"  # full weights of a finished full fine-tune
-RUN_INFO = "run.json"
+from tunesmith.errors import DataError
+from tunesmith.train.common import (
+    PROMPT_LEARNING,
+    RUN_INFO,
+    common_args,
+    gate_data,
+    load_base,
+    save_weights,
+    split_validation,
+    start_run,
+    trainable_parameters,
+    wrap_model,
+)
 
 
 @dataclass
@@ -84,19 +92,6 @@ def tokenize_chats(rows: list[dict], tokenizer, max_length: int) -> TokenizedCha
     return out
 
 
-def split_validation(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out a seeded random `fraction` of rows (same split on every resume)."""
-    if fraction <= 0:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(rows) * fraction))
-    val_idx = set(order[:n_val])
-    train = [r for i, r in enumerate(rows) if i not in val_idx]
-    val = [r for i, r in enumerate(rows) if i in val_idx]
-    return train, val
-
-
 def load_chat_rows(path: str, config: RunConfig) -> list[dict]:
     from tunesmith.data.formats import load_data, to_chat
 
@@ -111,7 +106,7 @@ def prepare(config: RunConfig, tokenizer) -> tuple[RunConfig, list[dict], list[d
 
     rows = load_chat_rows(config.data.train, config)
     val_rows = load_chat_rows(config.data.validation, config) if config.data.validation else None
-    config = resolve(config, rows, tokenizer, has_validation_file=val_rows is not None)
+    config = resolve(config, rows, tokenizer, has_validation_file=val_rows is not None, kind="chat")
     if val_rows is None:
         rows, val_rows = split_validation(rows, float(config.data.validation_split), config.train.seed)
     max_length = int(config.train.max_length)
@@ -130,88 +125,19 @@ def prepare(config: RunConfig, tokenizer) -> tuple[RunConfig, list[dict], list[d
     return config, train.examples, val.examples, stats
 
 
-def gate_data(config: RunConfig, tokenizer):
-    """Run the data quality gate on the training (and validation) file before anything
-    trains. Errors stop the run with the top problems and the way out, unless
-    `data.force` is set, which the returned data card records."""
-    from tunesmith.data.quality import check_data
-
-    max_length = config.train.max_length if isinstance(config.train.max_length, int) else None
-    card = check_data(
-        config.data.train, config.data.validation, tokenizer=tokenizer, max_length=max_length, columns=config.data.columns
-    )
-    errors = card.errors()
-    if errors and not config.data.force:
-        top = "; ".join(f.message.rstrip(".") for f in errors[:3])
-        raise DataError(
-            f"{config.data.train}: the data gate found {len(errors)} error(s): {top}. Run `tunesmith data check "
-            f"{config.data.train} --fix CLEAN.jsonl` and train on the cleaned file, or pass --force to train anyway."
-        )
-    card.stats["trained_despite_errors"] = bool(errors)
-    return card
-
-
-def build_model(config: RunConfig):
-    from tunesmith.models import load_model
-
-    model = load_model(config.model.name)
-    if config.method.method == "full":
-        return model, None
-    from peft import LoraConfig
-
-    peft_config = LoraConfig(
-        r=config.method.lora_r,
-        lora_alpha=config.method.lora_alpha,
-        lora_dropout=config.method.lora_dropout,
-        target_modules=config.method.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return model, peft_config
-
-
 def trainer_args(config: RunConfig, run_dir: Path, has_eval: bool):
-    """TRL SFTConfig from our resolved config: packed and padding-free, eval + save every
-    `eval_steps`, best checkpoint (lowest validation loss) restored at the end."""
-    import torch
+    """TRL SFTConfig from our resolved config: packed and padding-free (prompt and prefix
+    tuning excepted: their virtual tokens belong to each example, so those are padded)."""
     from trl import SFTConfig
 
-    t = config.train
-    on_gpu = torch.cuda.is_available()
+    pack = config.method.adapter not in PROMPT_LEARNING
     return SFTConfig(
-        output_dir=str(run_dir / "checkpoints"),
-        learning_rate=float(t.learning_rate),
-        num_train_epochs=float(t.epochs),
-        max_steps=t.max_steps or -1,
-        per_device_train_batch_size=int(t.batch_size),
-        per_device_eval_batch_size=int(t.batch_size),
-        gradient_accumulation_steps=int(t.gradient_accumulation),
-        weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of all steps
-        lr_scheduler_type="cosine",
-        max_length=int(t.pack_length),
-        packing=True,
+        **common_args(config, run_dir, has_eval),
+        max_length=int(config.train.pack_length if pack else config.train.max_length),
+        packing=pack,
         packing_strategy="bfd",  # keeps examples whole; implies padding-free batches
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=int(t.eval_steps),
-        save_strategy="steps",
-        save_steps=int(t.eval_steps),
-        save_total_limit=t.save_total_limit,
-        load_best_model_at_end=has_eval,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=t.logging_steps,
-        include_num_input_tokens_seen="all",  # padding-free: every token is a real one
-        seed=t.seed,
-        data_seed=t.seed,
-        # TRL turns checkpointing on by default; on a small model it only costs time.
-        gradient_checkpointing=config.method.gradient_checkpointing,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        report_to="none",
-        disable_tqdm=True,  # the CLI draws its own rich progress bar
-        dataloader_num_workers=0,
-        dataloader_pin_memory=on_gpu,
+        include_num_input_tokens_seen="all" if pack else "non_padding",
         dataset_num_proc=None,
-        save_only_model=False,  # optimizer + RNG state are needed to resume exactly
     )
 
 
@@ -229,14 +155,7 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
     from tunesmith.train.callbacks import MetricsFileCallback
 
     run_dir = Path(run_dir)
-    checkpoint = None
-    if resume:
-        config, checkpoint = _resume_point(run_dir)
-    elif (run_dir / "config.yaml").exists():
-        raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --output.")
-    if not config.data.train:
-        raise ConfigError("No training data given: pass --data FILE or set data.train in the config.")
-
+    config, checkpoint = start_run(config, run_dir, resume)
     tokenizer = load_tokenizer(config.model.name)
     card = None if resume else gate_data(config, tokenizer)
     config, train_examples, val_examples, stats = prepare(config, tokenizer)
@@ -246,7 +165,8 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
     if card is not None:
         write_card(card, run_dir)
 
-    model, peft_config = build_model(config)
+    model = wrap_model(load_base(config), config, "CAUSAL_LM", run_dir, resume)
+    trainable, total = trainable_parameters(model)
     has_eval = bool(val_examples)
     callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), *(callbacks or [])]
     if has_eval:
@@ -257,40 +177,26 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
         train_dataset=Dataset.from_list(train_examples),
         eval_dataset=Dataset.from_list(val_examples) if has_eval else None,
         processing_class=tokenizer,
-        peft_config=peft_config,
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our callbacks report instead
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
-    out_dir = run_dir / (ADAPTER_DIR if peft_config is not None else MODEL_DIR)
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    out_dir = save_weights(trainer, tokenizer, config, run_dir)
     summary = {
         "task": "sft",
         "base_model": config.model.name,
-        "method": config.method.method,
+        "method": config.method.adapter,
         "weights": out_dir.name,
+        "trainable_params": trainable,
+        "total_params": total,
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
         "best_eval_loss": trainer.state.best_metric,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_runtime_s": result.metrics.get("train_runtime"),
+        "tokens_seen": trainer.state.num_input_tokens_seen,
         **stats,
     }
     (run_dir / RUN_INFO).write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _resume_point(run_dir: Path) -> tuple[RunConfig, str]:
-    if not (run_dir / "config.yaml").exists():
-        raise ModelError(f"{run_dir} is not a tunesmith run directory (no config.yaml); check the path.")
-    config = load_config(run_dir / "config.yaml")
-    if config.unresolved():
-        raise ConfigError(f"{run_dir}/config.yaml still has 'auto' values; it was not written by tunesmith train.")
-    checkpoints = sorted(
-        (run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-    )
-    if not checkpoints:
-        raise ModelError(f"{run_dir} has no checkpoint yet; start the run again without --resume.")
-    return config, str(checkpoints[-1])
