@@ -71,12 +71,11 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)
-    tokenizer = load_tokenizer(config.model.name)
-    card = None if resume else gate_data(config, tokenizer, task="classify")
-
     # Data: the label set comes from the training rows; validation labels must be among them.
     rows = load_labelled(config.data.train, config.data.columns)
     val_rows = load_labelled(config.data.validation, config.data.columns) if config.data.validation else None
+    tokenizer = load_tokenizer(config.model.name)
+    card = None if resume else gate_data(config, tokenizer, task="classify")
     config = resolve(config, rows, tokenizer, val_rows is not None, kind="classify")
     if val_rows is None:
         rows, val_rows = split_validation(rows, float(config.data.validation_split), config.train.seed)

@@ -259,7 +259,7 @@ def save_weights(trainer, tokenizer, config: RunConfig, run_dir: Path) -> Path:
 def best_metric_name(config: RunConfig) -> tuple[str, bool]:
     """(metric key, greater is better) for early stopping and the best checkpoint."""
     metric = config.train.best_metric
-    if metric in ("accuracy", "macro_f1"):
+    if metric in ("accuracy", "macro_f1") and config.method.stages[-1] == "classify":  # only classifiers have them
         return f"eval_{metric}", True
     return "eval_loss", False
 

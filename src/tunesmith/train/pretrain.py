@@ -90,12 +90,11 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
             "prompt and prefix tuning only steer a model with a few virtual tokens; they cannot absorb a domain's "
             "text. Use --adapter lora or full for continued pretraining."
         )
-    tokenizer = load_tokenizer(config.model.name)
-    card = None if resume else gate_data(config, tokenizer)
-
     # Data: whole documents are held out, so validation text is text the model never saw.
     docs = load_texts(config.data.train, config.data.columns)
     val_docs = load_texts(config.data.validation, config.data.columns) if config.data.validation else None
+    tokenizer = load_tokenizer(config.model.name)
+    card = None if resume else gate_data(config, tokenizer)
     config = resolve(config, [{"text": t} for t in docs], tokenizer, val_docs is not None, kind="pretrain")
     if val_docs is None:
         docs, val_docs = split_validation(docs, float(config.data.validation_split), config.train.seed)
