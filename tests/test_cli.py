@@ -212,3 +212,62 @@ def test_data_synth_judge_on_the_same_endpoint_shares_the_rate_limit(tmp_path, s
     assert {b["model"] for b in stub_openai.requests} == {"t", "j"}
     gaps = [b - a for a, b in zip(stub_openai.times, stub_openai.times[1:])]
     assert len(stub_openai.times) == 6 and min(gaps) >= 0.08  # one budget of 10 a second for both
+
+
+def test_train_classifier_then_predict(tiny_model_dir, tmp_path):
+    from test_methods import write_label_file
+
+    data = write_label_file(tmp_path / "labels.csv")
+    run_dir = tmp_path / "run"
+    result = invoke(
+        "train", "--data", data, "--model", tiny_model_dir, "--task", "classify", "--max-steps", 6,
+        "--lr", 0.005, "--output", run_dir,
+    )
+    assert result.exit_code == 0, result.output
+    assert "validation accuracy" in result.output and "tunesmith predict" in result.output
+    out = tmp_path / "pred.jsonl"
+    result = invoke("predict", run_dir, "--file", data, "--out", out, "--top-k", 2)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 120 and all(len(r["top"]) == 2 and "true_label" in r for r in rows)
+    assert "accuracy" in result.output and "120 labelled rows" in result.output
+    result = invoke("predict", run_dir, "--text", "card number 5")
+    assert result.exit_code == 0 and "%" in result.output
+    # A classifier does not write text, and a generative run does not classify.
+    assert_one_sentence_error(invoke("generate", run_dir, "--prompt", "hi"), "is a classifier", "tunesmith predict")
+
+
+def test_train_method_errors_are_one_sentence(tiny_model_dir, tiny_chat_file, tmp_path):
+    out = tmp_path / "r"
+    assert_one_sentence_error(
+        invoke("train", "--data", tiny_chat_file, "--model", tiny_model_dir, "--adapter", "qlora", "--output", out),
+        "needs a CUDA GPU",
+    )
+    assert_one_sentence_error(
+        invoke("train", "--data", tiny_chat_file, "--model", tiny_model_dir, "--stages", "pretrain,sft", "--output", out),
+        "--pretrain-data",
+    )
+    assert_one_sentence_error(invoke("train", "--data", tiny_chat_file, "--task", "chat"), "--task classify")
+    assert_one_sentence_error(invoke("train", "--data", tiny_chat_file, "--adapter", "lorra"), "method.adapter")
+    assert_one_sentence_error(invoke("train", "--data", tiny_chat_file, "--method", "pretrain", "--task", "classify"), "one of")
+    assert_one_sentence_error(invoke("predict", tmp_path, "--text", "x"), "not a run directory")
+    assert not out.exists()
+
+
+def test_train_two_stages_from_the_cli(tiny_model_dir, tiny_chat_file, tmp_path):
+    from test_methods import write_text_file
+
+    run_dir = tmp_path / "run"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"method:\n  stages: [pretrain, sft]\n  adapter: dora\ndata:\n  pretrain: {write_text_file(tmp_path / 'notes.txt')}\n"
+        f"  train: {tiny_chat_file}\n  replay_ratio: 0.2\n"
+        "train:\n  max_length: 64\n  pack_length: 128\n  batch_size: 1\n  gradient_accumulation: 1\n  eval_steps: 2\n"
+    )
+    result = invoke("train", "--model", tiny_model_dir, "--config", cfg, "--max-steps", 2, "--output", run_dir)
+    assert result.exit_code == 0, result.output
+    assert "stage pretrain" in result.output
+    assert (run_dir / "pretrain" / "merged" / "config.json").exists() and (run_dir / "sft" / "adapter").is_dir()
+    assert json.loads((run_dir / "pretrain" / "run.json").read_text())["replay_blocks"] > 0
+    result = invoke("generate", run_dir, "--prompt", "card lost", "--max-new-tokens", 3)
+    assert result.exit_code == 0, result.output

@@ -327,4 +327,5 @@ def start_run(config: RunConfig, run_dir: Path, resume: bool) -> tuple[RunConfig
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --output.")
     if not config.data.train:
         raise ConfigError("No training data given: pass --data FILE or set data.train in the config.")
+    quantization_config(config.method)  # a GPU-only setting fails before anything is written
     return config, None
