@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from conftest import tiny_run_config, write_chat_file
 from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError, DataError, ModelError
-from tunesmith.serve.engine import load_for_inference
+from tunesmith.serve.engine import generate, load_for_inference
 from tunesmith.train.classify import load_classifier, predict, train_classify
 from tunesmith.train.common import linear_module_names, peft_config
 from tunesmith.train.pretrain import replay_blocks, to_blocks, train_pretrain
@@ -74,6 +74,8 @@ def test_every_adapter_trains_and_reloads(adapter, tmp_path, tiny_model_dir):
 
     loaded = load_for_inference(str(tmp_path / "run"))
     torch.testing.assert_close(last_logits(loaded.model), probe.logits, atol=2e-4, rtol=1e-3)
+    [answer] = generate(loaded, [[{"role": "user", "content": "card lost"}]], max_new_tokens=3)
+    assert isinstance(answer, str)
     base = load_for_inference(str(tmp_path / "run"), base=True)
     assert not torch.allclose(last_logits(base.model), probe.logits, atol=1e-3), "training changed nothing"
 

@@ -133,7 +133,8 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
     out_dir = save_weights(trainer, tokenizer, config, run_dir)
-    final = trainer.evaluate() if has_eval else {}
+    # The restored best model's figures (predict, unlike evaluate, adds no line to the log).
+    final = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval").metrics if has_eval else {}
     summary = {
         "task": "classify",
         "base_model": config.model.name,

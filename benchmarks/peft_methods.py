@@ -1,0 +1,113 @@
+"""Benchmark: every adaptation method tunesmith offers, side by side on Banking77 with the
+bundled SmolLM2-135M and the same step budget.
+
+Run from the repository root, in the project's virtualenv:
+
+    python benchmarks/peft_methods.py                       # 11 methods, 30 steps of 32 queries
+    python benchmarks/peft_methods.py --methods lora,ia3 --steps 5   # a quick check
+
+Each method trains the classification formulation (`--task classify`: a head on the
+decoder; the adapter plus the head are trained, or every weight for `full`) with
+tunesmith's automatic settings for that method (learning rate included), on the same 2,000
+training rows, for `--steps` optimizer steps of 32 queries. It is then scored on the same
+500 validation rows (drawn from the rest of Banking77's train split). Prints trainable
+parameters, training tokens/s and validation accuracy per method, and writes them to
+`benchmarks/results/peft_methods.json` (runs under `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "banking77"
+METHODS = "lora,rslora,dora,pissa,olora,loha,lokr,ia3,prompt,prefix,full"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default=METHODS)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--train-rows", type=int, default=2000)
+    p.add_argument("--validation-rows", type=int, default=500)
+    p.add_argument("--out", default="benchmarks/out/peft_methods")
+    p.add_argument("--results", default="benchmarks/results/peft_methods.json")
+    return p.parse_args()
+
+
+def write_split(out: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
+    """Seeded disjoint train/validation samples of Banking77's train split."""
+    with open(SHARED / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    random.Random(0).shuffle(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, part in (("train.csv", rows[:n_train]), ("validation.csv", rows[n_train : n_train + n_val])):
+        with open(out / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "category"])
+            writer.writeheader()
+            writer.writerows(part)
+        paths.append(out / name)
+    return paths[0], paths[1]
+
+
+def main() -> None:
+    args = parse_args()
+    import torch
+    import yaml
+
+    from tunesmith.cli import _quiet_libraries
+    from tunesmith.config import RunConfig
+    from tunesmith.train.stages import train
+
+    _quiet_libraries()
+    out = Path(args.out)
+    train_file, val_file = write_split(out, args.train_rows, args.validation_rows)
+    results = []
+    for method in args.methods.split(","):
+        run_dir = out / method
+        shutil.rmtree(run_dir, ignore_errors=True)
+        config = RunConfig.model_validate(
+            {
+                "data": {"train": str(train_file), "validation": str(val_file), "force": True},
+                "method": {"stages": ["classify"], "adapter": method},
+                # One evaluation, at the end: the budget goes to training.
+                "train": {"batch_size": 32, "max_steps": args.steps, "eval_steps": args.steps},
+            }
+        )
+        print(f"--- {method}", flush=True)
+        s = train(config, run_dir)
+        lr = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["learning_rate"]
+        result = {
+            "method": method,
+            "trainable_params": s["trainable_params"],
+            "trainable_share": s["trainable_params"] / s["total_params"],
+            "learning_rate": lr,
+            "tokens_per_s": round(s["tokens_seen"] / s["train_runtime_s"], 1),
+            "train_seconds": round(s["train_runtime_s"], 1),
+            "validation_accuracy": s["eval_accuracy"],
+            "validation_macro_f1": s["eval_macro_f1"],
+        }
+        print(json.dumps(result), flush=True)
+        results.append(result)
+
+    print(f"\nBanking77 classification, SmolLM2-135M, {args.steps} steps x 32 queries from {args.train_rows} rows, "
+          f"{args.validation_rows} validation rows, {torch.get_num_threads()} CPU threads")
+    print(f"{'method':<8}{'trainable':>13}{'share':>8}{'lr':>9}{'tokens/s':>10}{'train s':>9}{'accuracy':>10}{'macro-F1':>10}")
+    for r in results:
+        print(f"{r['method']:<8}{r['trainable_params']:>13,}{r['trainable_share']:>8.2%}{r['learning_rate']:>9.0e}"
+              f"{r['tokens_per_s']:>10.0f}{r['train_seconds']:>9.0f}{r['validation_accuracy']:>10.1%}{r['validation_macro_f1']:>10.3f}")
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(
+        {"steps": args.steps, "batch": 32, "train_rows": args.train_rows, "validation_rows": args.validation_rows,
+         "threads": torch.get_num_threads(), "methods": results}, indent=2
+    ) + "\n")
+
+
+if __name__ == "__main__":
+    main()
