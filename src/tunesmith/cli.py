@@ -383,6 +383,8 @@ def train(
         cfg = load_config(config) if config else RunConfig()
         if task not in (None, "classify"):
             raise TunesmithError(f"--task {task} is not a task: use --task classify, or --method sft|pretrain.")
+        if method in ("lora", "full", "qlora", "dora"):
+            raise TunesmithError(f"--method chooses what to train (sft, pretrain or classify); for {method} use --adapter {method}.")
         chosen = [s for s in (method, task, stages) if s]
         if len(chosen) > 1:
             raise TunesmithError("Give one of --method, --task or --stages.")

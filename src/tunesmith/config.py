@@ -15,8 +15,6 @@ from tunesmith.errors import ConfigError
 Auto = Literal["auto"]
 Stage = Literal["pretrain", "sft", "classify"]
 Adapter = Literal["lora", "rslora", "dora", "pissa", "olora", "loha", "lokr", "ia3", "prompt", "prefix", "full"]
-STAGES: tuple[str, ...] = Stage.__args__
-ADAPTERS: tuple[str, ...] = Adapter.__args__
 
 
 class _Section(BaseModel):
@@ -80,10 +78,16 @@ class MethodConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _qlora_alias(cls, data):
-        # "qlora" is what users call LoRA on a 4-bit base; store it as its two parts.
-        if isinstance(data, dict) and data.get("adapter") == "qlora":
-            data = {**data, "adapter": "lora", "quantize": data.get("quantize") if data.get("quantize") not in (None, "none") else "4bit"}
+    def _aliases(cls, data):
+        if not isinstance(data, dict):
+            return data
+        if data.get("method") in ("lora", "full") and "adapter" not in data:
+            # Runs written before stages existed said `method: lora|full`; they still load.
+            data = {k: v for k, v in data.items() if k != "method"} | {"adapter": data["method"]}
+        if data.get("adapter") == "qlora":
+            # "qlora" is what users call LoRA on a 4-bit base; store it as its two parts.
+            quantize = data.get("quantize") if data.get("quantize") not in (None, "none") else "4bit"
+            data = {**data, "adapter": "lora", "quantize": quantize}
         return data
 
     @field_validator("stages")

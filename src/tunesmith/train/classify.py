@@ -211,16 +211,19 @@ def predict(classifier: Classifier, texts: list[str], batch_size: int = 32, top_
     import torch
 
     c = classifier
-    out = []
+    # Texts of similar length are scored together, so batches carry little padding.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[dict | None] = [None] * len(texts)
     for start in range(0, len(texts), batch_size):
-        batch = texts[start : start + batch_size]
+        indices = order[start : start + batch_size]
+        batch = [texts[i] for i in indices]
         enc = c.tokenizer(batch, truncation=True, max_length=c.max_length, padding=True, return_tensors="pt")
         with torch.inference_mode():
             probs = torch.softmax(c.model(**enc.to(c.model.device)).logits.float(), dim=-1)
-        values, indices = probs.topk(min(top_k, len(c.labels)), dim=-1)
-        for v, i in zip(values.tolist(), indices.tolist()):
-            top = [[c.labels[j], round(p, 6)] for j, p in zip(i, v)]
-            out.append({"label": top[0][0], "probability": top[0][1], "top": top})
+        values, top_ids = probs.topk(min(top_k, len(c.labels)), dim=-1)
+        for row, v, ids in zip(indices, values.tolist(), top_ids.tolist()):
+            top = [[c.labels[j], round(p, 6)] for j, p in zip(ids, v)]
+            out[row] = {"label": top[0][0], "probability": top[0][1], "top": top}
         if on_batch:
             on_batch(len(batch))
     return out

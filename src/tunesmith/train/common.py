@@ -246,11 +246,25 @@ def save_weights(trainer, tokenizer, config: RunConfig, run_dir: Path) -> Path:
     is_adapter = config.method.adapter != "full"
     out = run_dir / (ADAPTER_DIR if is_adapter else MODEL_DIR)
     if config.method.adapter in ("pissa", "olora"):
-        trainer.model.save_pretrained(str(out), path_initial_model_for_weight_conversion=str(run_dir / INIT_ADAPTER_DIR))
+        _save_as_plain_lora(trainer.model, out, run_dir / INIT_ADAPTER_DIR)
     else:
         trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     return out
+
+
+def _save_as_plain_lora(model, out: Path, init_dir: Path) -> None:
+    """Save a PiSSA/OLoRA adapter as plain LoRA (rank 2r) of the original base. peft's
+    conversion keeps only the LoRA matrices, so the other trained modules (a
+    classification head) are added back to the saved file."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(str(out), path_initial_model_for_weight_conversion=str(init_dir))
+    extra = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items() if "lora_" not in k}
+    if extra:
+        path = out / "adapter_model.safetensors"
+        save_file(load_file(path) | extra, path, metadata={"format": "pt"})
 
 
 # --------------------------------------------------------------------------- trainer
