@@ -11,7 +11,7 @@ decoder; the adapter plus the head are trained, or every weight for `full`) with
 tunesmith's automatic settings for that method (learning rate included), on the same 2,000
 training rows, for `--steps` optimizer steps of 32 queries. It is then scored on the same
 500 validation rows (drawn from the rest of Banking77's train split). Prints trainable
-parameters, training tokens/s and validation accuracy per method, and writes them to
+parameters, training training tokens/s (median over steps) and validation accuracy per method, and writes them to
 `benchmarks/results/peft_methods.json` (runs under `--out`).
 """
 
@@ -56,6 +56,15 @@ def write_split(out: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def training_speed(run_dir: Path) -> float:
+    """Median tokens/s over the training steps (step 1 warms up; evaluation and checkpoint
+    time are not training time)."""
+    import statistics
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return round(statistics.median(r["tokens_per_s"] for r in rows if "tokens_per_s" in r and r["step"] > 1), 1)
+
+
 def main() -> None:
     args = parse_args()
     import torch
@@ -88,7 +97,7 @@ def main() -> None:
             "trainable_params": s["trainable_params"],
             "trainable_share": s["trainable_params"] / s["total_params"],
             "learning_rate": lr,
-            "tokens_per_s": round(s["tokens_seen"] / s["train_runtime_s"], 1),
+            "tokens_per_s": training_speed(run_dir),
             "train_seconds": round(s["train_runtime_s"], 1),
             "validation_accuracy": s["eval_accuracy"],
             "validation_macro_f1": s["eval_macro_f1"],
@@ -102,11 +111,18 @@ def main() -> None:
     for r in results:
         print(f"{r['method']:<8}{r['trainable_params']:>13,}{r['trainable_share']:>8.2%}{r['learning_rate']:>9.0e}"
               f"{r['tokens_per_s']:>10.0f}{r['train_seconds']:>9.0f}{r['validation_accuracy']:>10.1%}{r['validation_macro_f1']:>10.3f}")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(
-        {"steps": args.steps, "batch": 32, "train_rows": args.train_rows, "validation_rows": args.validation_rows,
-         "threads": torch.get_num_threads(), "methods": results}, indent=2
-    ) + "\n")
+    # Methods measured before (with the same settings) stay in the file; ones run now replace theirs.
+    path = Path(args.results)
+    settings = {"steps": args.steps, "batch": 32, "train_rows": args.train_rows, "validation_rows": args.validation_rows,
+                "threads": torch.get_num_threads()}
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    same = all(previous.get(k) == v for k, v in settings.items())
+    kept = previous.get("methods", []) if same else []
+    merged = {r["method"]: r for r in kept + results}
+    order = METHODS.split(",")
+    methods = sorted(merged.values(), key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**settings, "methods": methods}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -92,10 +92,9 @@ class RichProgressCallback(TrainerCallback):
             if now > then:
                 self._stats["tok/s"] = f"{(state.num_input_tokens_seen - tokens) / (now - then):.0f}"
             self._clock = (now, state.num_input_tokens_seen)
-        if "eval_accuracy" in logs:
-            self._stats["eval"] = f"{logs['eval_accuracy']:.1%}"
-        elif "eval_loss" in logs:
-            self._stats["eval"] = f"{logs['eval_loss']:.3f}"
+        if "eval_loss" in logs:  # a classifier shows its accuracy, anything else its loss
+            accuracy = logs.get("eval_accuracy")
+            self._stats["eval"] = f"{accuracy:.1%}" if accuracy is not None else f"{logs['eval_loss']:.3f}"
             self._clock = (time.perf_counter(), state.num_input_tokens_seen)
         self.progress.update(self.task, stats=self._render())
 
