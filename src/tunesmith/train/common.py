@@ -227,12 +227,27 @@ def wrap_model(model, config: RunConfig, task_type: str, run_dir: Path, resume: 
     if m.gradient_checkpointing and m.quantize == "none":
         model.enable_input_require_grads()
     torch.manual_seed(config.train.seed)  # PiSSA's randomized SVD must be the same on resume
+    if m.adapter == "prefix" and task_type == "SEQ_CLS":
+        _check_prefix_support(model)
     model = get_peft_model(model, pcfg)
     if m.adapter in ("pissa", "olora") and not resume:
         model.peft_config["default"].init_lora_weights = True  # saved as a plain LoRA start
         model.save_pretrained(str(run_dir / INIT_ADAPTER_DIR))
         model.peft_config["default"].init_lora_weights = pcfg.init_lora_weights
     return model
+
+
+def _check_prefix_support(model) -> None:
+    """Prefix tuning feeds its prefixes to a classifier's backbone as a key/value cache; some
+    model classes (Llama's under transformers 5.24) no longer take one. Say so before training."""
+    import inspect
+
+    backbone = getattr(model, model.base_model_prefix, model)
+    if "past_key_values" not in inspect.signature(backbone.forward).parameters:
+        raise ConfigError(
+            f"prefix tuning needs a model that accepts past key values, and {type(backbone).__name__} in this "
+            "transformers version does not; use --adapter prompt or lora for this classifier."
+        )
 
 
 def trainable_parameters(model) -> tuple[int, int]:
