@@ -23,6 +23,7 @@ from tunesmith.train.common import (
     common_args,
     gate_data,
     load_base,
+    run_callbacks,
     save_weights,
     split_validation,
     start_run,
@@ -63,11 +64,10 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     """Train a classifier from `config.data.train` (text+label rows) into `run_dir`.
     Returns a summary dict (also written to `run.json`) with validation accuracy and macro-F1."""
     from datasets import Dataset
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
     from tunesmith.models import load_tokenizer
     from tunesmith.train.auto import resolve
-    from tunesmith.train.callbacks import MetricsFileCallback
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)
@@ -110,9 +110,7 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     model = wrap_model(model, config, "SEQ_CLS", run_dir, resume)
     trainable, total = trainable_parameters(model)
     has_eval = bool(val_examples)
-    callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), *(callbacks or [])]
-    if has_eval:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+    callbacks = run_callbacks(config, run_dir, has_eval, callbacks)
     args = TrainingArguments(
         **common_args(config, run_dir, has_eval),
         include_num_input_tokens_seen="non_padding",

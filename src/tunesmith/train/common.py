@@ -335,6 +335,19 @@ def common_args(config: RunConfig, run_dir: Path, has_eval: bool) -> dict:
     )
 
 
+def run_callbacks(config: RunConfig, run_dir: Path, has_eval: bool, extra: list | None) -> list:
+    """`metrics.jsonl` logging, the caller's callbacks, and early stopping when there is a
+    validation set."""
+    from transformers import EarlyStoppingCallback
+
+    from tunesmith.train.callbacks import MetricsFileCallback
+
+    callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), *(extra or [])]
+    if has_eval:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+    return callbacks
+
+
 def resume_point(run_dir: Path) -> tuple[RunConfig, str]:
     if not (run_dir / "config.yaml").exists():
         raise ModelError(f"{run_dir} is not a tunesmith run directory (no config.yaml); check the path.")

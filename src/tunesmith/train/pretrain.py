@@ -22,6 +22,7 @@ from tunesmith.train.common import (
     common_args,
     gate_data,
     load_base,
+    run_callbacks,
     save_weights,
     split_validation,
     start_run,
@@ -76,12 +77,11 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     """Continue pretraining `config.model.name` on the raw text in `config.data.train`.
     Returns a summary dict (also written to `run.json`), with validation perplexity."""
     from datasets import Dataset
-    from transformers import EarlyStoppingCallback, PrinterCallback
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     from tunesmith.models import load_tokenizer
     from tunesmith.train.auto import resolve
-    from tunesmith.train.callbacks import MetricsFileCallback
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)
@@ -116,9 +116,7 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     model = wrap_model(load_base(config), config, "CAUSAL_LM", run_dir, resume)
     trainable, total = trainable_parameters(model)
     has_eval = bool(val_blocks)
-    callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), *(callbacks or [])]
-    if has_eval:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+    callbacks = run_callbacks(config, run_dir, has_eval, callbacks)
     # Blocks are already token ids of full length: no template, no packing, loss on every token.
     args = SFTConfig(
         **common_args(config, run_dir, has_eval),

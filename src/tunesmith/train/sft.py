@@ -20,6 +20,7 @@ from tunesmith.train.common import (
     common_args,
     gate_data,
     load_base,
+    run_callbacks,
     save_weights,
     split_validation,
     start_run,
@@ -148,11 +149,10 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
     training continues from the last checkpoint. Returns a summary dict (also written to
     `run.json`)."""
     from datasets import Dataset
-    from transformers import EarlyStoppingCallback, PrinterCallback
+    from transformers import PrinterCallback
     from trl import SFTTrainer
 
     from tunesmith.models import load_tokenizer
-    from tunesmith.train.callbacks import MetricsFileCallback
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)
@@ -168,9 +168,7 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
     model = wrap_model(load_base(config), config, "CAUSAL_LM", run_dir, resume)
     trainable, total = trainable_parameters(model)
     has_eval = bool(val_examples)
-    callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), *(callbacks or [])]
-    if has_eval:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+    callbacks = run_callbacks(config, run_dir, has_eval, callbacks)
     trainer = SFTTrainer(
         model=model,
         args=trainer_args(config, run_dir, has_eval),
