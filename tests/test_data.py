@@ -374,8 +374,14 @@ def test_to_chat():
     chats = to_chat(load_data(FILES / "openai_chat.jsonl"), system_prompt="Other.")
     assert chats[0]["messages"][0] == system("You are a bank assistant.")  # has a system turn already
     assert chats[1]["messages"][0] == system("Other.")
-    with pytest.raises(DataError, match="hh_rlhf"):
-        to_chat(load_data(FILES / "hh_rlhf.jsonl"))
+    # SFT on preference data learns the chosen answers (the usual stage before DPO or RL).
+    pairs = load_data(FILES / "hh_rlhf.jsonl")
+    chats = to_chat(pairs)
+    assert chats[0]["messages"] == pairs.records[0]["prompt"] + pairs.records[0]["chosen"]
+    feedback = load_data(FILES / "kto.jsonl")
+    assert len(to_chat(feedback)) == sum(r["label"] for r in feedback.records)  # thumbs-up rows only
+    with pytest.raises(DataError, match="--method pretrain"):
+        to_chat(load_data(FILES / "text.txt"))
 
 
 @pytest.fixture(scope="module")

@@ -346,9 +346,9 @@ def train(
     model: Annotated[Optional[str], typer.Option(help="Base model: built-in name, local folder or hub id.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML run config; options given here override it.")] = None,
     validation: Annotated[Optional[str], typer.Option(help="Validation file; default: hold out a split.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="What to train: sft (default), pretrain (raw text) or classify.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="What to train: sft (default), pretrain (raw text), classify, reward (a reward model), dpo, orpo, simpo, kto (preference data), grpo or rloo (RL against rewards).")] = None,
     task: Annotated[Optional[str], typer.Option(help="classify: same as --method classify.")] = None,
-    stages: Annotated[Optional[str], typer.Option(help="Several stages in order, e.g. pretrain,sft.")] = None,
+    stages: Annotated[Optional[str], typer.Option(help="Several stages in order, e.g. pretrain,sft or sft,reward,grpo.")] = None,
     adapter: Annotated[Optional[str], typer.Option(help="lora (default), rslora, dora, pissa, olora, loha, lokr, ia3, prompt, prefix, qlora or full.")] = None,
     quantize: Annotated[Optional[str], typer.Option(help="Load the base in 4bit or 8bit (QLoRA; CUDA GPU only).")] = None,
     pretrain_data: Annotated[Optional[str], typer.Option(help="Raw-text file for the pretrain stage of --stages pretrain,...")] = None,
@@ -359,6 +359,15 @@ def train(
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory.")] = None,
     neftune: Annotated[Optional[float], typer.Option(help="NEFTune noise scale on embeddings (5 is typical).")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the loss (0.1 is typical).")] = None,
+    preference_data: Annotated[Optional[str], typer.Option(help="Preference pairs for the reward/DPO-family stage of --stages sft,...")] = None,
+    prompt_data: Annotated[Optional[str], typer.Option(help="Prompts for the grpo/rloo stage of a multi-stage run.")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="Preference/RL strength (DPO beta, GRPO KL penalty...); default: the method's.")] = None,
+    dpo_loss: Annotated[Optional[str], typer.Option(help="DPO loss: sigmoid (default), ipo or robust.")] = None,
+    reward_model: Annotated[Optional[str], typer.Option(help="grpo/rloo: a reward-model run directory.")] = None,
+    reward_fn: Annotated[Optional[list[str]], typer.Option(help="grpo/rloo: exact_match, contains_answer, length, FILE.py or FILE.py:NAME (repeatable).")] = None,
+    judge_url: Annotated[Optional[str], typer.Option(help="grpo/rloo: LLM judge at an OpenAI-compatible URL (key: TUNESMITH_JUDGE_KEY).")] = None,
+    judge_model: Annotated[Optional[str], typer.Option(help="The model the judge endpoint runs.")] = None,
+    num_generations: Annotated[Optional[int], typer.Option(help="grpo/rloo: answers sampled per prompt.")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Run directory; default runs/run-DATE-TIME.")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Passes over the data; default auto.")] = None,
     learning_rate: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate; default auto.")] = None,
@@ -369,8 +378,9 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last checkpoint.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Train even if the data gate finds errors (recorded in the data card).")] = False,
 ) -> None:
-    """Fine-tune a model on your data: chat tuning, continued pretraining or a classifier, with
-    LoRA (default), another PEFT method or full fine-tuning, validation and early stopping."""
+    """Fine-tune a model on your data: chat tuning, continued pretraining, a classifier, a reward
+    model, preference optimisation (DPO, ORPO, SimPO, KTO) or RL (GRPO, RLOO), with LoRA
+    (default), another PEFT method or full fine-tuning, validation and early stopping."""
     _quiet_libraries()
     from tunesmith.config import RunConfig, load_config, parse_config
     from tunesmith.data.formats import parse_columns
@@ -384,7 +394,7 @@ def train(
         if task not in (None, "classify"):
             raise TunesmithError(f"--task {task} is not a task: use --task classify, or --method sft|pretrain.")
         if method in ("lora", "full", "qlora", "dora"):
-            raise TunesmithError(f"--method chooses what to train (sft, pretrain or classify); for {method} use --adapter {method}.")
+            raise TunesmithError(f"--method chooses what to train (sft, pretrain, classify, dpo...); for {method} use --adapter {method}.")
         chosen = [s for s in (method, task, stages) if s]
         if len(chosen) > 1:
             raise TunesmithError("Give one of --method, --task or --stages.")
@@ -405,6 +415,15 @@ def train(
             ("method", "gradient_checkpointing"): gradient_checkpointing,
             ("method", "neftune_alpha"): neftune,
             ("method", "label_smoothing"): label_smoothing,
+            ("data", "preference"): preference_data,
+            ("data", "prompts"): prompt_data,
+            ("method", "beta"): beta,
+            ("method", "dpo_loss"): dpo_loss,
+            ("method", "reward_model"): reward_model,
+            ("method", "reward_functions"): reward_fn,
+            ("method", "judge_url"): judge_url,
+            ("method", "judge_model"): judge_model,
+            ("method", "num_generations"): num_generations,
             ("train", "epochs"): epochs,
             ("train", "learning_rate"): learning_rate,
             ("train", "max_steps"): max_steps,
@@ -449,13 +468,21 @@ def _print_train_summary(summary: dict, run_dir: Path) -> None:
         table.add_row("validation perplexity", f"{summary['best_eval_perplexity']:.2f}")
     if summary.get("eval_accuracy") is not None:
         table.add_row("validation accuracy / macro-F1", f"{summary['eval_accuracy']:.1%} / {summary['eval_macro_f1']:.3f}")
+    if summary.get("pairwise_accuracy") is not None:
+        table.add_row("validation pairwise accuracy", f"{summary['pairwise_accuracy']:.1%} (mean margin {summary['mean_margin']:.3f})")
+    if summary.get("reward_accuracy") is not None:
+        table.add_row("validation reward accuracy / margin", f"{summary['reward_accuracy']:.1%} / {summary['reward_margin']:.3f}")
+    if summary.get("reward_start") is not None:
+        table.add_row("mean reward, first / last steps", f"{summary['reward_start']:.3f} -> {summary['reward_end']:.3f}")
     table.add_row("time", f"{summary['train_runtime_s']:.0f} s")
     final_dir = run_dir / summary["stage"] if summary.get("stages") else run_dir
     table.add_row("weights", str(final_dir / summary["weights"]))
     console.print(table)
     if summary["task"] == "classify":
         console.print(f"try it: tunesmith predict {run_dir} --text \"...\"")
-    elif summary["task"] == "sft":
+    elif summary["task"] == "reward":
+        console.print(f"try it: tunesmith score {run_dir} --file PAIRS.jsonl")
+    elif summary["task"] != "pretrain":
         console.print(f"try it: tunesmith chat {run_dir}")
 
 
@@ -503,6 +530,43 @@ def predict_cmd(
     if labelled:
         correct = sum(r["label"] == r["true_label"] for r in labelled)
         console.print(f"accuracy {correct / len(labelled):.1%} on {len(labelled)} labelled rows")
+
+
+@app.command("score")
+@user_errors
+def score_cmd(
+    run: Annotated[str, typer.Argument(help="Run directory of a reward model (or of a run with a reward stage).")],
+    file: Annotated[str, typer.Option(help="Rows to score: preference pairs, chat or prompt/completion rows.")],
+    out: Annotated[Optional[Path], typer.Option(help="Write the scored rows as JSONL here (default: print).")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="Override detection: field=column,...")] = None,
+) -> None:
+    """Score answers with a reward model. For preference pairs, prints how often the chosen
+    answer scores above the rejected one (pairwise accuracy)."""
+    _quiet_libraries()
+    from rich.progress import Progress
+
+    from tunesmith.data.formats import parse_columns
+    from tunesmith.serve.engine import write_jsonl
+    from tunesmith.train.reward import load_reward_model, score_file
+
+    _convert_builtin_once(run)
+    with err.status("loading reward model"):
+        rm = load_reward_model(run)
+    with Progress(console=err, transient=True) as bar:
+        task_id = bar.add_task("scoring", total=None)
+        rows, summary = score_file(rm, file, parse_columns(columns) if columns else None, lambda n: bar.advance(task_id, n))
+    if out:
+        write_jsonl(out, rows)
+        err.print(f"wrote {len(rows)} scored rows to {out}")
+    elif "pairwise_accuracy" not in summary:
+        for r in rows:
+            last = (r.get("completion") or r.get("messages"))[-1]["content"]
+            console.print(f"[bold]{r['score']:+.3f}[/bold]  {last[:100]}")
+    if "pairwise_accuracy" in summary:
+        console.print(f"pairwise accuracy {summary['pairwise_accuracy']:.1%} on {summary['rows']} pairs "
+                      f"(mean margin {summary['mean_margin']:+.3f})")
+    else:
+        console.print(f"mean score {summary['mean_score']:+.3f} over {summary['rows']} rows")
 
 
 # --------------------------------------------------------------------------- use the result

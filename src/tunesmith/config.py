@@ -13,7 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunesmith.errors import ConfigError
 
 Auto = Literal["auto"]
-Stage = Literal["pretrain", "sft", "classify"]
+Stage = Literal["pretrain", "sft", "classify", "reward", "dpo", "orpo", "simpo", "kto", "grpo", "rloo"]
+PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "kto")  # offline: learn from preference data
+RL_STAGES = ("grpo", "rloo")  # online: sample answers and learn from their rewards
+# Stages run in this order; a later stage starts from the weights of the earlier ones.
+STAGE_ORDER = {"pretrain": 0, "sft": 1, "classify": 1, "reward": 2} | {s: 3 for s in PREFERENCE_STAGES + RL_STAGES}
 Adapter = Literal["lora", "rslora", "dora", "pissa", "olora", "loha", "lokr", "ia3", "prompt", "prefix", "full"]
 
 
@@ -46,12 +50,18 @@ class DataConfig(_Section):
     """Share of general text mixed into continued pretraining, so the model keeps its general language (0.1-0.3 is common)."""
     replay_file: str | None = None
     """General text for the replay mix; default: the sample shipped with tunesmith (160 paragraphs)."""
+    preference: str | None = None
+    """Preference pairs for the reward / DPO-family stages of a multi-stage run; default: `train`."""
+    prompts: str | None = None
+    """Prompts for the grpo/rloo stage of a multi-stage run; default: the prompts of `preference`, else of `train`."""
 
 
 class MethodConfig(_Section):
     stages: list[Stage] = Field(default_factory=lambda: ["sft"])
     """Training stages in order: `pretrain` (continued pretraining on raw text), `sft` (chat or
-    instruction tuning), `classify` (a classification head). Each stage starts from the previous one's weights."""
+    instruction tuning), `classify` (a classification head), `reward` (a reward model from preference
+    pairs), one of `dpo`, `orpo`, `simpo`, `kto` (offline preference optimisation) or `grpo`, `rloo`
+    (reinforcement learning against rewards). Each stage starts from the previous one's weights."""
     adapter: Adapter = "lora"
     """What is trained: `lora` (default), `rslora`, `dora`, `pissa`/`olora` (LoRA with SVD/QR initialisation),
     `loha`, `lokr`, `ia3`, `prompt` or `prefix` tuning, or `full` (every weight). `qlora` = lora + quantize 4bit."""
@@ -75,6 +85,36 @@ class MethodConfig(_Section):
     """NEFTune: uniform noise of this scale on input embeddings during training (5 is the paper's value; 0 = off)."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     """Label smoothing of the training loss (0.1 is common; 0 = off)."""
+    beta: float | None = Field(None, ge=0.0)
+    """Preference/RL strength: DPO/KTO/IPO pull to the reference model, ORPO's odds-ratio weight, SimPO's
+    reward scale, GRPO/RLOO's KL penalty. Empty: the method's published default, filled in when it trains."""
+    dpo_loss: Literal["sigmoid", "ipo", "robust"] = "sigmoid"
+    """DPO loss: `sigmoid` (the paper's), `ipo` (bounded; resists overfitting the pairs), `robust` (assumes
+    a share `label_noise` of the pairs is labelled the wrong way round)."""
+    label_noise: float = Field(0.1, ge=0.0, lt=0.5)
+    """Robust DPO: the share of preference pairs assumed flipped (0.1 is the paper's suggestion)."""
+    simpo_gamma: float = Field(0.5, ge=0.0)
+    """SimPO target reward margin, as a share of beta (gamma/beta; 0.5 is the paper's)."""
+    reward_model: str | None = None
+    """grpo/rloo: a reward-model run (`tunesmith train --method reward`). In `--stages ...,reward,grpo`
+    the run's own reward stage is used."""
+    reward_functions: list[str] = Field(default_factory=list)
+    """grpo/rloo: Python rewards: built-in `exact_match`, `contains_answer`, `length`, a file `rewards.py`
+    (every function named `reward_*`) or `rewards.py:NAME`. Each gets prompts, completions and the row's `answer`."""
+    judge_url: str | None = None
+    """grpo/rloo: an LLM judge behind an OpenAI-compatible endpoint (e.g. http://localhost:8000/v1) scores
+    each answer 1-10; its key comes from TUNESMITH_JUDGE_KEY or OPENAI_API_KEY."""
+    judge_model: str | None = None
+    """The model name the judge endpoint should run."""
+    judge_rubric: str = "Is the answer helpful, correct and harmless for the user's request?"
+    """What the judge scores the answers on."""
+    num_generations: int = Field(4, ge=2)
+    """grpo/rloo: answers sampled per prompt; each is rewarded against the others of its group."""
+    max_completion_length: int | None = Field(None, ge=1)
+    """grpo/rloo: longest sampled answer in tokens. Empty: from the reference answers in the data, filled in
+    when it trains."""
+    temperature: float = Field(1.0, gt=0.0)
+    """grpo/rloo: sampling temperature of the answers (1.0 keeps the groups diverse)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -101,6 +141,16 @@ class MethodConfig(_Section):
             raise ValueError("pretrain must be the first stage")
         if "sft" in stages and "classify" in stages:
             raise ValueError("choose sft or classify, not both")
+        if "classify" in stages and len(stages) > 1 and stages[-1] != "classify":
+            raise ValueError("a classifier is the last stage: reward and alignment stages train a generating model")
+        ranks = [STAGE_ORDER[s] for s in stages]
+        if ranks != sorted(ranks) or len(set(ranks)) != len(ranks):
+            raise ValueError(
+                "stages run in the order pretrain, sft (or classify), reward, then one of "
+                + ", ".join(PREFERENCE_STAGES + RL_STAGES)
+            )
+        if "reward" in stages and stages[-1] in PREFERENCE_STAGES:
+            raise ValueError(f"{stages[-1]} learns from the pairs directly; a reward stage is used by grpo or rloo only")
         return stages
 
     @model_validator(mode="after")
@@ -141,8 +191,9 @@ class TrainConfig(_Section):
     """Random seed for data order, the validation split and initialisation."""
     logging_steps: int = 1
     """Write a line to metrics.jsonl every N optimizer steps."""
-    best_metric: Literal["loss", "accuracy", "macro_f1"] | Auto = "auto"
-    """Validation metric for early stopping and the best checkpoint: auto = accuracy for classify, loss otherwise."""
+    best_metric: Literal["loss", "accuracy", "macro_f1", "reward"] | Auto = "auto"
+    """Validation metric for early stopping and the best checkpoint: auto = accuracy for classify and
+    reward models (pairwise), mean reward for grpo/rloo, loss otherwise."""
 
 
 class RunConfig(_Section):

@@ -204,10 +204,12 @@ def detect_format(records: list[Record], path: str | Path) -> tuple[Format, dict
 
 
 def to_chat(data: LoadedData, system_prompt: str | None = None) -> list[dict]:
-    """Chat records for SFT: chat data as is, text+label as user=text, assistant=label.
+    """Chat records for SFT: chat data as is, text+label as user=text, assistant=label,
+    preference pairs as prompt + chosen answer, KTO rows as prompt + completion where the
+    label is good (SFT on the preferred answers is the usual first stage before DPO or RL).
 
     ``system_prompt`` is put first in every conversation that has no system turn.
-    Raises ``DataError`` for pretraining, preference or KTO data.
+    Raises ``DataError`` for pretraining data.
     """
     if data.task == "chat":
         conversations = [record["messages"] for record in data.records]
@@ -215,10 +217,14 @@ def to_chat(data: LoadedData, system_prompt: str | None = None) -> list[dict]:
         conversations = [
             [{"role": "user", "content": r["text"]}, {"role": "assistant", "content": r["label"]}] for r in data.records
         ]
+    elif data.task == "preference":
+        conversations = [r["prompt"] + r["chosen"] for r in data.records]
+    elif data.task == "kto":
+        conversations = [r["prompt"] + r["completion"] for r in data.records if r["label"]]
     else:
         raise DataError(
-            f"{data.path}: supervised fine-tuning needs chat, instruction or text+label data, but the file "
-            f"holds {data.task} data (format {data.format.value}); use a training method for {data.task} data "
+            f"{data.path}: supervised fine-tuning needs chat, instruction, text+label or preference data, but the "
+            f"file holds {data.task} data (format {data.format.value}); train it with --method pretrain, "
             "or give a file with messages, prompt/completion or text/label columns."
         )
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
@@ -247,6 +253,9 @@ def token_lengths(records: list[dict], task: str, tokenizer) -> list[int]:
         ]
     if task == "kto":
         return [_chat_length(r["prompt"] + r["completion"], tokenizer) for r in records]
+    if task == "prompt":  # RL prompts: the rendered prompt with the generation header
+        texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in records]
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     raise ValueError(f"unknown task {task!r}")
 
 

@@ -39,6 +39,8 @@ def load_for_inference(target: str, base: bool = False) -> Loaded:
     config = load_config(path / "config.yaml")
     if config.method.stages[-1] == "classify":
         raise ModelError(f"{target} is a classifier, which labels text rather than writing it: use `tunesmith predict {target}`.")
+    if config.method.stages[-1] == "reward":
+        raise ModelError(f"{target} is a reward model, which scores answers rather than writing them: use `tunesmith score {target}`.")
     base_name, system = config.model.name, config.data.system_prompt
     if base:  # the model before any stage, not the weights a later stage started from
         base_name = original_base

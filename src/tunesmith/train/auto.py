@@ -30,11 +30,24 @@ def hardware() -> dict:
     return {"device": "cpu", "name": "cpu", "threads": torch.get_num_threads()}
 
 
+# Each method's published default strength (see `MethodConfig.beta`).
+BETA = {
+    "dpo": (0.1, "DPO's usual 0.1: pulled toward the reference model, not pinned to it"),
+    "orpo": (0.1, "ORPO paper's lambda 0.1 for the odds-ratio term next to the SFT loss"),
+    "simpo": (2.0, "SimPO paper's beta 2.0 (length-normalised rewards need a larger scale)"),
+    "kto": (0.1, "KTO paper's 0.1"),
+    "grpo": (0.04, "KL penalty 0.04 (DeepSeekMath's GRPO): keeps the policy near the reference"),
+    "rloo": (0.05, "KL penalty 0.05 (TRL's RLOO default): keeps the policy near the reference"),
+}
+PAIR_KINDS = ("reward", "preference")
+
+
 def resolve(
     config: RunConfig, rows: list[dict], tokenizer, has_validation_file: bool, kind: str = "chat"
 ) -> RunConfig:
     """Return a copy of `config` with every "auto" value filled and a reason for each.
-    `kind` is what the rows are: "chat" (sft), "pretrain" (raw text) or "classify"."""
+    `kind` is what the rows are: "chat" (sft), "pretrain" (raw text), "classify", "reward" or
+    "preference" (prompt/chosen/rejected or KTO rows) or "rl" (prompts with optional answers)."""
     config = config.model_copy(deep=True)
     reasons = dict(config.reasons)
     d, t, m = config.data, config.train, config.method
@@ -45,7 +58,7 @@ def resolve(
 
     def set_(section, key, value, why):
         setattr(section, key, value)
-        reasons[f"{'data' if section is d else 'train'}.{key}"] = why
+        reasons[f"{'data' if section is d else 'method' if section is m else 'train'}.{key}"] = why
 
     if d.validation_split == "auto":
         if has_validation_file:
@@ -57,14 +70,26 @@ def resolve(
             set_(d, "validation_split", round(frac, 4), f"10% of {n} rows, at most 200: enough for a stable loss")
 
     if t.best_metric == "auto":
-        metric = "accuracy" if kind == "classify" else "loss"
-        set_(t, "best_metric", metric, "classification is judged by accuracy" if kind == "classify" else "validation loss")
+        metric, why = {
+            "classify": ("accuracy", "classification is judged by accuracy"),
+            "reward": ("accuracy", "a reward model is judged by how often it ranks the chosen answer first"),
+            "rl": ("reward", "reinforcement learning is judged by the reward of its answers"),
+        }.get(kind, ("loss", "validation loss"))
+        set_(t, "best_metric", metric, why)
 
-    lengths = token_lengths(rows, "chat" if kind == "chat" else "classify" if kind == "classify" else "pretrain", tokenizer)
+    stage = m.stages[-1]
+    if m.beta is None and stage in BETA:
+        set_(m, "beta", *BETA[stage])
+
+    lengths = token_lengths(rows, _length_task(kind, rows), tokenizer)
     if kind == "pretrain":
         _resolve_pretrain(t, set_, lengths, on_gpu, hw)
     elif kind == "classify":
         _resolve_classify(t, set_, lengths, on_gpu, hw, n)
+    elif kind in PAIR_KINDS:
+        _resolve_pairs(t, set_, lengths, on_gpu, hw, n)
+    elif kind == "rl":
+        _resolve_rl(t, m, set_, lengths, on_gpu, hw, n, rows, tokenizer)
     else:
         _resolve_chat(t, set_, lengths, on_gpu, hw, n)
 
@@ -77,14 +102,22 @@ def resolve(
             total = sum(lengths)
             value = 2 if total < 1_000_000 else 1
             set_(t, "epochs", value, f"{total} tokens of text: {value} epoch(s); more repeats of raw text overfit")
+        elif kind in PAIR_KINDS:
+            value = 2 if n < 1000 else 1
+            set_(t, "epochs", value, f"{n} pairs: {value} epoch(s); preference training overfits the pairs quickly")
+        elif kind == "rl":
+            set_(t, "epochs", 1, "one pass over the prompts: every step samples fresh answers anyway")
         else:
             value = 3 if n < 1000 else 2 if n < 10000 else 1
             set_(t, "epochs", value, f"{n} rows: {value} epoch(s); small sets need repeats, large ones do not")
 
     if t.eval_steps == "auto":
         n_train = n * (1 - float(d.validation_split))
-        if kind == "classify":
+        if kind in ("classify", *PAIR_KINDS):
             steps = math.ceil(n_train * float(t.epochs) / (int(t.batch_size) * int(t.gradient_accumulation)))
+        elif kind == "rl":
+            prompts_per_step = int(t.batch_size) * int(t.gradient_accumulation) // m.num_generations
+            steps = math.ceil(n_train * float(t.epochs) / max(1, prompts_per_step))
         else:
             total_tokens = n_train * float(np.mean(lengths)) * float(t.epochs)
             tokens_per_step = int(t.pack_length) * int(t.batch_size) * int(t.gradient_accumulation)
@@ -95,6 +128,60 @@ def resolve(
 
     config.reasons = reasons
     return config
+
+
+def _length_task(kind: str, rows: list[dict]) -> str:
+    """The `token_lengths` task of a resolver kind's rows."""
+    if kind in PAIR_KINDS:
+        return "kto" if rows and "completion" in rows[0] else "preference"
+    return {"rl": "prompt", "classify": "classify", "pretrain": "pretrain"}.get(kind, "chat")
+
+
+def _resolve_pairs(t, set_, lengths, on_gpu, hw, n) -> None:
+    if t.max_length == "auto":
+        # Each pair costs two sequences (DPO: through two models), so cover most rows and let
+        # the longest lose their earliest turns rather than pay for the outliers.
+        p95, longest = int(np.percentile(lengths, 95)), max(lengths)
+        cap = 2048 if on_gpu else 512
+        value = min(cap, max(64, _round_up(p95, 32)))
+        cut = sum(1 for x in lengths if x > value)
+        set_(t, "max_length", value,
+             f"95% of rows fit in {p95} tokens (longest {longest}); the {cut} longer ones lose their earliest turns; cap {cap}")
+    if t.pack_length == "auto":
+        set_(t, "pack_length", int(t.max_length), "pairs are padded per batch, not packed")
+    if t.batch_size == "auto":
+        value = 8 if on_gpu else 4
+        set_(t, "batch_size", value, f"{value} rows per step on {hw['device']}")
+    if t.gradient_accumulation == "auto":
+        value = 4 if on_gpu else 2
+        set_(t, "gradient_accumulation", value, f"{value * int(t.batch_size)} rows per optimizer update on {hw['device']}")
+
+
+def _resolve_rl(t, m, set_, lengths, on_gpu, hw, n, rows, tokenizer) -> None:
+    if t.max_length == "auto":
+        p95, longest = int(np.percentile(lengths, 95)), max(lengths)
+        cap = 2048 if on_gpu else 512
+        value = min(cap, max(64, _round_up(p95, 32)))
+        set_(t, "max_length", value, f"prompt tokens: 95% fit in {p95} (longest {longest}); longer prompts lose their earliest turns")
+    if m.max_completion_length is None:
+        answers = [r["answer"] for r in rows if r.get("answer")]
+        cap = 512 if on_gpu else 128
+        if answers:
+            p95 = int(np.percentile([len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]], 95))
+            value = min(cap, max(16, _round_up(int(p95 * 1.5), 16)))
+            why = f"reference answers: 95% within {p95} tokens, plus half again for the model's own wording; cap {cap}"
+        else:
+            value = cap // 2
+            why = f"no reference answers in the data: {value} tokens on {hw['device']}"
+        set_(m, "max_completion_length", value, why)
+    if t.pack_length == "auto":
+        set_(t, "pack_length", int(t.max_length), "prompts are padded per batch, not packed")
+    if t.batch_size == "auto":
+        prompts = 8 if on_gpu else 2
+        value = prompts * m.num_generations
+        set_(t, "batch_size", value, f"{prompts} prompts x {m.num_generations} sampled answers per step on {hw['device']}")
+    if t.gradient_accumulation == "auto":
+        set_(t, "gradient_accumulation", 1, "each step already averages over every sampled answer")
 
 
 def _resolve_chat(t, set_, lengths, on_gpu, hw, n) -> None:
@@ -165,6 +252,10 @@ def learning_rate(adapter: str, params: int | None, kind: str) -> tuple[float, s
     parameters and need larger steps than LoRA; full fine-tuning needs much smaller ones.
     The LoRA variants share LoRA's rate (rsLoRA at a quarter of it scored 14% against
     LoRA's 50% in benchmarks/peft_methods.py: its new head learned too slowly), except OLoRA."""
+    if kind == "reward":
+        return reward_learning_rate(adapter, params)
+    if kind in ("preference", "rl"):
+        return alignment_learning_rate(adapter, params)
     if adapter == "full":
         return full_learning_rate(params)
     if adapter == "prompt":
@@ -184,6 +275,27 @@ def learning_rate(adapter: str, params: int | None, kind: str) -> tuple[float, s
         # 5.8% at a fifth of it: still far behind LoRA, but the safer start.
         value, why = value / 5, why + "; divided by 5 for OLoRA, which stalled at the LoRA rate"
     return value, why
+
+
+def reward_learning_rate(adapter: str, params: int | None) -> tuple[float, str]:
+    """A reward model is a one-output classifier: a new head, trained with the adapter."""
+    if adapter == "full":
+        return 1e-5, "full fine-tuning of a reward model: 1e-5, TRL's reward-model rate"
+    if adapter in ("prompt", "prefix", "ia3"):
+        return 1e-2, f"{adapter} trains few parameters: 1e-2"
+    return 5e-4, "reward model with a new scalar head: 5e-4 for the adapter and head"
+
+
+def alignment_learning_rate(adapter: str, params: int | None) -> tuple[float, str]:
+    """Preference and RL updates push on a model that already answers well: steps far smaller
+    than SFT's, or the policy collapses onto a few phrasings (the DPO/GRPO recipes use 5e-7 to
+    1e-6 full, about 1e-5 to 2e-4 with LoRA)."""
+    if adapter == "full":
+        return 1e-6, "full-weight preference/RL training: 1e-6 (Zephyr and GRPO recipes use 5e-7 to 1e-6)"
+    if adapter in ("prompt", "prefix", "ia3"):
+        return 1e-3, f"{adapter} trains few parameters: 1e-3, a tenth of its SFT rate"
+    value, why = lora_learning_rate(params)
+    return value / 20, f"a twentieth of the SFT LoRA rate ({why.split(':')[0]}): alignment nudges, it does not teach"
 
 
 def lora_learning_rate(params: int | None) -> tuple[float, str]:

@@ -9,8 +9,18 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 
+# What metrics.jsonl keeps of a log event (the trainers log more): losses, classifier and
+# reward-model accuracy, preference reward margins, RL reward, its spread and the KL.
+LOGGED = (
+    "loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "learning_rate", "grad_norm",
+    "accuracy", "rewards/accuracies", "rewards/margins", "eval_rewards/accuracies", "eval_rewards/margins",
+    "reward", "reward_std", "kl", "eval_reward", "eval_reward_std", "eval_kl",
+)
+
+
 class MetricsFileCallback(TrainerCallback):
-    """Append one JSON line per log event: step, train/eval loss, learning rate, tokens/s."""
+    """Append one JSON line per log event: step, train/eval loss, learning rate, tokens/s,
+    and the method's own figures (accuracy, reward margins, reward and KL)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -25,9 +35,11 @@ class MetricsFileCallback(TrainerCallback):
         if not logs or "train_loss" in logs:  # the end-of-training summary, not a step
             return
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-        for key in ("loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "learning_rate", "grad_norm"):
+        for key in LOGGED:
             if key in logs:
                 row["train_loss" if key == "loss" else key] = logs[key]
+        if len(row) == 2:  # nothing we keep (e.g. a final evaluation under another prefix)
+            return
         if "loss" in logs:  # tokens/s over the steps since the previous training log
             now = time.perf_counter()
             tokens = state.num_input_tokens_seen
@@ -92,9 +104,14 @@ class RichProgressCallback(TrainerCallback):
             if now > then:
                 self._stats["tok/s"] = f"{(state.num_input_tokens_seen - tokens) / (now - then):.0f}"
             self._clock = (now, state.num_input_tokens_seen)
-        if "eval_loss" in logs:  # a classifier shows its accuracy, anything else its loss
-            accuracy = logs.get("eval_accuracy")
-            self._stats["eval"] = f"{accuracy:.1%}" if accuracy is not None else f"{logs['eval_loss']:.3f}"
+        if "eval_loss" in logs:  # classifiers and reward models show accuracy, RL its reward, the rest loss
+            accuracy, reward = logs.get("eval_accuracy"), logs.get("eval_reward")
+            if accuracy is not None:
+                self._stats["eval"] = f"{accuracy:.1%}"
+            elif reward is not None:
+                self._stats["eval"] = f"reward {reward:.3f}"
+            else:
+                self._stats["eval"] = f"{logs['eval_loss']:.3f}"
             self._clock = (time.perf_counter(), state.num_input_tokens_seen)
         self.progress.update(self.task, stats=self._render())
 

@@ -170,7 +170,6 @@ class Classifier:
 
 def load_classifier(run: str | Path) -> Classifier:
     """Load a finished classification run (base + adapter with its head, or full weights)."""
-    from tunesmith.models import load_model
     from tunesmith.serve.engine import final_stage_dir, is_run_dir
 
     path = Path(run).expanduser()
@@ -182,6 +181,17 @@ def load_classifier(run: str | Path) -> Classifier:
         raise ModelError(f"{run} is not a classification run; use `tunesmith generate {run}` for a generative one.")
     labels = json.loads((path / LABELS_FILE).read_text())
     head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}}
+    model, tokenizer = load_head_model(path, config, **head)
+    return Classifier(model, tokenizer, labels, int(config.train.max_length))
+
+
+def load_head_model(path: Path, config: RunConfig, **head):
+    """(model, tokenizer) of a finished run with a sequence-classification head (a classifier
+    or a reward model): full weights, or the base with the adapter and head merged in."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import load_model
+
     if (path / MODEL_DIR).is_dir():
         model = load_model(str(path / MODEL_DIR), head="classify")
         weights = path / MODEL_DIR
@@ -193,15 +203,13 @@ def load_classifier(run: str | Path) -> Classifier:
             model = model.merge_and_unload()
         weights = path / ADAPTER_DIR
     else:
-        raise ModelError(f"{path} has no trained weights yet; finish it with `tunesmith train --resume {run}`.")
-    from transformers import AutoTokenizer
-
+        raise ModelError(f"{path} has no trained weights yet; finish it with `tunesmith train --resume {path}`.")
     tokenizer = AutoTokenizer.from_pretrained(weights)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
-    return Classifier(model, tokenizer, labels, int(config.train.max_length))
+    return model, tokenizer
 
 
 def predict(classifier: Classifier, texts: list[str], batch_size: int = 32, top_k: int = 3, on_batch=None) -> list[dict]:

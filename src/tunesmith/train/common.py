@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tunesmith.config import MethodConfig, RunConfig, load_config
+from tunesmith.config import RL_STAGES, MethodConfig, RunConfig, load_config
 from tunesmith.errors import ConfigError, DataError, ModelError
 
 ADAPTER_DIR = "adapter"  # adapter weights of a finished run
@@ -67,6 +67,48 @@ def gate_data(config: RunConfig, tokenizer, task: str | None = None):
         )
     card.stats["trained_despite_errors"] = bool(errors)
     return card
+
+
+def load_pairs(path: str, columns: dict | None = None, kto: bool = False) -> list[dict]:
+    """Preference rows ({"prompt", "chosen", "rejected"} messages) of a data file; with
+    `kto=True` unpaired rows ({"prompt", "completion", "label"}) as well."""
+    from tunesmith.data.formats import load_data
+
+    data = load_data(path, columns=columns)
+    if data.task == "preference" or (kto and data.task == "kto"):
+        return data.records
+    wanted = "prompt/chosen/rejected pairs" + (" or prompt/completion/label rows" if kto else "")
+    raise DataError(
+        f"{path}: this method learns from preferences and needs {wanted}, but the file holds {data.task} data "
+        f"({data.format.value}); give a preference file (OpenAI DPO, prompt/chosen/rejected or HH-RLHF transcripts)."
+    )
+
+
+def chat_tokens(messages: list[dict], tokenizer, generation_prompt: bool = False) -> list[int]:
+    """Token ids of a conversation rendered with the chat template."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def fit_prompt(prompt: list[dict], answers: list[list[dict]], tokenizer, max_length: int) -> tuple[list[dict], bool]:
+    """Drop a long conversation's earliest turns (never the system message or the last user
+    turn) until the prompt with its longest answer fits in `max_length` tokens, so that
+    truncation never cuts the answers being compared. Returns (prompt, shortened)."""
+    system = [m for m in prompt[:1] if m["role"] == "system"]
+    turns = prompt[len(system) :]
+
+    def length(t):
+        return max(len(chat_tokens(system + t + a, tokenizer)) for a in answers) if answers else len(
+            chat_tokens(system + t, tokenizer, generation_prompt=True)
+        )
+
+    shortened = False
+    while len(turns) > 1 and length(turns) > max_length:
+        turns = turns[1:]
+        while len(turns) > 1 and turns[0]["role"] != "user":  # keep user/assistant alternation
+            turns = turns[1:]
+        shortened = True
+    return system + turns, shortened
 
 
 # --------------------------------------------------------------------------- model
@@ -287,9 +329,13 @@ def _save_as_plain_lora(model, out: Path, init_dir: Path) -> None:
 
 def best_metric_name(config: RunConfig) -> tuple[str, bool]:
     """(metric key, greater is better) for early stopping and the best checkpoint."""
-    metric = config.train.best_metric
-    if metric in ("accuracy", "macro_f1") and config.method.stages[-1] == "classify":  # only classifiers have them
+    metric, stage = config.train.best_metric, config.method.stages[-1]
+    if metric in ("accuracy", "macro_f1") and stage == "classify":  # only classifiers have them
         return f"eval_{metric}", True
+    if metric == "accuracy" and stage == "reward":  # pairwise: chosen scored above rejected
+        return "eval_accuracy", True
+    if metric == "reward" and stage in RL_STAGES:
+        return "eval_reward", True
     return "eval_loss", False
 
 

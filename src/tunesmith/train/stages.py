@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunesmith.config import RunConfig, load_config, save_config
+from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig, load_config, save_config
 from tunesmith.errors import ConfigError
 from tunesmith.train.common import MODEL_DIR, PROMPT_LEARNING, RUN_INFO
 
@@ -20,10 +20,26 @@ MERGED_DIR = "merged"
 
 def recipe(stage: str):
     from tunesmith.train.classify import train_classify
+    from tunesmith.train.preference import train_preference
     from tunesmith.train.pretrain import train_pretrain
+    from tunesmith.train.reward import train_reward
+    from tunesmith.train.rl import train_rl
     from tunesmith.train.sft import train_sft
 
-    return {"pretrain": train_pretrain, "sft": train_sft, "classify": train_classify}[stage]
+    recipes = {"pretrain": train_pretrain, "sft": train_sft, "classify": train_classify, "reward": train_reward}
+    return recipes.get(stage) or (train_preference if stage in PREFERENCE_STAGES else train_rl)
+
+
+def stage_data(config: RunConfig, stage: str) -> str | None:
+    """The data file a stage of a multi-stage run trains on."""
+    d = config.data
+    if stage == "pretrain":
+        return d.pretrain
+    if stage == "reward" or stage in PREFERENCE_STAGES:
+        return d.preference or d.train
+    if stage in RL_STAGES:
+        return d.prompts or d.preference or d.train
+    return d.train
 
 
 def train(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> dict:
@@ -34,9 +50,9 @@ def train(config: RunConfig, run_dir: str | Path, callbacks: list | None = None,
         config = load_config(run_dir / "config.yaml")
     stages = config.method.stages
     if len(stages) == 1:
-        if stages == ["pretrain"] and not config.data.train and config.data.pretrain:
+        if not config.data.train and stage_data(config, stages[0]):
             config = config.model_copy(deep=True)
-            config.data.train = config.data.pretrain
+            config.data.train = stage_data(config, stages[0])
         return recipe(stages[0])(config, run_dir, callbacks, resume)
 
     if not resume:
@@ -46,7 +62,7 @@ def train(config: RunConfig, run_dir: str | Path, callbacks: list | None = None,
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     summaries: list[dict] = []
-    model = config.model.name
+    model = config.model.name  # the policy: each stage but reward starts from, and advances, it
     for i, stage in enumerate(stages):
         stage_dir = run_dir / stage
         for cb in callbacks or []:
@@ -58,13 +74,17 @@ def train(config: RunConfig, run_dir: str | Path, callbacks: list | None = None,
             stage_config = config.model_copy(deep=True)
             stage_config.method.stages = [stage]
             stage_config.model.name = model
-            if stage == "pretrain":
-                stage_config.data.train = config.data.pretrain
-                stage_config.data.validation = None
+            stage_config.data.train = stage_data(config, stage)
+            if stage_config.data.train != config.data.train:
+                stage_config.data.validation = None  # the validation file belongs to data.train
+            if stage in RL_STAGES and "reward" in stages:
+                stage_config.method.reward_model = str(run_dir / "reward")
             stage_resume = resume and (stage_dir / "config.yaml").exists()
             summary = recipe(stage)(stage_config, stage_dir, callbacks, stage_resume)
         summaries.append({"stage": stage, **summary})
-        if i < len(stages) - 1:
+        # A reward model scores the policy; it does not become it (InstructGPT's layout: it
+        # starts from the SFT weights, and RL starts from them too).
+        if i < len(stages) - 1 and stage != "reward":
             model = str(_weights_for_next_stage(stage_dir))
     (run_dir / RUN_INFO).write_text(json.dumps({"stages": summaries, "final_stage": stages[-1]}, indent=2))
     return {**summaries[-1], "stages": summaries}
@@ -78,6 +98,18 @@ def _check_multistage(config: RunConfig) -> None:
         if not config.data.train:
             raise ConfigError(
                 f"stages {','.join(config.method.stages)}: name the data of the later stage with --data (data.train)."
+            )
+    rl = [s for s in config.method.stages if s in RL_STAGES]
+    if rl:
+        from tunesmith.train.rl import load_reward_functions
+
+        m = config.method
+        for spec in m.reward_functions:
+            load_reward_functions(spec)
+        if "reward" not in m.stages and not (m.reward_model or m.reward_functions or m.judge_url):
+            raise ConfigError(
+                f"{rl[0]} needs a reward: add a reward stage (--stages ...,reward,{rl[0]}), or give --reward-model, "
+                "--reward-fn or --judge-url."
             )
     if config.method.adapter in PROMPT_LEARNING:
         raise ConfigError(
