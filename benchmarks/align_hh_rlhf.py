@@ -3,16 +3,17 @@
 
 Run from the repository root, in the project's virtualenv:
 
-    python benchmarks/align_hh_rlhf.py                     # about 45 minutes on a 2-core CPU
+    python benchmarks/align_hh_rlhf.py                     # about an hour on a 2-core CPU
     python benchmarks/align_hh_rlhf.py --steps 10 --prompts 20   # a quick check
 
 Steps, each with tunesmith's own functions, as a user would run them:
 
  1. The data gate refuses the file (3 pairs with chosen = rejected, 4 with an empty side);
     `fix_data` (= `tunesmith data check --fix`) writes the cleaned pairs.
- 2. tunesmith's seeded split holds out `--test-pairs` pairs (default 200) that no stage sees.
+ 2. tunesmith's seeded split holds out `--test-pairs` pairs (default 200) that no stage sees;
+    each stage holds out `--validation-pairs` (100) more for early stopping.
  3. Reward model: `tunesmith train --method reward` (LoRA r=16 + a scalar head, automatic
-    settings, `--steps` optimizer steps of 8 pairs); its pairwise accuracy on the held-out
+    settings but `--max-length` 256, `--steps` optimizer steps of 8 pairs); its pairwise accuracy on the held-out
     pairs (`tunesmith score`): how often it scores the human-chosen answer higher.
  4. DPO: `tunesmith train --method dpo` (LoRA, sigmoid loss, beta 0.1, same step budget) from
     the bundled model.
@@ -37,11 +38,13 @@ HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "test.jsonl.gz"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=120, help="optimizer steps of the reward model and of DPO")
+    p.add_argument("--steps", type=int, default=80, help="optimizer steps of the reward model and of DPO")
     p.add_argument("--max-length", type=int, default=256, help="tokens per prompt+answer (earliest turns dropped)")
     p.add_argument("--test-pairs", type=int, default=200, help="pairs held out from every stage")
-    p.add_argument("--prompts", type=int, default=150, help="held-out prompts answered by base and tuned model")
+    p.add_argument("--prompts", type=int, default=120, help="held-out prompts answered by base and tuned model")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--validation-pairs", type=int, default=100, help="pairs each stage holds out for early stopping")
+    p.add_argument("--reuse", action="store_true", help="keep finished stages under --out (resume a cut-off benchmark)")
     p.add_argument("--out", default="benchmarks/out/align_hh_rlhf")
     p.add_argument("--results", default="benchmarks/results/align_hh_rlhf.json")
     return p.parse_args()
@@ -51,15 +54,25 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def config_for(stage: str, train_file: Path, args):
+def train_stage(stage: str, out: Path, n_train: int, args) -> tuple[dict, float]:
+    """Train one stage on the training pairs (or reuse a finished one); (summary, seconds)."""
     from tunesmith.config import RunConfig
+    from tunesmith.train.stages import train
 
-    return RunConfig.model_validate({
+    run = out / stage
+    if args.reuse and (run / "run.json").exists():
+        summary = json.loads((run / "run.json").read_text())
+        return summary, summary["train_runtime_s"]
+    shutil.rmtree(run, ignore_errors=True)
+    config = RunConfig.model_validate({
         "model": {"name": "smollm2-135m"},
-        "data": {"train": str(train_file)},
+        "data": {"train": str(out / "train.jsonl"), "validation_split": args.validation_pairs / n_train},
         "method": {"stages": [stage]},
         "train": {"max_steps": args.steps, "max_length": args.max_length},
     })
+    start = time.perf_counter()
+    summary = train(config, run)
+    return summary, time.perf_counter() - start
 
 
 def main() -> None:
@@ -71,11 +84,11 @@ def main() -> None:
     from tunesmith.serve.engine import generate, load_for_inference
     from tunesmith.train.common import split_validation
     from tunesmith.train.reward import load_reward_model, score_file
-    from tunesmith.train.stages import train
 
     out = REPO / args.out
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    if not args.reuse:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
     ensure_builtin("smollm2-135m")  # the GGUF is converted once, outside the timings
     results: dict = {"data": str(HH.relative_to(REPO.parent)), "args": vars(args)}
 
@@ -92,9 +105,7 @@ def main() -> None:
     print(f"{len(pairs)} clean pairs: {len(train_pairs)} train, {len(test_pairs)} held out", flush=True)
 
     # 3. Reward model.
-    start = time.perf_counter()
-    rm_summary = train(config_for("reward", out / "train.jsonl", args), out / "reward")
-    rm_time = time.perf_counter() - start
+    rm_summary, rm_time = train_stage("reward", out, len(train_pairs), args)
     rm = load_reward_model(out / "reward")
     _, scored = score_file(rm, str(out / "test.jsonl"))
     results["reward_model"] = {
@@ -107,11 +118,10 @@ def main() -> None:
     print("reward model:", results["reward_model"], flush=True)
 
     # 4. DPO.
-    start = time.perf_counter()
-    dpo_summary = train(config_for("dpo", out / "train.jsonl", args), out / "dpo")
+    dpo_summary, dpo_time = train_stage("dpo", out, len(train_pairs), args)
     results["dpo"] = {
         "steps": dpo_summary["global_step"],
-        "train_s": round(time.perf_counter() - start),
+        "train_s": round(dpo_time),
         "learning_rate": load_config(out / "dpo" / "config.yaml").train.learning_rate,
         "validation_reward_accuracy": dpo_summary["reward_accuracy"],
         "validation_reward_margin": dpo_summary["reward_margin"],

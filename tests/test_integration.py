@@ -118,3 +118,44 @@ def test_smollm2_classifier_head_learns_and_reloads(tmp_path):
     predictions = predict(load_classifier(tmp_path / "run"), texts)
     accuracy = sum(p["label"] == r["category"] for p, r in zip(predictions, rows[1::2])) / len(texts)
     assert accuracy == pytest.approx(summary["eval_accuracy"], abs=0.01)  # other batches, other padding
+
+
+def test_smollm2_dpo_and_grpo_on_real_data(tmp_path):
+    """DPO on a slice of HH-RLHF moves the reward margin; GRPO with a LoRA adapter and the
+    exact-match reward runs on Banking77 prompts with finite loss, reward and KL."""
+    import gzip
+    import math
+    from pathlib import Path
+
+    from tunesmith.config import RunConfig
+    from tunesmith.data.formats import load_data
+    from tunesmith.train.stages import train
+
+    hh = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "test.jsonl.gz"
+    if not hh.exists():
+        pytest.skip("../shared/data/hh-rlhf-harmless is not beside the repository")
+    pairs = tmp_path / "hh.jsonl"
+    with gzip.open(hh, "rt") as f:
+        lines = [line for line in f if len(line) < 900][:40]  # short dialogues: a CPU-sized slice
+    pairs.write_text("".join(lines))
+    assert load_data(pairs).task == "preference"
+    config = RunConfig.model_validate({
+        "data": {"train": str(pairs), "force": True},
+        "method": {"stages": ["dpo"]},
+        "train": {"max_steps": 6, "eval_steps": 6, "learning_rate": 5e-4, "warmup_ratio": 0.0},
+    })
+    summary = train(config, tmp_path / "dpo")
+    margins = [r["rewards/margins"] for r in map(json.loads, (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines())
+               if "rewards/margins" in r]
+    assert math.isfinite(summary["train_loss"]) and margins[-1] > margins[0], margins
+
+    data = write_chat_file(tmp_path / "chat.jsonl", n=24)
+    config = RunConfig.model_validate({
+        "data": {"train": str(data), "system_prompt": "Reply with the intent name only."},
+        "method": {"stages": ["grpo"], "reward_functions": ["exact_match", "length"], "max_completion_length": 16},
+        "train": {"max_steps": 3, "eval_steps": 3},
+    })
+    summary = train(config, tmp_path / "grpo")
+    assert summary["global_step"] == 3 and math.isfinite(summary["train_loss"])
+    assert summary["rewards"] == ["exact_match", "length"] and summary["kl_end"] is not None
+    assert (tmp_path / "grpo" / "samples.jsonl").exists()

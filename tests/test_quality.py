@@ -153,8 +153,13 @@ def test_preference_identical_and_empty_side(tmp_path):
     ]
     result = fix_data(HERE / "preference.jsonl", tmp_path / "clean.jsonl")
     log = [json.loads(line) for line in (tmp_path / "fix_log.jsonl").read_text().splitlines()]
-    assert [(e["row"], e["action"]) for e in log] == [(3, "dropped")]  # identical pairs are reported only
-    assert result.rows_out == 3
+    # Both are dropped: a pair whose sides say the same carries no preference to learn, and
+    # the gate refuses to train on it, so --fix must clear it too.
+    assert [(e["row"], e["action"], e["reason"]) for e in log] == [
+        (2, "dropped", "chosen identical to rejected"),
+        (3, "dropped", "empty rejected side"),
+    ]
+    assert result.rows_out == 2
 
 
 def test_length_checks_with_tokenizer(tmp_path, tiny_tokenizer):

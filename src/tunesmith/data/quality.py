@@ -315,7 +315,7 @@ def fix_data(card_input_path, out_path, columns=None) -> FixResult:
     log: list[dict] = [{"row": row, "action": "dropped", "reason": reason} for row, reason in bad]
     drop: dict[int, str] = {}  # index -> reason
     for i, record in enumerate(data.records):
-        reason = _missing_answer(record)
+        reason = _missing_answer(record) or _identical_pair(record)
         if reason:
             drop[i] = reason
     index_of = {row: i for i, row in enumerate(data.rows)}
@@ -329,7 +329,7 @@ def fix_data(card_input_path, out_path, columns=None) -> FixResult:
             log.append({"row": row, "action": "dropped", "reason": drop[i]})
             continue
         cleaned, fixes = _clean_record(record)
-        reason = _missing_answer(cleaned)
+        reason = _missing_answer(cleaned) or _identical_pair(cleaned)
         if reason:
             log.append({"row": row, "action": "dropped", "reason": f"{reason} after cleaning"})
             continue
@@ -450,6 +450,13 @@ def _missing_answer(record: dict) -> str | None:
             return "empty completion"
     elif "label" in record and _blank(record["label"]):
         return "empty label"
+    return None
+
+
+def _identical_pair(record: dict) -> str | None:
+    """A preference pair whose two sides say the same teaches nothing; ``fix_data`` drops it."""
+    if "chosen" in record and _side_text(record["chosen"]) == _side_text(record["rejected"]):
+        return "chosen identical to rejected"
     return None
 
 
@@ -802,7 +809,8 @@ def _check_preference(ctx: _Context) -> list[Finding]:
             ctx.finding(
                 "preference",
                 "error",
-                f"{len(same)} pairs have chosen identical to rejected, which teaches nothing; fix or drop them.",
+                f"{len(same)} pairs have chosen identical to rejected, which teaches nothing; fix or drop them "
+                "(--fix drops them).",
                 same,
             )
         )
