@@ -54,15 +54,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def train_stage(stage: str, out: Path, n_train: int, args) -> tuple[dict, float]:
-    """Train one stage on the training pairs (or reuse a finished one); (summary, seconds)."""
+def train_stage(stage: str, out: Path, n_train: int, args) -> dict:
+    """Train one stage on the training pairs (or reuse a finished one); its summary."""
     from tunesmith.config import RunConfig
     from tunesmith.train.stages import train
 
     run = out / stage
     if args.reuse and (run / "run.json").exists():
-        summary = json.loads((run / "run.json").read_text())
-        return summary, summary["train_runtime_s"]
+        return json.loads((run / "run.json").read_text())
     shutil.rmtree(run, ignore_errors=True)
     config = RunConfig.model_validate({
         "model": {"name": "smollm2-135m"},
@@ -70,9 +69,7 @@ def train_stage(stage: str, out: Path, n_train: int, args) -> tuple[dict, float]
         "method": {"stages": [stage]},
         "train": {"max_steps": args.steps, "max_length": args.max_length},
     })
-    start = time.perf_counter()
-    summary = train(config, run)
-    return summary, time.perf_counter() - start
+    return train(config, run)
 
 
 def main() -> None:
@@ -105,12 +102,12 @@ def main() -> None:
     print(f"{len(pairs)} clean pairs: {len(train_pairs)} train, {len(test_pairs)} held out", flush=True)
 
     # 3. Reward model.
-    rm_summary, rm_time = train_stage("reward", out, len(train_pairs), args)
+    rm_summary = train_stage("reward", out, len(train_pairs), args)
     rm = load_reward_model(out / "reward")
     _, scored = score_file(rm, str(out / "test.jsonl"))
     results["reward_model"] = {
         "steps": rm_summary["global_step"],
-        "train_s": round(rm_time),
+        "train_s": round(rm_summary["train_runtime_s"]),  # the trainer's own clock
         "validation_pairwise_accuracy": rm_summary["pairwise_accuracy"],
         "test_pairwise_accuracy": scored["pairwise_accuracy"],
         "test_mean_margin": scored["mean_margin"],
@@ -118,10 +115,10 @@ def main() -> None:
     print("reward model:", results["reward_model"], flush=True)
 
     # 4. DPO.
-    dpo_summary, dpo_time = train_stage("dpo", out, len(train_pairs), args)
+    dpo_summary = train_stage("dpo", out, len(train_pairs), args)
     results["dpo"] = {
         "steps": dpo_summary["global_step"],
-        "train_s": round(dpo_time),
+        "train_s": round(dpo_summary["train_runtime_s"]),
         "learning_rate": load_config(out / "dpo" / "config.yaml").train.learning_rate,
         "validation_reward_accuracy": dpo_summary["reward_accuracy"],
         "validation_reward_margin": dpo_summary["reward_margin"],

@@ -326,3 +326,21 @@ def test_train_cli_runs_dpo(tmp_path, tiny_model_dir):
     assert config["method"]["beta"] == 0.2 and config["train"]["learning_rate"] < 1e-3
     result = invoke("train", "--data", data, "--model", tiny_model_dir, "--method", "grpo", "--output", tmp_path / "r2")
     assert_one_sentence_error(result, "needs a reward")
+
+
+@pytest.mark.parametrize("name", ["openai_dpo.jsonl", "preference.jsonl", "hh_rlhf.jsonl"])
+def test_every_preference_format_trains_dpo(name, tmp_path, tiny_model_dir):
+    from pathlib import Path
+
+    from tunesmith.train.common import load_pairs
+    from tunesmith.train.stages import train
+
+    path = Path(__file__).parent / "data_files" / name
+    rows = load_pairs(str(path))
+    assert rows and all(r["prompt"][-1]["role"] == "user" and r["chosen"] for r in rows)
+    config = align_config(tiny_model_dir, path, "dpo", max_steps=2, eval_steps=2)
+    config.data.validation_split = 0.0
+    config.data.force = True  # the format files are tiny, not clean
+    summary = train(config, tmp_path / "run")
+    assert math.isfinite(summary["train_loss"])
+    assert load_pairs(str(Path(__file__).parent / "data_files" / "kto.jsonl"), kto=True)

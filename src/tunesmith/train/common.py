@@ -97,10 +97,10 @@ def fit_prompt(prompt: list[dict], answers: list[list[dict]], tokenizer, max_len
     system = [m for m in prompt[:1] if m["role"] == "system"]
     turns = prompt[len(system) :]
 
-    def length(t):
-        return max(len(chat_tokens(system + t + a, tokenizer)) for a in answers) if answers else len(
-            chat_tokens(system + t, tokenizer, generation_prompt=True)
-        )
+    def length(t: list[dict]) -> int:
+        if not answers:  # a prompt to be answered: count the generation header too
+            return len(chat_tokens(system + t, tokenizer, generation_prompt=True))
+        return max(len(chat_tokens(system + t + a, tokenizer)) for a in answers)
 
     shortened = False
     while len(turns) > 1 and length(turns) > max_length:

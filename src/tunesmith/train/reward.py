@@ -154,8 +154,12 @@ class RewardModel:
     max_length: int
 
     def score(self, conversations: list[list[dict]], batch_size: int = 16, on_batch=None) -> list[float]:
-        """The reward of each conversation (a prompt followed by the answer to judge)."""
-        ids = [chat_tokens(c, self.tokenizer)[-self.max_length :] for c in conversations]
+        """The reward of each conversation (a prompt followed by the answer to judge). A long
+        one loses its earliest turns first, exactly as the training pairs did."""
+        ids = []
+        for c in conversations:
+            prompt, _ = fit_prompt(c[:-1], [c[-1:]], self.tokenizer, self.max_length)
+            ids.append(chat_tokens(prompt + c[-1:], self.tokenizer)[-self.max_length :])
         return score_ids(self.model, self.tokenizer, ids, batch_size, on_batch)
 
 
