@@ -77,17 +77,16 @@ def test_dpo_losses(loss, tmp_path, tiny_model_dir):
 
 def test_dpo_reference_is_the_adapter_switched_off(tmp_path, tiny_model_dir):
     """With an adapter, DPO keeps one copy of the base model in memory."""
-    from tunesmith.config import RunConfig  # noqa: F401
-    from tunesmith.train.preference import trainer_for
-
-    data = write_preference_file(tmp_path / "pairs.jsonl", n=8)
-    config = align_config(tiny_model_dir, data, "dpo")
-    config.method.beta = 0.1
     from datasets import Dataset
     from trl import DPOTrainer
 
     from tunesmith.models import load_tokenizer
     from tunesmith.train.common import load_base, wrap_model
+    from tunesmith.train.preference import trainer_for
+
+    data = write_preference_file(tmp_path / "pairs.jsonl", n=8)
+    config = align_config(tiny_model_dir, data, "dpo")
+    config.method.beta = 0.1
 
     model = wrap_model(load_base(config), config, "CAUSAL_LM", tmp_path, False)
     trainer_class, args = trainer_for(config, tmp_path, False, [])
@@ -317,13 +316,15 @@ def test_stage_order_is_checked():
 
 
 def test_train_cli_runs_dpo(tmp_path, tiny_model_dir):
+    from tunesmith.config import load_config
+
     data = write_preference_file(tmp_path / "pairs.jsonl", n=24)
     result = invoke("train", "--data", data, "--model", tiny_model_dir, "--method", "dpo", "--beta", "0.2",
                     "--max-steps", "4", "--output", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert "validation reward accuracy" in result.output
-    config = json.loads(json.dumps(__import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text())))
-    assert config["method"]["beta"] == 0.2 and config["train"]["learning_rate"] < 1e-3
+    config = load_config(tmp_path / "run" / "config.yaml")
+    assert config.method.beta == 0.2 and config.train.learning_rate < 1e-3
     result = invoke("train", "--data", data, "--model", tiny_model_dir, "--method", "grpo", "--output", tmp_path / "r2")
     assert_one_sentence_error(result, "needs a reward")
 

@@ -137,13 +137,19 @@ def _length_task(kind: str, rows: list[dict]) -> str:
     return {"rl": "prompt", "classify": "classify", "pretrain": "pretrain"}.get(kind, "chat")
 
 
+def _p95_length(lengths: list[int], on_gpu: bool) -> tuple[int, int, int, int]:
+    """(max_length, p95, longest, cap) for rows whose overflow loses its earliest turns
+    rather than being cut: the 95th percentile, rounded up, within the hardware cap."""
+    p95, longest = int(np.percentile(lengths, 95)), max(lengths)
+    cap = 2048 if on_gpu else 512
+    return min(cap, max(64, _round_up(p95, 32))), p95, longest, cap
+
+
 def _resolve_pairs(t, set_, lengths, on_gpu, hw, n) -> None:
     if t.max_length == "auto":
         # Each pair costs two sequences (DPO: through two models), so cover most rows and let
         # the longest lose their earliest turns rather than pay for the outliers.
-        p95, longest = int(np.percentile(lengths, 95)), max(lengths)
-        cap = 2048 if on_gpu else 512
-        value = min(cap, max(64, _round_up(p95, 32)))
+        value, p95, longest, cap = _p95_length(lengths, on_gpu)
         cut = sum(1 for x in lengths if x > value)
         set_(t, "max_length", value,
              f"95% of rows fit in {p95} tokens (longest {longest}); the {cut} longer ones lose their earliest turns; cap {cap}")
@@ -159,9 +165,7 @@ def _resolve_pairs(t, set_, lengths, on_gpu, hw, n) -> None:
 
 def _resolve_rl(t, m, set_, lengths, on_gpu, hw, n, rows, tokenizer) -> None:
     if t.max_length == "auto":
-        p95, longest = int(np.percentile(lengths, 95)), max(lengths)
-        cap = 2048 if on_gpu else 512
-        value = min(cap, max(64, _round_up(p95, 32)))
+        value, p95, longest, _ = _p95_length(lengths, on_gpu)
         set_(t, "max_length", value, f"prompt tokens: 95% fit in {p95} (longest {longest}); longer prompts lose their earliest turns")
     if m.max_completion_length is None:
         answers = [r["answer"] for r in rows if r.get("answer")]

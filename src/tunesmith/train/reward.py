@@ -34,17 +34,22 @@ from tunesmith.train.common import (
 )
 
 
+def encode_answers(prompt: list[dict], answers: list[list[dict]], tokenizer, max_length: int) -> tuple[list[list[int]], bool]:
+    """Token ids of prompt + each answer, the prompt shortened from the front so that the
+    longest fits (the end is kept if even that is not enough: the head reads the last token).
+    Training and scoring both encode this way. Returns (ids per answer, shortened)."""
+    prompt, shortened = fit_prompt(prompt, answers, tokenizer, max_length)
+    return [chat_tokens(prompt + a, tokenizer)[-max_length:] for a in answers], shortened
+
+
 def encode_pairs(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
-    """`chosen_ids`/`rejected_ids` of each pair (prompt + answer), long prompts shortened from
-    the front; returns the examples and how many prompts were shortened."""
+    """`chosen_ids`/`rejected_ids` of each pair; returns the examples and how many prompts
+    were shortened."""
     examples, shortened = [], 0
     for r in rows:
-        prompt, cut = fit_prompt(r["prompt"], [r["chosen"], r["rejected"]], tokenizer, max_length)
+        (chosen, rejected), cut = encode_answers(r["prompt"], [r["chosen"], r["rejected"]], tokenizer, max_length)
         shortened += cut
-        examples.append({
-            "chosen_ids": chat_tokens(prompt + r["chosen"], tokenizer)[-max_length:],
-            "rejected_ids": chat_tokens(prompt + r["rejected"], tokenizer)[-max_length:],
-        })
+        examples.append({"chosen_ids": chosen, "rejected_ids": rejected})
     return examples, shortened
 
 
@@ -156,10 +161,7 @@ class RewardModel:
     def score(self, conversations: list[list[dict]], batch_size: int = 16, on_batch=None) -> list[float]:
         """The reward of each conversation (a prompt followed by the answer to judge). A long
         one loses its earliest turns first, exactly as the training pairs did."""
-        ids = []
-        for c in conversations:
-            prompt, _ = fit_prompt(c[:-1], [c[-1:]], self.tokenizer, self.max_length)
-            ids.append(chat_tokens(prompt + c[-1:], self.tokenizer)[-self.max_length :])
+        ids = [encode_answers(c[:-1], [c[-1:]], self.tokenizer, self.max_length)[0][0] for c in conversations]
         return score_ids(self.model, self.tokenizer, ids, batch_size, on_batch)
 
 
