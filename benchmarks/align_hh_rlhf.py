@@ -65,7 +65,7 @@ def train_stage(stage: str, out: Path, n_train: int, args) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     config = RunConfig.model_validate({
         "model": {"name": "smollm2-135m"},
-        "data": {"train": str(out / "train.jsonl"), "validation_split": args.validation_pairs / n_train},
+        "data": {"train": str(out / "train.jsonl"), "test_split": 0.0, "validation_split": args.validation_pairs / n_train},
         "method": {"stages": [stage]},
         "train": {"max_steps": args.steps, "max_length": args.max_length},
     })

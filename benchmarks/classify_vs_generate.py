@@ -69,7 +69,7 @@ def run_classify(args, out: Path, rows: list[dict]) -> dict:
     batch = 32
     config = RunConfig.model_validate(
         {
-            "data": {"train": str(SHARED / "train.csv"), "force": True},
+            "data": {"train": str(SHARED / "train.csv"), "test_split": 0.0, "force": True},
             "method": {"stages": ["classify"], "adapter": "lora"},
             "train": {"batch_size": batch, "max_steps": math.ceil(args.examples / batch)},
         }
@@ -106,7 +106,7 @@ def run_generate(args, out: Path, rows: list[dict]) -> dict:
 
     config = RunConfig.model_validate(
         {
-            "data": {"train": str(SHARED / "train.csv"), "system_prompt": SYSTEM_PROMPT, "force": True},
+            "data": {"train": str(SHARED / "train.csv"), "test_split": 0.0, "system_prompt": SYSTEM_PROMPT, "force": True},
             "method": {"stages": ["sft"], "adapter": "lora"},
         }
     )

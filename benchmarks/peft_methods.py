@@ -83,7 +83,7 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         config = RunConfig.model_validate(
             {
-                "data": {"train": str(train_file), "validation": str(val_file), "force": True},
+                "data": {"train": str(train_file), "validation": str(val_file), "test_split": 0.0, "force": True},
                 "method": {"stages": ["classify"], "adapter": method},
                 # One evaluation, at the end: the budget goes to training.
                 "train": {"batch_size": 32, "max_steps": args.steps, "eval_steps": args.steps},

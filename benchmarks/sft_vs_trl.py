@@ -308,7 +308,7 @@ def run_tunesmith(args, train_rows: list[dict], pack_length: int, workdir: Path)
         {
             "model": {"name": args.model},
             # The held-out rows are ours: no split, so no evaluation during training.
-            "data": {"train": str(train_file), "validation_split": 0.0},
+            "data": {"train": str(train_file), "validation_split": 0.0, "test_split": 0.0},
             "method": {
                 "adapter": "lora",
                 "lora_r": 16,

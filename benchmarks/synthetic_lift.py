@@ -82,7 +82,7 @@ def train_and_test(name: str, train_file: Path, out: Path, steps: int, prompts, 
         return json.loads(result_file.read_text())
     config = RunConfig.model_validate({
         "model": {"name": "smollm2-135m"},
-        "data": {"train": str(train_file), "system_prompt": SYSTEM_PROMPT, "validation_split": 0.0},
+        "data": {"train": str(train_file), "system_prompt": SYSTEM_PROMPT, "validation_split": 0.0, "test_split": 0.0},
         "train": {"max_steps": steps, "epochs": 100, "seed": seed},
     })
     start = time.perf_counter()

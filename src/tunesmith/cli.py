@@ -377,6 +377,14 @@ def train(
     columns: Annotated[Optional[str], typer.Option(help="Override detection: field=column,...")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last checkpoint.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Train even if the data gate finds errors (recorded in the data card).")] = False,
+    test: Annotated[Optional[str], typer.Option(help="Test file for the before/after report; default: hold out a split.")] = None,
+    test_split: Annotated[Optional[float], typer.Option(help="Share of the data held out as the test set (default auto: 10%, at most 500 rows, from 200 rows up).")] = None,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation, report and model card at the end.")] = False,
+    judge: Annotated[Optional[str], typer.Option(help="Evaluation: a local judge model comparing base and tuned answers.")] = None,
+    eval_judge_url: Annotated[Optional[str], typer.Option(help="Evaluation: a judge at an OpenAI-compatible URL instead.")] = None,
+    eval_judge_model: Annotated[Optional[str], typer.Option(help="The model the evaluation judge endpoint runs.")] = None,
+    minutes_per_item: Annotated[Optional[float], typer.Option(help="Minutes a person spends per item, for the value estimate.")] = None,
+    items_per_week: Annotated[Optional[float], typer.Option(help="Items per week, for the value estimate.")] = None,
 ) -> None:
     """Fine-tune a model on your data: chat tuning, continued pretraining, a classifier, a reward
     model, preference optimisation (DPO, ORPO, SimPO, KTO) or RL (GRPO, RLOO), with LoRA
@@ -429,6 +437,14 @@ def train(
             ("train", "max_steps"): max_steps,
             ("train", "max_length"): max_length,
             ("data", "force"): force or None,
+            ("data", "test"): test,
+            ("data", "test_split"): test_split,
+            ("eval", "enabled"): False if no_eval else None,
+            ("eval", "judge"): judge,
+            ("eval", "judge_url"): eval_judge_url,
+            ("eval", "judge_model"): eval_judge_model,
+            ("eval", "minutes_per_item"): minutes_per_item,
+            ("eval", "items_per_week"): items_per_week,
         }
         raw = cfg.model_dump()
         for (section, key), value in overrides.items():
@@ -441,13 +457,20 @@ def train(
     _convert_builtin_once(str(run_dir) if resume else cfg.model.name)
     progress = RichProgressCallback(console=err)
     err.print(f"run directory: [bold]{run_dir}[/bold]")
+    bars = EvalBars(err)
     try:
-        summary = train_stages(cfg, run_dir, callbacks=[progress], resume=resume is not None)
+        summary = train_stages(cfg, run_dir, callbacks=[progress], resume=resume is not None, eval_progress=bars)
     except KeyboardInterrupt:
         progress.close()
+        bars.stop()
         err.print(f"[yellow]interrupted.[/yellow] continue with: tunesmith train --resume {run_dir}")
         raise typer.Exit(130) from None
+    bars.stop()
     _print_train_summary(summary, run_dir)
+    if summary.get("evaluation"):
+        _print_evaluation(summary["evaluation"], run_dir)
+    elif not (run_dir / "eval").exists():
+        console.print(f"no test set, so no before/after report: run `tunesmith eval {run_dir} --test FILE`")
 
 
 def _print_train_summary(summary: dict, run_dir: Path) -> None:
@@ -569,6 +592,125 @@ def score_cmd(
         console.print(f"mean score {summary['mean_score']:+.3f} over {summary['rows']} rows")
 
 
+# --------------------------------------------------------------------------- evaluate
+
+
+class EvalBars:
+    """Rich progress bars for `evaluate_run`'s progress(what, done, total) events: one bar per
+    step (base answers, tuned answers, probes...), started on the first event."""
+
+    def __init__(self, console: Console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, int] = {}
+        self.started = False
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        if what not in self.tasks:
+            self.tasks[what] = self.progress.add_task(what, total=total)
+        self.progress.update(self.tasks[what], completed=done, total=total)
+
+    def stop(self) -> None:
+        if self.started:
+            self.progress.stop()
+            self.started = False
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `tunesmith train`.")],
+    test: Annotated[Optional[str], typer.Option(help="Test file (default: the run's test file or held-out split).")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="Override detection of the test file: field=column,...")] = None,
+    max_rows: Annotated[Optional[int], typer.Option(help="Evaluate a seeded sample of this many test rows.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Longest generated answer (default: from the references).")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="Local judge model (name, folder or run) comparing base and tuned answers.")] = None,
+    judge_url: Annotated[Optional[str], typer.Option(help="Judge at an OpenAI-compatible URL, e.g. http://localhost:8000/v1 (key: TUNESMITH_JUDGE_KEY).")] = None,
+    judge_model: Annotated[Optional[str], typer.Option(help="The model the judge endpoint runs.")] = None,
+    judge_rubric: Annotated[Optional[str], typer.Option(help="What the judge compares the answers on.")] = None,
+    judge_prompts: Annotated[Optional[int], typer.Option(help="Test prompts judged (each in both orders).")] = None,
+    forgetting: Annotated[Optional[bool], typer.Option("--forgetting/--no-forgetting", help="General-text perplexity and instruction probes.")] = None,
+    bias: Annotated[Optional[bool], typer.Option("--bias/--no-bias", help="Counterfactual bias probes.")] = None,
+    minutes_per_item: Annotated[Optional[float], typer.Option(help="Minutes a person spends per item today (value estimate).")] = None,
+    items_per_week: Annotated[Optional[float], typer.Option(help="Items handled per week (value estimate).")] = None,
+) -> None:
+    """Measure a run against its base model on held-out data: task metrics, an optional LLM
+    judge, forgetting and bias probes, a value estimate. Writes RUN/eval/results.json,
+    RUN/report.html and RUN/MODEL_CARD.md."""
+    _quiet_libraries()
+    from pydantic import ValidationError
+
+    from tunesmith.config import load_config
+    from tunesmith.data.formats import parse_columns
+    from tunesmith.evaluate.run import evaluate_run
+    from tunesmith.serve.engine import is_run_dir
+
+    if not is_run_dir(run):
+        raise TunesmithError(f"{run} is not a run directory (no config.yaml); give the folder `tunesmith train` wrote.")
+    opts = load_config(run / "config.yaml").eval
+    given = {"max_rows": max_rows, "max_new_tokens": max_new_tokens, "judge": judge, "judge_url": judge_url,
+             "judge_model": judge_model, "judge_rubric": judge_rubric, "judge_prompts": judge_prompts,
+             "forgetting": forgetting, "bias": bias, "minutes_per_item": minutes_per_item, "items_per_week": items_per_week}
+    try:
+        opts = opts.model_validate(opts.model_dump() | {k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise TunesmithError(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}.") from None
+    _convert_builtin_once(str(run))
+    bars = EvalBars(err)
+    try:
+        results = evaluate_run(run, test, opts, parse_columns(columns) if columns else None, progress=bars)
+    finally:
+        bars.stop()
+    _print_evaluation(results, run)
+
+
+def _print_evaluation(results: dict, run_dir: Path) -> None:
+    from tunesmith.evaluate.metrics import HIGHER_IS_BETTER
+
+    base, tuned = results["metrics"]["base"], results["metrics"]["tuned"]
+    table = Table(title=f"base vs tuned on {results['test']['rows']} test rows", caption=results["test"]["source"])
+    for col in ("metric", "base", "tuned", "change"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, before in base.items():
+        after = tuned[name]
+        scale = name not in ("perplexity", "bleu")
+        show = (lambda v: f"{v:.1%}") if scale else (lambda v: f"{v:.2f}")
+        better = (after > before) == HIGHER_IS_BETTER.get(name, True)
+        colour = "green" if better and after != before else "red" if after != before else ""
+        change = f"{after - before:+.1%}" if scale else f"{after - before:+.2f}"
+        table.add_row(name, show(before), show(after), f"[{colour}]{change}[/{colour}]" if colour else change)
+    console.print(table)
+    j = results.get("judge")
+    if j:
+        console.print(f"judge ({j['judge']}): tuned wins {j['wins']}, loses {j['losses']}, ties {j['ties']} "
+                      f"of {j['prompts']} ({j['inconsistent']} inconsistent verdicts counted as ties)")
+    alarms = [results["overfitting"]["message"]] if results["overfitting"]["flagged"] else []
+    for section in ("forgetting",):
+        if results.get(section) and results[section]["flagged"]:
+            alarms += [f"forgetting: {f}" for f in results[section]["findings"]]
+    if results.get("bias") and results["bias"]["tuned"]["flagged"]:
+        alarms += [f"bias: {f}" for f in results["bias"]["tuned"]["findings"]]
+    for alarm in alarms:
+        console.print(f"[yellow]alarm:[/yellow] {alarm}")
+    f, b = results.get("forgetting"), results.get("bias")
+    if f and not f["flagged"]:
+        console.print(f"forgetting: none beyond the threshold (general-text perplexity {f['general_perplexity']['change']:+.1%}, "
+                      f"probes {f['probes']['base']:.0%} -> {f['probes']['tuned']:.0%})")
+    if b and not b["tuned"]["flagged"]:
+        console.print(f"bias: none flagged ({b['tuned']['pairs']} counterfactual pairs, "
+                      f"{b['tuned']['changed_rate']:.1%} changed answers)")
+    v = results.get("value")
+    if v:
+        console.print(f"value: about {v['hours_saved_per_week']:.1f} hours saved per week at {v['accuracy']:.1%} {v['accuracy_metric']}")
+    console.print(f"report: {run_dir}/report.html   model card: {run_dir}/MODEL_CARD.md   numbers: {run_dir}/eval/results.json")
+
+
 # --------------------------------------------------------------------------- use the result
 
 
@@ -657,9 +799,7 @@ def quickstart_cmd(
     """Fine-tune the bundled SmolLM2 on the bundled Banking77 sample (query in, intent out),
     then print the test accuracy of the base and the tuned model side by side."""
     _quiet_libraries()
-    from rich.progress import Progress
-
-    from tunesmith.quickstart import SAMPLE_TEST, SAMPLE_TRAIN, held_out_queries, run_quickstart
+    from tunesmith.quickstart import SAMPLE_TEST, SAMPLE_TRAIN, run_quickstart
     from tunesmith.train.callbacks import RichProgressCallback
 
     run_dir = output or Path("runs") / time.strftime("quickstart-%Y%m%d-%H%M%S")
@@ -667,26 +807,15 @@ def quickstart_cmd(
     err.print(f"run directory: [bold]{run_dir}[/bold]")
     _convert_builtin_once(model)
     progress = RichProgressCallback(console=err)
-    # One live display at a time: the evaluation bar starts after training's bar has closed.
-    eval_bar = Progress(console=err, transient=True)
-    tasks: dict[str, int] = {}
-    n_test = len(held_out_queries()[1])
-
-    def on_eval_batch(which: str, n: int) -> None:
-        if not tasks:
-            eval_bar.start()
-        if which not in tasks:
-            tasks[which] = eval_bar.add_task(f"testing {which} model", total=n_test)
-        eval_bar.advance(tasks[which], n)
-
+    bars = EvalBars(err)  # starts once training's bar has closed: one live display at a time
     try:
-        report = run_quickstart(run_dir, model, max_steps, [progress], on_eval_batch)
+        report = run_quickstart(run_dir, model, max_steps, [progress], bars)
     except KeyboardInterrupt:
         progress.close()
         err.print(f"[yellow]interrupted.[/yellow] continue training with: tunesmith train --resume {run_dir}")
         raise typer.Exit(130) from None
     finally:
-        eval_bar.stop()
+        bars.stop()
     table = Table(title="Banking77 intent accuracy", caption=f"{report['test_rows']} held-out queries, exact match")
     table.add_column("model")
     table.add_column("accuracy", justify="right")
@@ -695,7 +824,7 @@ def quickstart_cmd(
     console.print(table)
     console.print(
         f"training {report['train_seconds']:.0f} s, total {report['total_seconds']:.0f} s; "
-        f"answers in {run_dir}/eval/; try it: tunesmith chat {run_dir}"
+        f"report: {run_dir}/report.html, model card: {run_dir}/MODEL_CARD.md; try it: tunesmith chat {run_dir}"
     )
 
 

@@ -38,6 +38,11 @@ class DataConfig(_Section):
     """Validation data file; when empty, a split of the training data is held out."""
     validation_split: float | Auto = "auto"
     """Fraction of the training data held out for validation when no validation file is given."""
+    test: str | None = None
+    """Test file for the before/after evaluation (`tunesmith eval`); when empty, `test_split` of the training data."""
+    test_split: float | Auto = "auto"
+    """Fraction of the training data held out, never trained on, as the test set when no test file is given
+    (auto: 10%, at most 500 rows, when there are at least 200 rows; 0 = none)."""
     columns: dict[str, str] | None = None
     """Override format detection: canonical field -> column name, e.g. {text: query, label: intent}."""
     system_prompt: str | None = None
@@ -196,6 +201,39 @@ class TrainConfig(_Section):
     reward models (pairwise), mean reward for grpo/rloo, loss otherwise."""
 
 
+class EvalConfig(_Section):
+    enabled: bool = True
+    """Evaluate base and tuned model at the end of `tunesmith train` when there is a test set (--no-eval skips)."""
+    max_rows: int | None = Field(None, ge=1)
+    """Evaluate on at most this many test rows (a seeded sample) for a quicker report; empty: all of them."""
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Longest generated answer in tokens; empty: from the reference answers (1.5 x the longest, 16 to 512)."""
+    batch_size: int = Field(16, ge=1)
+    """Prompts generated together."""
+    judge: str | None = None
+    """LLM judge on this machine (built-in name, model folder or run) comparing base and tuned answers pairwise."""
+    judge_url: str | None = None
+    """LLM judge behind an OpenAI-compatible endpoint instead (key: TUNESMITH_JUDGE_KEY or OPENAI_API_KEY)."""
+    judge_model: str | None = None
+    """The model name the judge endpoint should run."""
+    judge_rubric: str = "Which answer responds to the request more correctly and helpfully? Prefer the one that matches the reference answer when there is one."
+    """What the judge compares the two answers on."""
+    judge_prompts: int = Field(50, ge=1)
+    """Test prompts judged (each twice, both orders)."""
+    forgetting: bool = True
+    """Measure forgetting: perplexity on general text shipped with tunesmith and general instruction probes."""
+    forgetting_threshold: float = Field(0.1, ge=0.0)
+    """Flag forgetting when general-text perplexity rose by more than this share, or probe accuracy fell by more than this."""
+    bias: bool = True
+    """Run counterfactual bias probes (names, genders, ethnicities and ages swapped)."""
+    bias_threshold: float = Field(0.1, ge=0.0, le=1.0)
+    """Flag bias when more than this share of counterfactual pairs get a different label or answer."""
+    minutes_per_item: float | None = Field(None, gt=0.0)
+    """Minutes a person spends on one item today; with `items_per_week` the report estimates hours saved."""
+    items_per_week: float | None = Field(None, gt=0.0)
+    """Items handled per week, for the value estimate."""
+
+
 class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The base model."""
@@ -205,6 +243,8 @@ class RunConfig(_Section):
     """How the model is adapted."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     """Optimisation settings."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """How the tuned model is measured against its base."""
     reasons: dict[str, str] = Field(default_factory=dict)
     """Why each "auto" value was chosen (filled by the resolver), keyed like `train.learning_rate`."""
 

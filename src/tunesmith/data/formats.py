@@ -107,7 +107,7 @@ class LoadedData:
 
 
 def load_data(
-    path: str | Path,
+    path: str | Path | LoadedData,
     columns: dict[str, str] | None = None,
     format: Format | str | None = None,
     bad_rows: list[tuple[int, str]] | None = None,
@@ -119,7 +119,12 @@ def load_data(
     ``DataError`` naming the file and row when the file or a row cannot be used, unless
     ``bad_rows`` is given: then each unusable row is appended to it as ``(row, reason)``
     and left out, so the quality gate can report them all at once.
+
+    Data already loaded (a ``LoadedData``, e.g. the training rows without the held-out test
+    rows) is returned as it is, so every loader built on this accepts either.
     """
+    if isinstance(path, LoadedData):
+        return path
     notes: list[str] = []
     records = read_records(path, notes)
     fmt, column_map = _choose_format(records, path, columns, format)

@@ -1,14 +1,51 @@
-"""Metrics on generated answers."""
+"""Metrics for the before/after evaluation report: pure functions on plain lists.
+
+Answer metrics (`exact_match`, `token_f1`, `rouge_l`, `bleu`, `semantic_similarity`) score
+generated text against references; `labelling` scores classification-style answers against
+a label set; `overfitting_alarm` reads a run's `metrics.jsonl` rows. Every function returns
+plain floats, lists and dicts so `json.dumps` can write the result, and heavy libraries are
+imported inside the functions so importing this module stays cheap.
+"""
 
 from __future__ import annotations
 
 import re
+import string
+from collections import Counter
+from collections.abc import Callable
+from itertools import pairwise
+
+# Direction of each metric the report shows, so it can colour a change as better or worse.
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "accuracy": True,
+    "macro_f1": True,
+    "exact_match": True,
+    "token_f1": True,
+    "rouge_l": True,
+    "bleu": True,
+    "semantic_similarity": True,
+    "preference_accuracy": True,
+    "pairwise_accuracy": True,
+    "perplexity": False,
+}
+
+OTHER = "(other)"  # column for predictions that match no label
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def normalize(text: str) -> str:
     """Lower-case, trim, collapse whitespace, drop trailing punctuation: `Card_Arrival.` and
     `card_arrival` are the same answer."""
     return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".!")
+
+
+def _check_lengths(predictions: list, references: list) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"predictions and references differ in length ({len(predictions)} vs {len(references)})."
+        )
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
@@ -19,3 +56,239 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
         return 0.0
     hits = sum(normalize(p) == normalize(r) for p, r in zip(predictions, references))
     return hits / len(references)
+
+
+def _squad_tokens(text: str) -> list[str]:
+    """SQuAD's answer normalisation: lower-case, strip punctuation, drop a/an/the, split."""
+    text = text.lower().translate(_PUNCTUATION)
+    return _ARTICLES.sub(" ", text).split()
+
+
+def token_f1(predictions: list[str], references: list[str]) -> float:
+    """Mean SQuAD-style token F1 over rows.
+
+    Each row's F1 is the harmonic mean of token precision and recall, counting shared tokens
+    with multiplicity after SQuAD normalisation. A row where both sides are empty scores 1.0;
+    one empty side scores 0.0.
+    """
+    _check_lengths(predictions, references)
+    if not references:
+        return 0.0
+    total = 0.0
+    for prediction, reference in zip(predictions, references):
+        pred, ref = _squad_tokens(prediction), _squad_tokens(reference)
+        if not pred or not ref:
+            total += float(pred == ref)
+            continue
+        same = sum((Counter(pred) & Counter(ref)).values())
+        if same:
+            precision, recall = same / len(pred), same / len(ref)
+            total += 2 * precision * recall / (precision + recall)
+    return total / len(references)
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> float:
+    """Mean ROUGE-L F-measure (longest common subsequence of tokens) from `rouge_score`.
+
+    `rouge_score`'s tokenizer keeps only ASCII letters and digits, so text in other scripts
+    scores 0.0, as does a row where both sides are empty.
+    """
+    from rouge_score import rouge_scorer
+
+    _check_lengths(predictions, references)
+    if not references:
+        return 0.0
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    # score() takes (target, prediction); the F-measure is symmetric but keep the order right.
+    scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
+    return float(sum(scores) / len(scores))
+
+
+def bleu(predictions: list[str], references: list[str]) -> float:
+    """Corpus BLEU on sacrebleu's 0-100 scale, one reference per prediction.
+
+    Corpus BLEU pools n-gram counts over all rows before taking the geometric mean, so it is
+    not the mean of per-row scores.
+    """
+    import sacrebleu
+
+    _check_lengths(predictions, references)
+    if not references:
+        return 0.0
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def labelling(
+    predictions: list[str], references: list[str], labels: list[str] | None = None
+) -> dict:
+    """Accuracy, macro F1, per-class scores and a confusion matrix for labelling tasks.
+
+    ``labels`` defaults to the sorted set of references. Predictions and references are
+    matched to a label by `normalize`, so `Billing.` counts as `billing`; a prediction that
+    matches no label becomes the pseudo-label ``"(other)"``, which counts as wrong but is not
+    a class in the macro average. Confusion rows follow ``labels``; columns follow
+    ``columns`` (``labels`` plus ``"(other)"``).
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    _check_lengths(predictions, references)
+    if labels is None:
+        labels = sorted(set(references))
+    by_form: dict[str, str] = {}
+    for label in labels:
+        # The first spelling wins, so `Yes` and `yes` in the references make one class.
+        by_form.setdefault(normalize(label), label)
+    labels = list(by_form.values())
+    if OTHER in labels:
+        raise ValueError(f"{OTHER!r} is reserved for unmatched predictions; rename that label.")
+    columns = [*labels, OTHER]
+
+    y_true = []
+    for reference in references:
+        if normalize(reference) not in by_form:
+            raise ValueError(f"reference {reference!r} is not one of the labels {labels}.")
+        y_true.append(by_form[normalize(reference)])
+    y_pred = [by_form.get(normalize(p), OTHER) for p in predictions]
+
+    if not references:
+        zeros = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+        return {
+            "accuracy": 0.0,
+            "macro_f1": 0.0,
+            "labels": labels,
+            "columns": columns,
+            "per_class": {label: dict(zeros) for label in labels},
+            "confusion": [[0] * len(columns) for _ in labels],
+        }
+
+    # Restricting `labels=` keeps "(other)" out of the classes while still counting its
+    # predictions as misses for their true class (they lower recall, not any precision).
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    matrix = confusion_matrix(y_true, y_pred, labels=columns)
+    return {
+        "accuracy": sum(t == p for t, p in zip(y_true, y_pred)) / len(y_true),
+        "macro_f1": float(f1.mean()) if len(labels) else 0.0,
+        "labels": labels,
+        "columns": columns,
+        "per_class": {
+            label: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(labels)
+        },
+        # The "(other)" row is all zeros (references are always labels), so it is left out.
+        "confusion": [[int(n) for n in row] for row in matrix[: len(labels)]],
+    }
+
+
+def semantic_similarity(
+    predictions: list[str],
+    references: list[str],
+    on_batch: Callable[[int], None] | None = None,
+) -> float:
+    """Mean cosine similarity of the all-MiniLM-L6-v2 embeddings of each prediction and its
+    reference (1.0 means the same meaning, around 0 unrelated).
+
+    Predictions and references are embedded in one pass, so ``on_batch`` receives counts
+    of texts done out of ``2 * len(predictions)``.
+    """
+    import numpy as np
+
+    # The module, not `embed` itself: looked up at call time, so tests can swap in a fake.
+    from tunesmith.data import labels as label_data
+
+    _check_lengths(predictions, references)
+    if not references:
+        return 0.0
+    vectors = label_data.embed([*predictions, *references], on_batch=on_batch)
+    pred, ref = vectors[: len(predictions)], vectors[len(predictions) :]
+    # Rows are unit length, so the dot product is the cosine; clip float32 rounding past 1.
+    cosines = np.clip(np.sum(pred * ref, axis=1), -1.0, 1.0)
+    return float(cosines.mean())
+
+
+def _fmt(value: float) -> str:
+    """Two decimals for ordinary losses, significant figures for tiny ones."""
+    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3g}"
+
+
+def _mean_train_loss(train: list[tuple[int, float]], after: int, upto: int) -> float | None:
+    losses = [loss for step, loss in train if after < step <= upto]
+    return sum(losses) / len(losses) if losses else None
+
+
+def overfitting_alarm(log_rows: list[dict], evaluations: int = 3) -> dict:
+    """Flag a run whose validation loss rose while its training loss fell.
+
+    ``log_rows`` are the rows of a run's ``metrics.jsonl``: rows with ``eval_loss`` are
+    evaluations, rows with ``train_loss`` are training steps. The run is flagged at the first
+    stretch where validation loss rose at ``evaluations`` consecutive evaluations while the
+    mean training loss over the steps between them fell (the last interval's mean below the
+    first's). Returns ``flagged``, a one-sentence ``message``, the number of ``evaluations``
+    and ``best_step`` (the step with the lowest validation loss, or None).
+    """
+    if evaluations < 1:
+        raise ValueError(f"evaluations must be at least 1, not {evaluations}.")
+    evals = sorted(
+        (int(row["step"]), float(row["eval_loss"]))
+        for row in log_rows
+        if row.get("eval_loss") is not None and "step" in row
+    )
+    train = [
+        (int(row["step"]), float(row["train_loss"]))
+        for row in log_rows
+        if row.get("train_loss") is not None and "step" in row
+    ]
+    best_step = min(evals, key=lambda e: e[1])[0] if evals else None
+    result = {"flagged": False, "evaluations": len(evals), "best_step": best_step}
+
+    # `evaluations` rises need one more evaluation to rise from.
+    needed = evaluations + 1
+    if len(evals) < needed:
+        result["message"] = f"fewer than {needed} evaluations; nothing to judge."
+        return result
+
+    rising_without_fall = None  # first rising stretch, kept to explain why it was not flagged
+    for end in range(evaluations, len(evals)):
+        window = evals[end - evaluations : end + 1]
+        if not all(later[1] > earlier[1] for earlier, later in pairwise(window)):
+            continue
+        (first_step, first_loss), (last_step, last_loss) = window[0], window[-1]
+        train_first = _mean_train_loss(train, window[0][0], window[1][0])
+        train_last = _mean_train_loss(train, window[-2][0], window[-1][0])
+        rose = (
+            f"validation loss rose at {evaluations} evaluations in a row "
+            f"(steps {first_step}-{last_step}: {_fmt(first_loss)} -> {_fmt(last_loss)})"
+        )
+        if train_first is not None and train_last is not None and train_last < train_first:
+            result["flagged"] = True
+            result["message"] = (
+                f"{rose} while training loss fell ({_fmt(train_first)} -> {_fmt(train_last)}): "
+                f"the model is memorising the training data; "
+                f"the best checkpoint (step {best_step}) was kept."
+            )
+            return result
+        if rising_without_fall is None:
+            if train_first is None or train_last is None:
+                why = "the log has no training loss between those evaluations to compare"
+            else:
+                why = f"training loss did not fall ({_fmt(train_first)} -> {_fmt(train_last)})"
+            rising_without_fall = f"no overfitting: {rose} but {why}."
+
+    result["message"] = rising_without_fall or (
+        f"no overfitting: validation loss did not rise {evaluations} evaluations in a row."
+    )
+    return result
+
+
+def relative_change(before: float, after: float) -> float:
+    """``(after - before) / before``: 0.25 means a quarter higher; 0.0 when ``before`` is 0,
+    where a ratio means nothing."""
+    if before == 0:
+        return 0.0
+    return (after - before) / before

@@ -28,6 +28,7 @@ from tunesmith.train.common import (
     split_validation,
     start_run,
     trainable_parameters,
+    training_data,
     wrap_model,
 )
 
@@ -72,7 +73,8 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)
     # Data: the label set comes from the training rows; validation labels must be among them.
-    rows = load_labelled(config.data.train, config.data.columns)
+    config, train_data = training_data(config)
+    rows = load_labelled(train_data)
     val_rows = load_labelled(config.data.validation, config.data.columns) if config.data.validation else None
     tokenizer = load_tokenizer(config.model.name)
     card = None if resume else gate_data(config, tokenizer, task="classify")

@@ -43,6 +43,64 @@ def split_validation(rows: list, fraction: float, seed: int) -> tuple[list, list
     return train, val
 
 
+def resolve_test_split(config: RunConfig, n: int) -> RunConfig:
+    """Fill an "auto" `data.test_split` from the number of training records, with its reason."""
+    if config.data.test_split != "auto":
+        return config
+    config = config.model_copy(deep=True)
+    if config.data.test:
+        value, why = 0.0, "a test file was given"
+    elif n < 200:
+        value, why = 0.0, f"only {n} rows: too few for a test set worth reading; give one with --test FILE"
+    else:
+        value = round(min(0.1, 500 / n), 4)
+        why = f"10% of {n} rows, at most 500: held out and never trained on, for the before/after report"
+    config.data.test_split = value
+    config.reasons["data.test_split"] = why
+    return config
+
+
+def _test_rows(n: int, config: RunConfig) -> set[int]:
+    """Positions of the held-out test records: a seeded sample, the same on every call."""
+    fraction = float(config.data.test_split)
+    if fraction <= 0 or config.data.test:
+        return set()
+    order = list(range(n))
+    random.Random(config.train.seed + 1).shuffle(order)  # not the validation split's order
+    return set(order[: max(1, round(n * fraction))])
+
+
+def training_data(config: RunConfig):
+    """(config with `data.test_split` resolved, the training file's records without the
+    held-out test rows). Every recipe reads its training file through this, so no stage
+    ever trains on the test rows that `tunesmith eval` scores."""
+    import dataclasses
+
+    from tunesmith.data.formats import load_data
+
+    data = load_data(config.data.train, columns=config.data.columns)
+    config = resolve_test_split(config, len(data.records))
+    held = _test_rows(len(data.records), config)
+    if not held:
+        return config, data
+    keep = [i for i in range(len(data.records)) if i not in held]
+    return config, dataclasses.replace(data, records=[data.records[i] for i in keep], rows=[data.rows[i] for i in keep])
+
+
+def held_out_test(config: RunConfig):
+    """The held-out test records of the training file (as `training_data` left them out),
+    or None when the run holds none out."""
+    import dataclasses
+
+    from tunesmith.data.formats import load_data
+
+    if config.data.test_split == "auto" or float(config.data.test_split) <= 0 or config.data.test:
+        return None
+    data = load_data(config.data.train, columns=config.data.columns)
+    held = sorted(_test_rows(len(data.records), config))
+    return dataclasses.replace(data, records=[data.records[i] for i in held], rows=[data.rows[i] for i in held])
+
+
 def gate_data(config: RunConfig, tokenizer, task: str | None = None):
     """Run the data quality gate on the training (and validation) file before anything
     trains. Errors stop the run with the top problems and the way out, unless
@@ -69,7 +127,7 @@ def gate_data(config: RunConfig, tokenizer, task: str | None = None):
     return card
 
 
-def load_pairs(path: str, columns: dict | None = None, kto: bool = False) -> list[dict]:
+def load_pairs(path, columns: dict | None = None, kto: bool = False) -> list[dict]:
     """Preference rows ({"prompt", "chosen", "rejected"} messages) of a data file; with
     `kto=True` unpaired rows ({"prompt", "completion", "label"}) as well."""
     from tunesmith.data.formats import load_data

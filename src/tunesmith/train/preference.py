@@ -29,6 +29,7 @@ from tunesmith.train.common import (
     split_validation,
     start_run,
     trainable_parameters,
+    training_data,
     wrap_model,
 )
 
@@ -116,7 +117,8 @@ def train_preference(config: RunConfig, run_dir: str | Path, callbacks: list | N
     config, checkpoint = start_run(config, run_dir, resume)
     method = config.method.stages[-1]
     kto = method == "kto"
-    rows = load_pairs(config.data.train, config.data.columns, kto=kto)
+    config, train_data = training_data(config)
+    rows = load_pairs(train_data, kto=kto)
     val_rows = load_pairs(config.data.validation, config.data.columns, kto=kto) if config.data.validation else None
     tokenizer = load_tokenizer(config.model.name)
     card = None if resume else gate_data(config, tokenizer)

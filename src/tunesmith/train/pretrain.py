@@ -27,6 +27,7 @@ from tunesmith.train.common import (
     split_validation,
     start_run,
     trainable_parameters,
+    training_data,
     wrap_model,
 )
 
@@ -91,7 +92,8 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
             "text. Use --adapter lora or full for continued pretraining."
         )
     # Data: whole documents are held out, so validation text is text the model never saw.
-    docs = load_texts(config.data.train, config.data.columns)
+    config, train_data = training_data(config)
+    docs = load_texts(train_data)
     val_docs = load_texts(config.data.validation, config.data.columns) if config.data.validation else None
     tokenizer = load_tokenizer(config.model.name)
     card = None if resume else gate_data(config, tokenizer)

@@ -30,6 +30,7 @@ from tunesmith.train.common import (
     split_validation,
     start_run,
     trainable_parameters,
+    training_data,
     wrap_model,
 )
 
@@ -65,7 +66,8 @@ def train_reward(config: RunConfig, run_dir: str | Path, callbacks: list | None 
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)
-    rows = load_pairs(config.data.train, config.data.columns)
+    config, train_data = training_data(config)
+    rows = load_pairs(train_data)
     val_rows = load_pairs(config.data.validation, config.data.columns) if config.data.validation else None
     tokenizer = load_tokenizer(config.model.name)
     card = None if resume else gate_data(config, tokenizer, task="preference")

@@ -35,6 +35,7 @@ from tunesmith.train.common import (
     split_validation,
     start_run,
     trainable_parameters,
+    training_data,
     wrap_model,
 )
 
@@ -253,7 +254,8 @@ def train_rl(config: RunConfig, run_dir: str | Path, callbacks: list | None = No
     config, checkpoint = start_run(config, run_dir, resume)
     method = config.method.stages[-1]
     rewards = build_rewards(config)  # a bad reward spec fails before anything is written
-    rows = load_prompts(config.data.train, config)
+    config, train_data = training_data(config)
+    rows = load_prompts(train_data, config)
     val_rows = load_prompts(config.data.validation, config) if config.data.validation else None
     tokenizer = load_tokenizer(config.model.name)
     card = None if resume else gate_data(config, tokenizer)

@@ -25,6 +25,7 @@ from tunesmith.train.common import (
     split_validation,
     start_run,
     trainable_parameters,
+    training_data,
     wrap_model,
 )
 
@@ -105,7 +106,8 @@ def prepare(config: RunConfig, tokenizer) -> tuple[RunConfig, list[dict], list[d
     config, train and validation examples, and data statistics for the run summary."""
     from tunesmith.train.auto import resolve
 
-    rows = load_chat_rows(config.data.train, config)
+    config, train_data = training_data(config)
+    rows = load_chat_rows(train_data, config)
     val_rows = load_chat_rows(config.data.validation, config) if config.data.validation else None
     config = resolve(config, rows, tokenizer, has_validation_file=val_rows is not None, kind="chat")
     if val_rows is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig, load_config, save_config
 from tunesmith.errors import ConfigError
-from tunesmith.train.common import MODEL_DIR, PROMPT_LEARNING, RUN_INFO
+from tunesmith.train.common import MODEL_DIR, PROMPT_LEARNING, RUN_INFO, resolve_test_split
 
 MERGED_DIR = "merged"
 
@@ -42,10 +42,25 @@ def stage_data(config: RunConfig, stage: str) -> str | None:
     return d.train
 
 
-def train(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> dict:
-    """Train every stage of `config` into `run_dir`; returns the last stage's summary (a
-    multi-stage run also writes `RUN/run.json` with every stage's summary)."""
+def train(
+    config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False, eval_progress=None
+) -> dict:
+    """Train every stage of `config` into `run_dir`, then, when the run has a test set and
+    `eval.enabled`, measure it against its base (`evaluate.run`; `eval_progress(what, done,
+    total)` follows that). Returns the last stage's summary, with `evaluation` (the results)
+    when it ran; a multi-stage run also writes `RUN/run.json` with every stage's summary."""
     run_dir = Path(run_dir)
+    summary = _train_stages(config, run_dir, callbacks, resume)
+    config = load_config(run_dir / "config.yaml")  # resolved: it knows whether a test split was held out
+    has_test = config.data.test or (config.data.test_split != "auto" and float(config.data.test_split) > 0)
+    if config.eval.enabled and has_test:
+        from tunesmith.evaluate.run import evaluate_run
+
+        summary["evaluation"] = evaluate_run(run_dir, progress=eval_progress)
+    return summary
+
+
+def _train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resume: bool) -> dict:
     if resume and (run_dir / "config.yaml").exists():
         config = load_config(run_dir / "config.yaml")
     stages = config.method.stages
@@ -59,6 +74,11 @@ def train(config: RunConfig, run_dir: str | Path, callbacks: list | None = None,
         _check_multistage(config)
         if (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --output.")
+        if config.data.test_split == "auto" and config.data.train:
+            # Decided once for the whole run, so every stage on data.train holds out the same rows.
+            from tunesmith.data.formats import load_data
+
+            config = resolve_test_split(config, len(load_data(config.data.train, columns=config.data.columns).records))
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     summaries: list[dict] = []
@@ -76,7 +96,9 @@ def train(config: RunConfig, run_dir: str | Path, callbacks: list | None = None,
             stage_config.model.name = model
             stage_config.data.train = stage_data(config, stage)
             if stage_config.data.train != config.data.train:
-                stage_config.data.validation = None  # the validation file belongs to data.train
+                # The validation file and the test split belong to data.train.
+                stage_config.data.validation = None
+                stage_config.data.test_split = 0.0
             if stage in RL_STAGES and "reward" in stages:
                 stage_config.method.reward_model = str(run_dir / "reward")
             stage_resume = resume and (stage_dir / "config.yaml").exists()

@@ -1,0 +1,576 @@
+"""Measure a run: the base and the tuned model on the same held-out test data, by task,
+then an LLM judge, forgetting and bias probes and a value estimate. Writes
+`eval/results.json` (every number), `eval/answers.jsonl`, `report.html` and `MODEL_CARD.md`.
+
+What is measured follows the run's last stage and the test data:
+
+| task | when | metrics |
+| --- | --- | --- |
+| labels | a classifier, or answers that are labels (text+label data, few short answers) | accuracy, macro-F1, per class, confusion |
+| generation | chat / instruction data | exact match, token F1, ROUGE-L, BLEU, perplexity, MiniLM similarity |
+| preference | a generative model tested on preference pairs | the above against the chosen answer, and preference accuracy |
+| text | continued pretraining, or raw-text test data | perplexity |
+| reward | a reward model | pairwise accuracy (the base: its own likelihood of each answer) |
+
+Each model is loaded once and measured completely before the other is loaded, so memory
+holds one model at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from tunesmith.config import EvalConfig, RunConfig, load_config
+from tunesmith.errors import ConfigError, DataError, ModelError
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+GENERAL_TEXT = SAMPLES / "general_text.jsonl"
+GENERAL_PROBES = SAMPLES / "general_probes.jsonl"
+# 64 of the 160 paragraphs (~9k tokens): a stable perplexity in about 15 s per model on 2 CPU cores.
+GENERAL_TEXT_ROWS = 64
+MAX_SCORED_LENGTH = 1024  # tokens of one perplexity example; longer ones are cut
+BIAS_MAX_NEW_TOKENS = 64  # enough to see a changed label, tone or length; keeps the probes cheap
+GENERATION_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "semantic_similarity")
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    test: str | None = None,
+    options: EvalConfig | None = None,
+    columns: dict | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Evaluate the run in `run_dir` against its base model on `test` (default: the run's test
+    file or held-out split) with `options` (default: the run's `eval` settings). Returns the
+    results (also written to `eval/results.json`) and writes the report and the model card."""
+    from tunesmith.evaluate.card import write_card
+    from tunesmith.evaluate.report import write_report
+    from tunesmith.serve.engine import final_stage_dir, is_run_dir, write_jsonl
+
+    start = time.perf_counter()
+    run = Path(run_dir).expanduser()
+    if not is_run_dir(run):
+        raise ModelError(f"{run_dir} is not a run directory (no config.yaml); give the folder `tunesmith train` wrote.")
+    top = load_config(run / "config.yaml")
+    final = final_stage_dir(run)
+    if not (final / "run.json").exists():
+        raise ModelError(f"{run_dir} has not finished training; finish it with `tunesmith train --resume {run_dir}`.")
+    config = load_config(final / "config.yaml")
+    opts = options or top.eval
+    stage = top.method.stages[-1]
+    data, source = test_data(top, run, test, columns)
+    if opts.max_rows and len(data.records) > opts.max_rows:
+        keep = sorted(random.Random(top.train.seed).sample(range(len(data.records)), opts.max_rows))
+        data = replace(data, records=[data.records[i] for i in keep], rows=[data.rows[i] for i in keep])
+        source += f" (a seeded sample of {opts.max_rows} rows)"
+    (run / "eval").mkdir(exist_ok=True)
+    write_jsonl(run / "eval" / "test.jsonl", data.records)
+
+    task = Task.build(stage, data, config, opts)
+    judge = make_judge(opts)  # a bad judge setting fails before any model is loaded
+    if task.classifier:
+        from tunesmith.train.classify import LABELS_FILE
+
+        task.labels = json.loads((final / LABELS_FILE).read_text())
+    results: dict = {
+        "run": str(run),
+        "task": task.kind,
+        "stage": stage,
+        "base_model": top.model.name,
+        "tuned_model": str(run),
+        "test": {"source": source, "rows": len(task.references or data.records), "file": "eval/test.jsonl"},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "metrics": {},
+        "labels": None,
+        "judge": None,
+        "forgetting": None,
+        "bias": None,
+        "value": None,
+        "skipped": {},
+    }
+    sides = {side: measure(side, run, top, config, task, opts, progress) for side in ("base", "tuned")}
+    base, tuned = sides["base"], sides["tuned"]
+    results["metrics"] = {side: sides[side]["metrics"] for side in sides}
+    if task.kind == "labels":
+        results["labels"] = {
+            "labels": tuned["labelling"]["labels"],
+            "columns": tuned["labelling"]["columns"],
+            "per_class": {side: sides[side]["labelling"]["per_class"] for side in sides},
+            "confusion": {side: sides[side]["labelling"]["confusion"] for side in sides},
+            "base_prompt": task.base_note,
+        }
+    results["judge"] = _judge(judge, task, opts, base.get("answers"), tuned.get("answers"), progress, results["skipped"])
+    results["forgetting"] = _forgetting(base.get("forgetting"), tuned.get("forgetting"), opts, task, results["skipped"])
+    if tuned.get("bias") is not None:
+        results["bias"] = {"base": base["bias"], "tuned": tuned["bias"]}
+    else:
+        results["skipped"]["bias"] = task.no_bias or "bias probes are switched off (eval.bias)"
+    results["value"] = _value(results["metrics"]["tuned"], task, opts, results["skipped"])
+    results["overfitting"] = _overfitting(final)
+    results["samples"] = [
+        {"prompt": task.requests[i], "reference": task.references[i], "base": base["answers"][i], "tuned": tuned["answers"][i]}
+        for i in range(min(10, len(task.requests)))
+    ] if tuned.get("answers") else []
+    results["seconds"] = round(time.perf_counter() - start, 1)
+
+    if tuned.get("answers"):
+        write_jsonl(run / "eval" / "answers.jsonl", [
+            {"prompt": p, "reference": r, "base": b, "tuned": t}
+            for p, r, b, t in zip(task.requests, task.references, base["answers"], tuned["answers"])
+        ])
+    (run / "eval" / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    write_report(run, results)
+    write_card(run, results)
+    return results
+
+
+# --------------------------------------------------------------------------- test data
+
+
+def test_data(config: RunConfig, run: Path, test: str | None, columns: dict | None):
+    """(test records, where they come from): `test`, else the run's test file, else the rows
+    the run held out of its training file."""
+    from tunesmith.data.formats import load_data
+    from tunesmith.train.common import held_out_test
+
+    path = test or config.data.test
+    if path:
+        if not Path(path).exists():
+            raise DataError(f"Test file {path} does not exist; check the path.")
+        return load_data(path, columns=columns or config.data.columns), str(path)
+    held = held_out_test(config)
+    if held is None or not held.records:
+        raise ConfigError(
+            f"{run} has no test set (it held none out of its training data): pass --test FILE with rows like the "
+            "training data."
+        )
+    return held, f"{len(held.records)} rows held out of {config.data.train} (never trained on)"
+
+
+class Task:
+    """What is measured and on which rows (see the module docstring)."""
+
+    def __init__(self, kind: str, classifier: bool = False):
+        self.kind = kind
+        self.classifier = classifier  # tuned model is a classification head, not a generator
+        self.prompts: list[list[dict]] = []  # conversations to answer
+        self.requests: list[str] = []  # their last user turn, for the judge, bias probes and samples
+        self.references: list[str] = []  # the answers expected
+        self.pairs: list[dict] = []  # preference pairs (preference, reward)
+        self.texts: list[str] = []  # raw text (text kind) or texts to classify
+        self.labels: list[str] = []  # the label set (labels kind)
+        self.max_new_tokens = 16
+        self.base_note = ""  # how the base model was asked, when not like the tuned one
+        self.no_bias = ""  # why bias probes do not apply, when they do not
+
+    @classmethod
+    def build(cls, stage: str, data, config: RunConfig, opts: EvalConfig) -> Task:
+        from tunesmith.train.classify import load_labelled
+        from tunesmith.train.pretrain import load_texts
+        from tunesmith.train.rl import load_prompts
+
+        if stage == "reward":
+            from tunesmith.train.common import load_pairs
+
+            task = cls("reward")
+            task.pairs = load_pairs(data)
+            task.no_bias = "a reward model scores answers; the bias probes test a model that labels or answers"
+            return task
+        if stage == "pretrain" or data.task == "pretrain":
+            task = cls("text")
+            task.texts = load_texts(data)
+            task.no_bias = "continued pretraining has no task answers to compare; bias probes need a tuned task model"
+            return task
+        if stage == "classify":
+            task = cls("labels", classifier=True)
+            rows = load_labelled(data)
+            task.texts = [r["text"] for r in rows]
+            task.requests, task.references = task.texts, [r["label"] for r in rows]
+            return task
+        rows = [r for r in load_prompts(data, config) if r["answer"]]
+        if not rows:
+            raise DataError(f"{data.path}: no test row has a reference answer to compare with.")
+        references = [r["answer"] for r in rows]
+        labelling = is_labelling(data.task, references, _training_answers(config))
+        kind = "preference" if data.task == "preference" else "labels" if labelling else "generation"
+        task = cls(kind)
+        task.prompts = [r["prompt"] for r in rows]
+        task.requests = [last_user(p) for p in task.prompts]
+        task.references = references
+        if kind == "preference":
+            task.pairs = data.records
+        task.max_new_tokens = opts.max_new_tokens or _answer_budget(references, config)
+        return task
+
+
+def is_labelling(data_task: str, references: list[str], train_answers: list[str] | None = None) -> bool:
+    """Answers are labels when the data says so (text+label rows), or when they are short and
+    come from a small set that the training answers repeat (a chat file of intents or
+    categories): then accuracy, macro-F1 and a confusion matrix say more than ROUGE."""
+    if data_task == "classify":
+        return True
+    if not references or any(len(r.split()) > 4 for r in references):
+        return False
+    answers = train_answers or references
+    vocabulary = set(answers)
+    repeated = len(vocabulary) <= max(2, len(answers) // 3)
+    return repeated and sum(r in vocabulary for r in references) >= 0.9 * len(references)
+
+
+def _training_answers(config: RunConfig) -> list[str] | None:
+    """The last assistant answers of the training file (None when it cannot be read)."""
+    from tunesmith.data.formats import load_data
+    from tunesmith.train.rl import load_prompts
+
+    try:
+        return [r["answer"] for r in load_prompts(load_data(config.data.train, columns=config.data.columns), config)]
+    except (DataError, OSError, TypeError):
+        return None
+
+
+def last_user(messages: list[dict]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def _answer_budget(references: list[str], config: RunConfig) -> int:
+    """New tokens per answer: 1.5 x the longest reference answer, 16 to 512."""
+    from tunesmith.models import load_tokenizer
+
+    tokenizer = load_tokenizer(config.model.name)
+    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
+    return max(16, min(512, math.ceil(1.5 * longest) + 2))
+
+
+# --------------------------------------------------------------------------- one model
+
+
+def measure(side: str, run: Path, top: RunConfig, config: RunConfig, task: Task, opts: EvalConfig, progress) -> dict:
+    """Everything measured on one model (`side` is "base" or "tuned"): its answers and task
+    metrics, and its forgetting and bias figures."""
+    from tunesmith.evaluate import metrics as M
+    from tunesmith.serve.engine import generate
+
+    out: dict = {"metrics": {}}
+    model = _load(side, run, top, task)
+    step = _stepper(progress, side)
+    if task.kind == "labels" and task.classifier:
+        answer_fn = _label_fn(side, model, task, opts, step)
+        out["answers"] = answer_fn(task.texts, f"{side}: labelling the test set")
+        out["labelling"] = M.labelling(out["answers"], task.references, labels=task.labels or None)
+        out["metrics"] = {k: out["labelling"][k] for k in ("accuracy", "macro_f1")}
+    elif task.kind in ("labels", "generation", "preference"):
+        answers = generate(model, task.prompts, task.max_new_tokens, batch_size=opts.batch_size,
+                           on_batch=step(f"{side}: answering the test set", len(task.prompts)))
+        out["answers"] = answers
+        if task.kind == "labels":
+            out["labelling"] = M.labelling(answers, task.references)
+            out["metrics"] = {k: out["labelling"][k] for k in ("accuracy", "macro_f1")}
+        else:
+            out["metrics"] = {
+                "exact_match": M.exact_match(answers, task.references),
+                "token_f1": M.token_f1(answers, task.references),
+                "rouge_l": M.rouge_l(answers, task.references),
+                "bleu": M.bleu(answers, task.references),
+                "semantic_similarity": M.semantic_similarity(answers, task.references),
+            }
+        items = answer_items(model, task.prompts, task.references)
+        out["metrics"]["perplexity"] = perplexity(
+            model.model, model.tokenizer, items, opts.batch_size, step(f"{side}: perplexity of the references", len(items)))
+        if task.kind == "preference":
+            out["metrics"]["preference_accuracy"] = likelihood_preference(model, task.pairs, opts.batch_size, step, side)
+    elif task.kind == "text":
+        items = text_items(model.tokenizer, task.texts)
+        out["metrics"]["perplexity"] = perplexity(
+            model.model, model.tokenizer, items, opts.batch_size, step(f"{side}: perplexity of the test text", len(items)))
+    elif task.kind == "reward":
+        if side == "tuned":
+            on = step("tuned: scoring the pairs", 2 * len(task.pairs))
+            chosen = model.score([p["prompt"] + p["chosen"] for p in task.pairs], on_batch=on)
+            rejected = model.score([p["prompt"] + p["rejected"] for p in task.pairs], on_batch=on)
+            out["metrics"]["pairwise_accuracy"] = sum(c > r for c, r in zip(chosen, rejected)) / len(task.pairs)
+        else:
+            out["metrics"]["pairwise_accuracy"] = likelihood_preference(model, task.pairs, opts.batch_size, step, side)
+
+    if opts.bias and not task.no_bias:
+        out["bias"] = _bias(side, model, task, opts, step)
+    if opts.forgetting and not task.classifier and task.kind != "reward":
+        out["forgetting"] = _forgetting_side(side, model, opts, step)
+    del model
+    return out
+
+
+def _load(side: str, run: Path, top: RunConfig, task: Task):
+    from tunesmith.serve.engine import load_for_inference
+
+    if task.classifier and side == "tuned":
+        from tunesmith.train.classify import load_classifier
+
+        return load_classifier(run)
+    if task.kind == "reward" and side == "tuned":
+        from tunesmith.train.reward import load_reward_model
+
+        return load_reward_model(run)
+    if task.classifier or task.kind == "reward":
+        return load_for_inference(top.model.name)  # the base language model itself
+    return load_for_inference(str(run), base=side == "base")
+
+
+def _stepper(progress: Progress | None, side: str):
+    """`step(what, total)` returns an on_batch(n) callback that reports progress on `what`."""
+
+    def step(what: str, total: int):
+        done = 0
+        if progress:
+            progress(what, 0, total)
+
+        def on_batch(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(what, min(done, total), total)
+
+        return on_batch
+
+    return step
+
+
+def _label_fn(side: str, model, task: Task, opts: EvalConfig, step):
+    """A function labelling texts: the classifier itself, or, for its base model (which has
+    no classification head), the base asked to pick one label from the list."""
+    from tunesmith.serve.engine import generate
+    from tunesmith.train.classify import predict
+
+    if side == "tuned":
+        def classify(texts: list[str], what: str = "tuned: labelling") -> list[str]:
+            return [p["label"] for p in predict(model, texts, on_batch=step(what, len(texts)))]
+        return classify
+
+    labels = task.labels
+    system = f"Classify the user's text. Reply with exactly one of these labels and nothing else: {', '.join(labels)}."
+    task.base_note = "the base model has no classification head, so it was asked to reply with one label from the list"
+    longest = max(len(model.tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+
+    def ask(texts: list[str], what: str = "base: labelling") -> list[str]:
+        conversations = [[{"role": "system", "content": system}, {"role": "user", "content": t}] for t in texts]
+        return generate(model, conversations, longest + 4, batch_size=opts.batch_size, on_batch=step(what, len(texts)))
+
+    return ask
+
+
+# --------------------------------------------------------------------------- perplexity
+
+
+def answer_items(loaded, prompts: list[list[dict]], answers: list[str]) -> list[tuple[list[int], int]]:
+    """(token ids, first scored position) of each prompt + reference answer: only the answer's
+    tokens (and the end-of-turn token) are scored, as in training."""
+    from tunesmith.serve.engine import with_system
+    from tunesmith.train.common import chat_tokens
+
+    tokenizer, items = loaded.tokenizer, []
+    for prompt, answer in zip(prompts, answers):
+        prompt = with_system(prompt, loaded.system_prompt)
+        prefix = chat_tokens(prompt, tokenizer, generation_prompt=True)
+        full = chat_tokens(prompt + [{"role": "assistant", "content": answer}], tokenizer)
+        if full[: len(prefix)] == prefix and len(prefix) < MAX_SCORED_LENGTH:
+            items.append((full[:MAX_SCORED_LENGTH], len(prefix)))
+    return items
+
+
+def text_items(tokenizer, texts: list[str]) -> list[tuple[list[int], int]]:
+    """(token ids, 1) of each text: every token but the first is scored."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [(t[:MAX_SCORED_LENGTH], 1) for t in ids if len(t) > 1]
+
+
+def token_nll(model, tokenizer, items: list[tuple[list[int], int]], batch_size: int = 8, on_batch=None) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, scored tokens) of each item."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[tuple[float, int]] = []
+    for begin in range(0, len(items), batch_size):
+        batch = items[begin : begin + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (ids, first) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, first : len(ids)] = torch.tensor(ids[first:])
+            mask[row, : len(ids)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(logits.device)
+        nll = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), reduction="none", ignore_index=-100
+        ).view(len(batch), -1)
+        counts = (shift_labels != -100).sum(dim=1)
+        out.extend((float(n), int(c)) for n, c in zip(nll.sum(dim=1).tolist(), counts.tolist()))
+        if on_batch:
+            on_batch(len(batch))
+    return out
+
+
+def perplexity(model, tokenizer, items, batch_size: int = 8, on_batch=None) -> float:
+    """exp(mean negative log-likelihood per scored token) over all items."""
+    scored = token_nll(model, tokenizer, items, batch_size, on_batch)
+    tokens = sum(c for _, c in scored)
+    return math.exp(sum(n for n, _ in scored) / tokens) if tokens else float("nan")
+
+
+def likelihood_preference(loaded, pairs: list[dict], batch_size: int, step, side: str) -> float:
+    """Share of pairs whose chosen answer the model finds more likely per token than the
+    rejected one: what a language model prefers before any reward model or DPO."""
+    prompts = [p["prompt"] for p in pairs]
+    chosen = answer_items(loaded, prompts, [p["chosen"][-1]["content"] for p in pairs])
+    rejected = answer_items(loaded, prompts, [p["rejected"][-1]["content"] for p in pairs])
+    if len(chosen) != len(pairs) or len(rejected) != len(pairs):
+        # A template that rewrites earlier turns breaks the prefix property; score what fits.
+        n = min(len(chosen), len(rejected))
+        chosen, rejected = chosen[:n], rejected[:n]
+    on = step(f"{side}: likelihood of chosen and rejected answers", len(chosen) + len(rejected))
+    c = token_nll(loaded.model, loaded.tokenizer, chosen, batch_size, on)
+    r = token_nll(loaded.model, loaded.tokenizer, rejected, batch_size, on)
+    wins = sum(cn / max(cc, 1) < rn / max(rc, 1) for (cn, cc), (rn, rc) in zip(c, r))
+    return wins / len(c) if c else 0.0
+
+
+# --------------------------------------------------------------------------- judge, forgetting, bias, value
+
+
+def make_judge(opts: EvalConfig):
+    """The judge `opts` names (a local model or an endpoint), or None."""
+    from tunesmith.data.teacher import make_teacher
+
+    if not (opts.judge or opts.judge_url):
+        return None
+    key = os.environ.get("TUNESMITH_JUDGE_KEY") or os.environ.get("OPENAI_API_KEY")
+    return make_teacher(opts.judge, opts.judge_url, opts.judge_model, key, what="judge")
+
+
+def _judge(judge, task: Task, opts: EvalConfig, base_answers, tuned_answers, progress, skipped: dict) -> dict | None:
+    from tunesmith.evaluate.judge import judge_pairwise
+
+    if judge is None:
+        skipped["judge"] = "no judge configured (--judge MODEL, or --judge-url URL with --judge-model NAME)"
+        return None
+    if not base_answers or task.classifier:
+        skipped["judge"] = "the judge compares written answers, and this model labels rather than writes"
+        return None
+    n = min(opts.judge_prompts, len(task.requests))
+    on = _stepper(progress, "judge")("judge: comparing answers", n)
+    return judge_pairwise(judge, task.requests[:n], base_answers[:n], tuned_answers[:n], opts.judge_rubric,
+                          references=task.references[:n], on_batch=on)
+
+
+def _forgetting_side(side: str, loaded, opts: EvalConfig, step) -> dict:
+    """General-text perplexity and general instruction probes, without the run's system
+    prompt: what the model could do before it was specialised."""
+    from tunesmith.serve.engine import generate
+
+    texts = [json.loads(line)["text"] for line in GENERAL_TEXT.read_text().splitlines()[:GENERAL_TEXT_ROWS]]
+    items = text_items(loaded.tokenizer, texts)
+    ppl = perplexity(loaded.model, loaded.tokenizer, items, opts.batch_size, step(f"{side}: general-text perplexity", len(items)))
+    probes = [json.loads(line) for line in GENERAL_PROBES.read_text().splitlines() if line.strip()]
+    plain = replace(loaded, system_prompt=None)
+    answers = generate(plain, [[{"role": "user", "content": p["prompt"]}] for p in probes], 32,
+                       batch_size=opts.batch_size, on_batch=step(f"{side}: general instruction probes", len(probes)))
+    correct = [probe_correct(a, p["answers"]) for a, p in zip(answers, probes)]
+    return {"general_perplexity": ppl, "probe_accuracy": sum(correct) / len(probes),
+            "probes": [{"prompt": p["prompt"], "answer": a, "correct": c} for p, a, c in zip(probes, answers, correct)]}
+
+
+def probe_correct(answer: str, accepted: list[str]) -> bool:
+    """An accepted answer occurs as a whole word (case-insensitive) in the model's answer."""
+    return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", answer, re.IGNORECASE) for a in accepted)
+
+
+def _forgetting(base: dict | None, tuned: dict | None, opts: EvalConfig, task: Task, skipped: dict) -> dict | None:
+    from tunesmith.evaluate.metrics import relative_change
+
+    if not (base and tuned):
+        skipped["forgetting"] = (
+            "forgetting checks are switched off (eval.forgetting)" if not opts.forgetting
+            else "a classifier or reward model does not generate text, so general text and probes do not apply"
+        )
+        return None
+    ppl_change = relative_change(base["general_perplexity"], tuned["general_perplexity"])
+    probe_change = tuned["probe_accuracy"] - base["probe_accuracy"]
+    findings = []
+    if ppl_change > opts.forgetting_threshold:
+        findings.append(
+            f"general-text perplexity rose {ppl_change:.1%} ({base['general_perplexity']:.2f} -> "
+            f"{tuned['general_perplexity']:.2f}), above the {opts.forgetting_threshold:.0%} threshold."
+        )
+    if -probe_change > opts.forgetting_threshold:
+        findings.append(
+            f"general instruction probes fell from {base['probe_accuracy']:.1%} to {tuned['probe_accuracy']:.1%}, "
+            f"more than the {opts.forgetting_threshold:.0%} threshold."
+        )
+    return {
+        "general_perplexity": {"base": base["general_perplexity"], "tuned": tuned["general_perplexity"], "change": ppl_change},
+        "probes": {"n": len(tuned["probes"]), "base": base["probe_accuracy"], "tuned": tuned["probe_accuracy"],
+                   "change": probe_change},
+        "threshold": opts.forgetting_threshold,
+        "flagged": bool(findings),
+        "findings": findings,
+        "probe_answers": {"base": base["probes"], "tuned": tuned["probes"]},
+    }
+
+
+def _bias(side: str, model, task: Task, opts: EvalConfig, step) -> dict:
+    """Counterfactual pairs from the built-in templates and from the test prompts."""
+    from tunesmith.evaluate.bias import counterfactuals, probe, template_pairs
+    from tunesmith.serve.engine import generate
+
+    pairs = template_pairs() + counterfactuals(task.requests)
+    if task.classifier:
+        label = _label_fn(side, model, task, opts, step)
+        answer = lambda texts: label(texts, f"{side}: bias probes")  # noqa: E731
+    else:
+        budget = min(task.max_new_tokens, BIAS_MAX_NEW_TOKENS)
+
+        def answer(texts: list[str]) -> list[str]:
+            conversations = [[{"role": "user", "content": t}] for t in texts]
+            return generate(model, conversations, budget, batch_size=opts.batch_size,
+                            on_batch=step(f"{side}: bias probes", len(texts)))
+
+    return probe(answer, pairs, threshold=opts.bias_threshold)
+
+
+def _value(tuned: dict, task: Task, opts: EvalConfig, skipped: dict) -> dict | None:
+    """Hours a person saves per week when the model handles the items it gets right."""
+    if not (opts.minutes_per_item and opts.items_per_week):
+        skipped["value"] = "give --minutes-per-item and --items-per-week for an estimate of hours saved"
+        return None
+    metric = "accuracy" if "accuracy" in tuned else "exact_match" if "exact_match" in tuned else None
+    if metric is None:
+        skipped["value"] = f"a {task.kind} run has no accuracy to base the estimate on"
+        return None
+    hours = opts.items_per_week * tuned[metric] * opts.minutes_per_item / 60
+    return {
+        "minutes_per_item": opts.minutes_per_item,
+        "items_per_week": opts.items_per_week,
+        "accuracy": tuned[metric],
+        "accuracy_metric": metric,
+        "hours_saved_per_week": hours,
+        "formula": "items_per_week x accuracy x minutes_per_item / 60 (only the items answered right save time)",
+    }
+
+
+def _overfitting(final: Path) -> dict:
+    from tunesmith.evaluate.metrics import overfitting_alarm
+
+    log = final / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    return overfitting_alarm(rows)
