@@ -151,7 +151,7 @@ def tiny_run_config(model_dir, data_file, **train):
     return RunConfig.model_validate(
         {
             "model": {"name": str(model_dir)},
-            "data": {"train": str(data_file), "validation_split": 0.1},
+            "data": {"train": str(data_file), "validation_split": 0.1, "test_split": 0.0},
             "method": {"lora_r": 8, "lora_alpha": 16},
             "train": values,
         }

@@ -80,6 +80,7 @@ def test_unresolved_lists_auto_fields():
     config = RunConfig()
     assert set(config.unresolved()) == {
         "data.validation_split",
+        "data.test_split",
         "train.learning_rate",
         "train.epochs",
         "train.batch_size",

@@ -54,16 +54,22 @@ def test_smollm2_lora_train_reload_generate_stops_at_eos(tmp_path):
     assert len(new) < 40
 
 
-def test_quickstart_end_to_end(tmp_path, monkeypatch):
+def test_quickstart_end_to_end(tmp_path):
+    """The main job, shortened: train, then the full evaluation on 8 test queries."""
+    import json
+
     import tunesmith.quickstart as qs
 
-    prompts, labels = qs.held_out_queries()
-    monkeypatch.setattr(qs, "held_out_queries", lambda: (prompts[:8], labels[:8]))
-    report = qs.run_quickstart(tmp_path / "qs", max_steps=2)
+    report = qs.run_quickstart(tmp_path / "qs", max_steps=2, max_test_rows=8)
     assert 0.0 <= report["base_accuracy"] <= 1.0 and 0.0 <= report["tuned_accuracy"] <= 1.0
-    assert report["train"]["global_step"] == 2
-    assert (tmp_path / "qs" / "quickstart.json").exists()
-    assert len((tmp_path / "qs" / "eval" / "test_answers_tuned.jsonl").read_text().splitlines()) == 8
+    assert report["train"]["global_step"] == 2 and report["test_rows"] == 8
+    run = tmp_path / "qs"
+    assert (run / "quickstart.json").exists() and (run / "report.html").exists()
+    assert len((run / "eval" / "answers.jsonl").read_text().splitlines()) == 8
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["task"] == "labels" and results["labels"]["columns"][-1] == "(other)"
+    assert results["forgetting"]["probes"]["n"] == 24 and results["bias"]["tuned"]["pairs"] >= 50
+    assert f"{report['tuned_accuracy']:.1%}" in (run / "MODEL_CARD.md").read_text()
 
 
 def test_smollm2_teacher_writes_classification_rows(tmp_path):

@@ -42,6 +42,15 @@ BETA = {
 PAIR_KINDS = ("reward", "preference")
 
 
+def test_split(n: int, has_test_file: bool) -> tuple[float, str]:
+    """(share of the training rows held out as the test set, why)."""
+    if has_test_file:
+        return 0.0, "a test file was given"
+    if n < 200:
+        return 0.0, f"only {n} rows: too few for a test set worth reading; give one with --test FILE"
+    return round(min(0.1, 500 / n), 4), f"10% of {n} rows, at most 500: held out and never trained on, for the before/after report"
+
+
 def resolve(
     config: RunConfig, rows: list[dict], tokenizer, has_validation_file: bool, kind: str = "chat"
 ) -> RunConfig:
@@ -68,6 +77,9 @@ def resolve(
         else:
             frac = min(0.1, 200 / n)
             set_(d, "validation_split", round(frac, 4), f"10% of {n} rows, at most 200: enough for a stable loss")
+
+    if d.test_split == "auto":  # recipes resolve it before splitting; this covers direct callers
+        set_(d, "test_split", *test_split(n, bool(d.test)))
 
     if t.best_metric == "auto":
         metric, why = {

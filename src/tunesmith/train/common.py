@@ -45,18 +45,12 @@ def split_validation(rows: list, fraction: float, seed: int) -> tuple[list, list
 
 def resolve_test_split(config: RunConfig, n: int) -> RunConfig:
     """Fill an "auto" `data.test_split` from the number of training records, with its reason."""
+    from tunesmith.train.auto import test_split
+
     if config.data.test_split != "auto":
         return config
     config = config.model_copy(deep=True)
-    if config.data.test:
-        value, why = 0.0, "a test file was given"
-    elif n < 200:
-        value, why = 0.0, f"only {n} rows: too few for a test set worth reading; give one with --test FILE"
-    else:
-        value = round(min(0.1, 500 / n), 4)
-        why = f"10% of {n} rows, at most 500: held out and never trained on, for the before/after report"
-    config.data.test_split = value
-    config.reasons["data.test_split"] = why
+    config.data.test_split, config.reasons["data.test_split"] = test_split(n, bool(config.data.test))
     return config
 
 
