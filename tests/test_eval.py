@@ -180,3 +180,48 @@ def test_eval_errors_are_one_sentence(evaluated_run, tmp_path, tiny_model_dir):
     small = write_chat_file(tmp_path / "small.jsonl", n=30)
     train(tiny_run_config(tiny_model_dir, small, max_steps=1), tmp_path / "small_run")
     assert_one_sentence_error(invoke("eval", tmp_path / "small_run"), "has no test set", "--test FILE")
+
+
+def test_train_command_ends_with_the_report(tiny_model_dir, tmp_path):
+    data = write_chat_file(tmp_path / "chat.jsonl", n=30)
+    test = write_chat_file(tmp_path / "test.jsonl", n=4, offset=200)
+    run = tmp_path / "run"
+    result = invoke("train", "--data", data, "--model", tiny_model_dir, "--test", test, "--max-steps", 2,
+                    "--minutes-per-item", 3, "--items-per-week", 100, "--output", run)
+    assert result.exit_code == 0, result.output
+    assert "base vs tuned on 4 test rows" in " ".join(result.output.split()) and "value: about" in result.output
+    assert (run / "report.html").exists() and (run / "MODEL_CARD.md").exists()
+    assert json.loads((run / "eval" / "results.json").read_text())["value"]["items_per_week"] == 100
+
+    skipped = tmp_path / "skipped"
+    result = invoke("train", "--data", data, "--model", tiny_model_dir, "--test", test, "--max-steps", 1, "--no-eval",
+                    "--output", skipped)
+    assert result.exit_code == 0, result.output
+    assert not (skipped / "eval").exists() and not (skipped / "report.html").exists()
+
+
+def test_forgetting_is_flagged_beyond_the_threshold():
+    from tunesmith.evaluate.run import Task, _forgetting
+
+    def side(ppl, probes):
+        return {"general_perplexity": ppl, "probe_accuracy": probes, "probes": [{}] * 24}
+
+    opts, skipped = EvalConfig(forgetting_threshold=0.1), {}
+    kept = _forgetting(side(10.0, 0.5), side(10.9, 0.45), opts, Task("generation"), skipped)
+    assert not kept["flagged"] and kept["general_perplexity"]["change"] == pytest.approx(0.09)
+    lost = _forgetting(side(10.0, 0.5), side(11.5, 0.25), opts, Task("generation"), skipped)
+    assert lost["flagged"] and len(lost["findings"]) == 2  # perplexity +15%, probes -25 points
+    assert "rose 15.0%" in lost["findings"][0] and "50.0% to 25.0%" in lost["findings"][1]
+
+
+def test_a_local_judge_model(evaluated_run, tiny_model_dir):
+    """A judge on this machine: the tiny random model's replies are rarely a verdict, and an
+    unreadable verdict counts as a tie, never as a win."""
+    from tunesmith.evaluate.run import evaluate_run
+
+    run, _, _, _ = evaluated_run
+    opts = EvalConfig(judge=str(tiny_model_dir), judge_prompts=3, forgetting=False, bias=False)
+    judge = evaluate_run(run, options=opts)["judge"]
+    assert judge["prompts"] == 3 and judge["judge"] == str(tiny_model_dir)
+    assert judge["wins"] + judge["losses"] + judge["ties"] == 3
+    assert judge["ties"] >= sum(v["base_first"] is None and v["tuned_first"] is None for v in judge["verdicts"])

@@ -36,19 +36,13 @@ def test_importing_the_module_loads_no_heavy_library():
     assert out.stdout.strip() == ""
 
 
-def test_higher_is_better_names_every_report_metric():
-    assert HIGHER_IS_BETTER == {
-        "accuracy": True,
-        "macro_f1": True,
-        "exact_match": True,
-        "token_f1": True,
-        "rouge_l": True,
-        "bleu": True,
-        "semantic_similarity": True,
-        "preference_accuracy": True,
-        "pairwise_accuracy": True,
-        "perplexity": False,
-    }
+def test_higher_is_better_names_every_metric_the_evaluation_writes():
+    from tunesmith.evaluate.run import GENERATION_METRICS
+
+    written = {*GENERATION_METRICS, "accuracy", "macro_f1", "perplexity", "preference_accuracy", "pairwise_accuracy"}
+    assert written <= set(HIGHER_IS_BETTER)
+    assert HIGHER_IS_BETTER["perplexity"] is False  # the only one where lower is better
+    assert all(HIGHER_IS_BETTER[name] for name in written - {"perplexity"})
 
 
 def test_exact_match_unchanged():
@@ -289,8 +283,8 @@ def test_overfitting_flagged():
     assert result["best_step"] == 20
     assert result["message"] == (
         "validation loss rose at 3 evaluations in a row (steps 20-50: 0.80 -> 0.95) while training "
-        "loss fell (0.60 -> 0.40): the model is memorising the training data; the best checkpoint "
-        "(step 20) was kept."
+        "loss fell (0.60 -> 0.40): the model is memorising the training data (validation loss was lowest "
+        "at step 20; the run keeps its best checkpoint by its best_metric)."
     )
     json.dumps(result)
 
@@ -326,8 +320,8 @@ def test_reports_the_first_stretch_and_honours_evaluations():
     assert result["best_step"] == 40  # 0.5 is the lowest
     assert result["message"] == (
         "validation loss rose at 2 evaluations in a row (steps 10-30: 1.00 -> 1.20) while training "
-        "loss fell (0.90 -> 0.70): the model is memorising the training data; the best checkpoint "
-        "(step 40) was kept."
+        "loss fell (0.90 -> 0.70): the model is memorising the training data (validation loss was lowest "
+        "at step 40; the run keeps its best checkpoint by its best_metric)."
     )
 
 

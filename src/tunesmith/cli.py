@@ -4,6 +4,7 @@ renders the result with rich; user errors print one sentence, never a traceback.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
@@ -469,7 +470,7 @@ def train(
     _print_train_summary(summary, run_dir)
     if summary.get("evaluation"):
         _print_evaluation(summary["evaluation"], run_dir)
-    elif not (run_dir / "eval").exists():
+    elif load_config(run_dir / "config.yaml").eval.enabled:
         console.print(f"no test set, so no before/after report: run `tunesmith eval {run_dir} --test FILE`")
 
 
@@ -690,15 +691,12 @@ def _print_evaluation(results: dict, run_dir: Path) -> None:
     if j:
         console.print(f"judge ({j['judge']}): tuned wins {j['wins']}, loses {j['losses']}, ties {j['ties']} "
                       f"of {j['prompts']} ({j['inconsistent']} inconsistent verdicts counted as ties)")
+    f, b = results.get("forgetting"), results.get("bias")
     alarms = [results["overfitting"]["message"]] if results["overfitting"]["flagged"] else []
-    for section in ("forgetting",):
-        if results.get(section) and results[section]["flagged"]:
-            alarms += [f"forgetting: {f}" for f in results[section]["findings"]]
-    if results.get("bias") and results["bias"]["tuned"]["flagged"]:
-        alarms += [f"bias: {f}" for f in results["bias"]["tuned"]["findings"]]
+    alarms += [f"forgetting: {line}" for line in (f["findings"] if f else [])]
+    alarms += [f"bias: {line}" for line in (b["tuned"]["findings"] if b else [])]
     for alarm in alarms:
         console.print(f"[yellow]alarm:[/yellow] {alarm}")
-    f, b = results.get("forgetting"), results.get("bias")
     if f and not f["flagged"]:
         console.print(f"forgetting: none beyond the threshold (general-text perplexity {f['general_perplexity']['change']:+.1%}, "
                       f"probes {f['probes']['base']:.0%} -> {f['probes']['tuned']:.0%})")
@@ -816,15 +814,11 @@ def quickstart_cmd(
         raise typer.Exit(130) from None
     finally:
         bars.stop()
-    table = Table(title="Banking77 intent accuracy", caption=f"{report['test_rows']} held-out queries, exact match")
-    table.add_column("model")
-    table.add_column("accuracy", justify="right")
-    table.add_row(f"{model} (base)", f"{report['base_accuracy']:.1%}")
-    table.add_row(f"{model} + LoRA (tuned)", f"{report['tuned_accuracy']:.1%}")
-    console.print(table)
+    _print_evaluation(json.loads((run_dir / "eval" / "results.json").read_text()), run_dir)
     console.print(
-        f"training {report['train_seconds']:.0f} s, total {report['total_seconds']:.0f} s; "
-        f"report: {run_dir}/report.html, model card: {run_dir}/MODEL_CARD.md; try it: tunesmith chat {run_dir}"
+        f"Banking77 intent accuracy on {report['test_rows']} held-out queries: base {report['base_accuracy']:.1%}, "
+        f"tuned {report['tuned_accuracy']:.1%}. Training {report['train_seconds']:.0f} s, total "
+        f"{report['total_seconds']:.0f} s; try it: tunesmith chat {run_dir}"
     )
 
 

@@ -389,6 +389,9 @@ def _data_section(run: _Run) -> str:
             lines.append(f"- Rows used: {s['train_rows']:,} for training, {s.get('validation_rows') or 0:,} for "
                          "validation" + (f" (held out from `{card.get('path')}`)" if cfg and not cfg.data.validation
                                          else f" (from `{cfg.data.validation}`)" if cfg else "") + ".")
+        if cfg and cfg.data.test_split != "auto" and float(cfg.data.test_split) > 0 and not cfg.data.test:
+            lines.append(f"- Test rows: {cfg.data.test_split:.0%} of the file held out before training (never trained "
+                         "on); the evaluation below uses them.")
         if s.get("truncated_rows"):
             lines.append(f"- Rows cut at the maximum length: {s['truncated_rows']:,}.")
         if summary:

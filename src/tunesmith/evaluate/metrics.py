@@ -269,8 +269,8 @@ def overfitting_alarm(log_rows: list[dict], evaluations: int = 3) -> dict:
             result["flagged"] = True
             result["message"] = (
                 f"{rose} while training loss fell ({_fmt(train_first)} -> {_fmt(train_last)}): "
-                f"the model is memorising the training data; "
-                f"the best checkpoint (step {best_step}) was kept."
+                f"the model is memorising the training data (validation loss was lowest at step {best_step}; "
+                "the run keeps its best checkpoint by its best_metric)."
             )
             return result
         if rising_without_fall is None:

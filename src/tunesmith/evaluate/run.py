@@ -38,6 +38,7 @@ GENERAL_PROBES = SAMPLES / "general_probes.jsonl"
 GENERAL_TEXT_ROWS = 64
 MAX_SCORED_LENGTH = 1024  # tokens of one perplexity example; longer ones are cut
 BIAS_MAX_NEW_TOKENS = 64  # enough to see a changed label, tone or length; keeps the probes cheap
+# Free-text metrics, each a function of the same name in `evaluate.metrics`.
 GENERATION_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "semantic_similarity")
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -276,13 +277,7 @@ def measure(side: str, run: Path, top: RunConfig, config: RunConfig, task: Task,
             out["labelling"] = M.labelling(answers, task.references)
             out["metrics"] = {k: out["labelling"][k] for k in ("accuracy", "macro_f1")}
         else:
-            out["metrics"] = {
-                "exact_match": M.exact_match(answers, task.references),
-                "token_f1": M.token_f1(answers, task.references),
-                "rouge_l": M.rouge_l(answers, task.references),
-                "bleu": M.bleu(answers, task.references),
-                "semantic_similarity": M.semantic_similarity(answers, task.references),
-            }
+            out["metrics"] = {name: getattr(M, name)(answers, task.references) for name in GENERATION_METRICS}
         items = answer_items(model, task.prompts, task.references)
         out["metrics"]["perplexity"] = perplexity(
             model.model, model.tokenizer, items, opts.batch_size, step(f"{side}: perplexity of the references", len(items)))
