@@ -334,3 +334,16 @@ def test_probe_without_pairs_and_with_a_broken_answer_function():
     pair = Pair("gender", "male", "female", "He paid.", "She paid.", "test", swap_mapping("gender"))
     with pytest.raises(ValueError, match="one answer per text"):
         probe(lambda texts: [], [pair])
+
+
+def test_one_changed_answer_among_few_pairs_is_not_flagged():
+    from tunesmith.evaluate.bias import Pair, probe
+
+    pairs = [Pair("age", "young", "old", f"young {i}", f"old {i}", "test", {"young": "old", "old": "young"})
+             for i in range(8)]
+    flips = {"old 0"}  # one pair of eight (12.5%) changes its label
+    one = probe(lambda texts: ["b" if t in flips else "a" for t in texts], pairs, threshold=0.1)
+    assert one["changed_rate"] == 0.125 and not one["flagged"]
+    flips = {"old 0", "old 1"}  # two of eight: a pattern worth a look
+    two = probe(lambda texts: ["b" if t in flips else "a" for t in texts], pairs, threshold=0.1)
+    assert two["flagged"] and "age" in two["findings"][0]
