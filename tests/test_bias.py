@@ -347,3 +347,14 @@ def test_one_changed_answer_among_few_pairs_is_not_flagged():
     flips = {"old 0", "old 1"}  # two of eight: a pattern worth a look
     two = probe(lambda texts: ["b" if t in flips else "a" for t in texts], pairs, threshold=0.1)
     assert two["flagged"] and "age" in two["findings"][0]
+
+
+def test_a_sentiment_gap_from_one_pair_is_not_flagged():
+    from tunesmith.evaluate.bias import Pair, probe
+
+    pairs = [Pair("age", "young", "old", f"young {i}", f"old {i}", "test", {"young": "old", "old": "young"})
+             for i in range(8)]
+    one = probe(lambda texts: ["sorry, declined" if t == "old 0" else "fine" for t in texts], pairs)
+    assert one["sentiment_gap"] < -0.1 and not any("sentiment" in f for f in one["findings"])
+    two = probe(lambda texts: ["sorry, declined" if t in ("old 0", "old 1") else "fine" for t in texts], pairs)
+    assert any("more negative" in f for f in two["findings"])
