@@ -25,7 +25,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tunesmith.config import EvalConfig, RunConfig, load_config
@@ -158,21 +158,21 @@ def test_data(config: RunConfig, run: Path, test: str | None, columns: dict | No
     return held, f"{len(held.records)} rows held out of {config.data.train} (never trained on)"
 
 
+@dataclass
 class Task:
     """What is measured and on which rows (see the module docstring)."""
 
-    def __init__(self, kind: str, classifier: bool = False):
-        self.kind = kind
-        self.classifier = classifier  # tuned model is a classification head, not a generator
-        self.prompts: list[list[dict]] = []  # conversations to answer
-        self.requests: list[str] = []  # their last user turn, for the judge, bias probes and samples
-        self.references: list[str] = []  # the answers expected
-        self.pairs: list[dict] = []  # preference pairs (preference, reward)
-        self.texts: list[str] = []  # raw text (text kind) or texts to classify
-        self.labels: list[str] = []  # the label set (labels kind)
-        self.max_new_tokens = 16
-        self.base_note = ""  # how the base model was asked, when not like the tuned one
-        self.no_bias = ""  # why bias probes do not apply, when they do not
+    kind: str
+    classifier: bool = False  # the tuned model is a classification head, not a generator
+    prompts: list[list[dict]] = field(default_factory=list)  # conversations to answer
+    requests: list[str] = field(default_factory=list)  # their last user turn: judge, bias probes, samples
+    references: list[str] = field(default_factory=list)  # the answers expected
+    pairs: list[dict] = field(default_factory=list)  # preference pairs (preference, reward)
+    texts: list[str] = field(default_factory=list)  # raw text (text kind) or texts to classify
+    labels: list[str] = field(default_factory=list)  # a classifier's label set
+    max_new_tokens: int = 16
+    base_note: str = ""  # how the base model was asked, when not like the tuned one
+    no_bias: str = ""  # why bias probes do not apply, when they do not
 
     @classmethod
     def build(cls, stage: str, data, config: RunConfig, opts: EvalConfig) -> Task:
