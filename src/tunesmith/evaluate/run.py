@@ -71,8 +71,9 @@ def evaluate_run(
     stage = top.method.stages[-1]
     data, source = test_data(top, run, test, columns)
     if opts.max_rows and len(data.records) > opts.max_rows:
-        keep = sorted(random.Random(top.train.seed).sample(range(len(data.records)), opts.max_rows))
-        data = replace(data, records=[data.records[i] for i in keep], rows=[data.rows[i] for i in keep])
+        from tunesmith.train.common import subset
+
+        data = subset(data, sorted(random.Random(top.train.seed).sample(range(len(data.records)), opts.max_rows)))
         source += f" (a seeded sample of {opts.max_rows} rows)"
     (run / "eval").mkdir(exist_ok=True)
     write_jsonl(run / "eval" / "test.jsonl", data.records)
@@ -263,7 +264,7 @@ def measure(side: str, run: Path, top: RunConfig, config: RunConfig, task: Task,
 
     out: dict = {"metrics": {}}
     model = _load(side, run, top, task)
-    step = _stepper(progress, side)
+    step = _stepper(progress)
     if task.kind == "labels" and task.classifier:
         answer_fn = _label_fn(side, model, task, opts, step)
         out["answers"] = answer_fn(task.texts, f"{side}: labelling the test set")
@@ -320,7 +321,7 @@ def _load(side: str, run: Path, top: RunConfig, task: Task):
     return load_for_inference(str(run), base=side == "base")
 
 
-def _stepper(progress: Progress | None, side: str):
+def _stepper(progress: Progress | None):
     """`step(what, total)` returns an on_batch(n) callback that reports progress on `what`."""
 
     def step(what: str, total: int):
@@ -463,7 +464,7 @@ def _judge(judge, task: Task, opts: EvalConfig, base_answers, tuned_answers, pro
         skipped["judge"] = "the judge compares written answers, and this model labels rather than writes"
         return None
     n = min(opts.judge_prompts, len(task.requests))
-    on = _stepper(progress, "judge")("judge: comparing answers", n)
+    on = _stepper(progress)("judge: comparing answers", n)
     return judge_pairwise(judge, task.requests[:n], base_answers[:n], tuned_answers[:n], opts.judge_rubric,
                           references=task.references[:n], on_batch=on)
 

@@ -64,12 +64,17 @@ def _test_rows(n: int, config: RunConfig) -> set[int]:
     return set(order[: max(1, round(n * fraction))])
 
 
+def subset(data, indices: list[int]):
+    """The records of loaded data at `indices`, with their source row numbers."""
+    import dataclasses
+
+    return dataclasses.replace(data, records=[data.records[i] for i in indices], rows=[data.rows[i] for i in indices])
+
+
 def training_data(config: RunConfig):
     """(config with `data.test_split` resolved, the training file's records without the
     held-out test rows). Every recipe reads its training file through this, so no stage
     ever trains on the test rows that `tunesmith eval` scores."""
-    import dataclasses
-
     from tunesmith.data.formats import load_data
 
     data = load_data(config.data.train, columns=config.data.columns)
@@ -77,22 +82,18 @@ def training_data(config: RunConfig):
     held = _test_rows(len(data.records), config)
     if not held:
         return config, data
-    keep = [i for i in range(len(data.records)) if i not in held]
-    return config, dataclasses.replace(data, records=[data.records[i] for i in keep], rows=[data.rows[i] for i in keep])
+    return config, subset(data, [i for i in range(len(data.records)) if i not in held])
 
 
 def held_out_test(config: RunConfig):
     """The held-out test records of the training file (as `training_data` left them out),
     or None when the run holds none out."""
-    import dataclasses
-
     from tunesmith.data.formats import load_data
 
     if config.data.test_split == "auto" or float(config.data.test_split) <= 0 or config.data.test:
         return None
     data = load_data(config.data.train, columns=config.data.columns)
-    held = sorted(_test_rows(len(data.records), config))
-    return dataclasses.replace(data, records=[data.records[i] for i in held], rows=[data.rows[i] for i in held])
+    return subset(data, sorted(_test_rows(len(data.records), config)))
 
 
 def gate_data(config: RunConfig, tokenizer, task: str | None = None):
