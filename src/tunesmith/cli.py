@@ -822,5 +822,158 @@ def quickstart_cmd(
     )
 
 
+# --------------------------------------------------------------------------- the service
+
+keys_app = typer.Typer(help="API keys for `tunesmith serve` (stored hashed; each key belongs to one project).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("TUNESMITH_DATA", Path.home() / ".tunesmith"))
+
+
+DataDirOpt = Annotated[Optional[Path], typer.Option(help="Where the service keeps uploaded files, runs and its SQLite database "
+                                                    "(default: $TUNESMITH_DATA, else ~/.tunesmith).")]
+DatabaseOpt = Annotated[Optional[str], typer.Option(help="SQLAlchemy database URL (e.g. postgresql://...); default SQLite in --data-dir.")]
+
+
+def _sessions(data_dir: Path | None, database_url: str | None):
+    from tunesmith.jobs import store
+
+    data_dir = data_dir or _data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return store.connect(database_url or store.default_database_url(data_dir))
+    except Exception as exc:  # a bad URL or an unreachable server: one sentence, not a traceback
+        raise TunesmithError(f"Cannot open the database {database_url or data_dir}: {type(exc).__name__}; check --database-url.") from None
+
+
+@keys_app.command("create")
+@user_errors
+def keys_create(
+    project: Annotated[str, typer.Option(help="The project the key works in: it sees only this project's files, jobs and models.")],
+    admin: Annotated[bool, typer.Option(help="An admin key sees every project.")] = False,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Create an API key and print it (it is stored hashed and cannot be shown again)."""
+    import re
+
+    from tunesmith.jobs.store import create_key
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", project):
+        raise TunesmithError(f"--project '{project}': use 1-64 letters, digits, '-' or '_'.")
+    secret = create_key(_sessions(data_dir, database_url), project, admin)
+    err.print(f"API key for project [bold]{project}[/bold]{' (admin)' if admin else ''}; store it now, it is not shown again:")
+    console.print(secret)
+
+
+@keys_app.command("list")
+@user_errors
+def keys_list(data_dir: DataDirOpt = None, database_url: DatabaseOpt = None) -> None:
+    """List API keys (their first characters only)."""
+    from sqlalchemy import select
+
+    from tunesmith.jobs.store import Key
+
+    table = Table()
+    for col in ("id", "project", "starts with", "admin", "revoked"):
+        table.add_column(col)
+    with _sessions(data_dir, database_url)() as s:
+        for k in s.scalars(select(Key).order_by(Key.created_at)):
+            table.add_row(k.id, k.project, k.prefix + "...", "yes" if k.admin else "", "yes" if k.revoked else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+@user_errors
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id from `tunesmith keys list`.")],
+                data_dir: DataDirOpt = None, database_url: DatabaseOpt = None) -> None:
+    """Revoke an API key: requests with it are refused from now on."""
+    from tunesmith.jobs.store import Key
+
+    with _sessions(data_dir, database_url).begin() as s:
+        key = s.get(Key, key_id)
+        if key is None:
+            raise TunesmithError(f"No key with id '{key_id}'; see `tunesmith keys list`.")
+        key.revoked = True
+    err.print(f"revoked {key_id}")
+
+
+@app.command("worker")
+@user_errors
+def worker_cmd(
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    name: Annotated[Optional[str], typer.Option(help="Worker name in events; default host-pid.")] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between looks at an empty queue.")] = 1.0,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats while a job runs.")] = 5.0,
+    stale_after: Annotated[float, typer.Option(help="A running job whose worker sent no heartbeat for this long is taken over.")] = 60.0,
+    once: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False,
+) -> None:
+    """Run fine-tuning jobs from the service's queue (any number of workers may share one database)."""
+    _quiet_libraries()
+    from tunesmith.jobs.worker import run_worker
+
+    data_dir = data_dir or _data_dir()
+    _sessions(data_dir, database_url)
+    from tunesmith.jobs.store import default_database_url
+
+    run_worker(database_url or default_database_url(data_dir), data_dir, name, poll, heartbeat, stale_after, once,
+               log=lambda line: err.print(line))
+
+
+@app.command("serve")
+@user_errors
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    workers: Annotated[int, typer.Option(help="Training workers to start beside the server (0: run `tunesmith worker` elsewhere).")] = 1,
+    model: Annotated[Optional[list[str]], typer.Option(help="Offer a local base model as NAME=FOLDER (repeatable).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest data file an upload may be.")] = 512.0,
+    max_adapters: Annotated[int, typer.Option(help="Fine-tuned adapters kept loaded beside their base model.")] = 8,
+) -> None:
+    """Serve the OpenAI-compatible API (files, fine-tuning jobs, models, chat) and train its jobs."""
+    import subprocess
+
+    import uvicorn
+    from sqlalchemy import select
+
+    from tunesmith.jobs.store import Key, default_database_url
+    from tunesmith.models import is_model_dir
+    from tunesmith.serve.app import Settings, create_app
+
+    data_dir = data_dir or _data_dir()
+    extra = {}
+    for spec in model or []:
+        name, _, folder = spec.partition("=")
+        if not name or not folder or any(c in name for c in ":/ "):
+            raise TunesmithError(f"--model {spec}: write NAME=FOLDER, with no ':', '/' or space in NAME.")
+        if not is_model_dir(Path(folder).expanduser()):
+            raise TunesmithError(f"--model {spec}: {folder} is not a Hugging Face model folder (no config.json).")
+        extra[name] = str(Path(folder).expanduser().resolve())
+    sessions = _sessions(data_dir, database_url)
+    with sessions() as s:
+        if s.scalar(select(Key.id).limit(1)) is None:
+            err.print("[yellow]no API keys yet:[/yellow] create one with `tunesmith keys create --project NAME`.")
+    url = database_url or default_database_url(data_dir)
+    settings = Settings(data_dir=data_dir, database_url=url, max_upload_mb=max_upload_mb, models=extra,
+                        max_adapters=max_adapters)
+    procs = [subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "worker", "--data-dir", str(data_dir),
+                               "--database-url", url, "--name", f"worker-{i + 1}-{os.getpid()}"])
+             for i in range(workers)]
+    err.print(f"OpenAI-compatible API at http://{host}:{port}/v1 with {workers} worker(s); data in {data_dir}")
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    finally:
+        for proc in procs:  # SIGTERM: each worker hands its running job back to the queue
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -1,0 +1,151 @@
+"""The HTTP server: `create_app(settings)` builds the FastAPI app that `tunesmith serve` runs.
+
+It speaks OpenAI's API (files, fine-tuning jobs, models, chat and text completions; the
+routers are in `openai_api.py`), so the official `openai` package drives it with only
+`base_url` and `api_key` changed. Every request needs an API key (`tunesmith keys create`);
+a key sees only its own project's files, jobs and models, an admin key sees all.
+Errors are OpenAI's error objects: `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.errors import TunesmithError
+from tunesmith.jobs import store
+
+
+@dataclass
+class Settings:
+    """How the server runs; `tunesmith serve` fills it from its options."""
+
+    data_dir: Path
+    """Where uploaded files, runs and (by default) the database live."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the job database; default SQLite in `data_dir`."""
+    max_upload_mb: float = 512.0
+    """Largest file `POST /v1/files` accepts."""
+    models: dict[str, str] = field(default_factory=dict)
+    """Base models beyond the built-in ones, name -> local folder; clients name models, never paths."""
+    max_adapters: int = 8
+    """Fine-tuned adapters kept loaded next to their base model (least recently used ones are dropped)."""
+    max_batch: int = 16
+    """Most prompts generated together in one batch."""
+
+    @property
+    def url(self) -> str:
+        return self.database_url or store.default_database_url(self.data_dir)
+
+
+class APIError(Exception):
+    """An error the client caused (or a server error), answered as OpenAI's error object."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+
+def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
+    # The same answer whether the id does not exist or belongs to another project.
+    return APIError(404, f"No {kind} with id '{ident}' in this project.", param=param, code=f"{kind.replace(' ', '_')}_not_found")
+
+
+def error_body(message: str, type: str = "invalid_request_error", param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the key's project, and whether it may see every project."""
+
+    project: str
+    admin: bool = False
+
+
+def authenticate(request: Request) -> Caller:
+    header = request.headers.get("authorization", "")
+    secret = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    if not secret:
+        raise APIError(401, "Missing API key: send it as 'Authorization: Bearer <key>' (create one with "
+                       "`tunesmith keys create --project NAME`).", code="missing_api_key", type="authentication_error")
+    key = store.find_key(request.app.state.sessions, secret)
+    if key is None:
+        raise APIError(401, "Incorrect API key provided; check the key or create one with `tunesmith keys create`.",
+                       code="invalid_api_key", type="authentication_error")
+    return Caller(key.project, key.admin)
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The FastAPI app: OpenAI-compatible routes under /v1, with its OpenAPI spec at /openapi.json."""
+    from tunesmith.serve import openai_api
+
+    settings.data_dir = Path(settings.data_dir)
+    (settings.data_dir / "files").mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "runs").mkdir(parents=True, exist_ok=True)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if app.state.engine is not None:
+            app.state.engine.close()
+
+    app = FastAPI(title="tunesmith", version="0.1.0", lifespan=lifespan,
+                  description="Fine-tuning as a service, compatible with OpenAI's files, fine-tuning, models and chat APIs.")
+    app.state.settings = settings
+    app.state.sessions = store.connect(settings.url)
+    app.state.engine = None  # the inference engine loads on the first completion request
+
+    @app.exception_handler(APIError)
+    async def api_error(_request, exc: APIError):
+        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status)
+
+    @app.exception_handler(TunesmithError)
+    async def user_error(_request, exc: TunesmithError):
+        return JSONResponse(error_body(str(exc)), status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request, exc: RequestValidationError):
+        return JSONResponse(error_body(*_validation_message(exc.errors())), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        message = f"Unknown route {request.method} {request.url.path}." if exc.status_code in (404, 405) else str(exc.detail)
+        return JSONResponse(error_body(message, code="unknown_url" if exc.status_code == 404 else None),
+                            status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(_request, exc: Exception):
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)  # the details go to the server log, not the client
+        return JSONResponse(error_body(f"The server hit an internal error ({type(exc).__name__}); its log has the details.",
+                                       type="server_error"), status_code=500)
+
+    for router in openai_api.routers:
+        app.include_router(router, prefix="/v1")
+    return app
+
+
+def _validation_message(errors: list[dict]) -> tuple[str, str, str | None]:
+    """One sentence for the first thing wrong with a request, naming the parameter."""
+    error = errors[0]
+    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "form")]
+    param = ".".join(loc) or None
+    if error.get("type") == "missing":
+        return f"Missing required parameter: '{param}'.", "invalid_request_error", param
+    if error.get("type") in ("json_invalid", "model_attributes_type") or not loc:
+        return "The request body is not valid JSON; send a JSON object.", "invalid_request_error", param
+    return f"Invalid value for '{param}': {error.get('msg', 'invalid')}.", "invalid_request_error", param

@@ -1,0 +1,822 @@
+"""Serve many fine-tuned models from one process: a pool of base models and LoRA adapters.
+
+One base model in memory serves every LoRA adapter trained on it: adapters load on demand
+into an LRU cache and are attached to one `peft.PeftModel` over that base, never merged.
+Full fine-tunes and other adapter types load as separate models in a second LRU.
+
+All torch work happens in one background thread that the `Engine` owns; the asyncio handlers
+of a server await its results. Requests that arrive together and can share a `generate` call
+are batched, including requests for different LoRA adapters of the same base (peft's
+mixed-adapter inference, `adapter_names=[...]`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import json
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunesmith.errors import ConfigError, ModelError
+
+BASE_ROW = "__base__"  # peft's adapter name for "no adapter" in a mixed-adapter batch
+NOT_TEXT_STAGES = {
+    "classify": "a classifier, which labels text",
+    "reward": "a reward model, which scores answers",
+}
+MAX_STOP = 4  # as in the OpenAI API
+
+
+# --------------------------------------------------------------------------- public types
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one model id serves: a base model (`run_dir` None) or a finished tunesmith run."""
+
+    key: str  # the model id, also the cache key: "smollm2-135m" or "ft:base:proj:suffix:abc123"
+    base: str  # a base model name or folder (models.load_model / load_tokenizer), used when run_dir is None
+    run_dir: Path | None = None  # a finished tunesmith run directory; None = serve `base` itself
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to generate: greedy when `temperature` is 0; `n` choices per prompt; a `seed`
+    makes sampling reproducible (such a request runs on its own, never in a batch)."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # up to 4 stop strings; the text is cut before the first one
+    n: int = 1  # choices per prompt
+    seed: int | None = None  # reproducible sampling: such a request runs on its own, after torch.manual_seed(seed)
+
+    def __post_init__(self):
+        # A server hands over JSON lists; a tuple keeps the dataclass hashable for batching.
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1.")
+        if self.temperature < 0:
+            raise ValueError("temperature must not be negative.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be above 0 and at most 1.")
+        if len(self.stop) > MAX_STOP:
+            raise ValueError(f"At most {MAX_STOP} stop strings are allowed.")
+        if self.n < 1:
+            raise ValueError("n must be at least 1.")
+
+
+@dataclass
+class Choice:
+    """One generated answer."""
+
+    text: str
+    finish_reason: str  # "stop" (end-of-turn/eos token or a stop string) or "length" (max_tokens reached)
+    tokens: int  # completion tokens generated for this choice (up to and excluding eos/padding)
+
+
+@dataclass
+class Completion:
+    """The answer to one request: `n` choices and the prompt's length in tokens."""
+
+    choices: list[Choice]
+    prompt_tokens: int
+
+
+@dataclass
+class Chunk:
+    """One streamed piece of text; the last one carries finish_reason and the usage counts."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+# --------------------------------------------------------------------------- internals
+
+
+@dataclass
+class _Plan:
+    """How a target loads, worked out from its files without loading any weights."""
+
+    kind: str  # "base" (a base model), "lora" (a shared adapter on a base), "model" (a separate model)
+    group: str  # the models-LRU key: "base:<base id>" for base and lora, "model:<key>" otherwise
+    key: str
+    base: str | None = None  # the base model name to load (base, lora)
+    adapter_dir: Path | None = None  # lora
+    weights: Path | None = None  # model: a full fine-tune's weights folder
+    run_dir: Path | None = None  # model: a run with another adapter type, for load_for_inference
+    system: str | None = None  # the run's training system prompt
+
+
+@dataclass
+class _BaseEntry:
+    """A base model in memory; once it carries adapters, `peft` wraps it (in place)."""
+
+    model: object
+    tokenizer: object
+    peft: object | None = None
+    adapters: dict[str, str] = field(default_factory=dict)  # target key -> adapter name
+    served_as: set[str] = field(default_factory=set)  # model ids that named this base itself
+
+    @property
+    def runner(self):
+        return self.peft if self.peft is not None else self.model
+
+
+@dataclass
+class _ModelEntry:
+    """A separate model: full weights, or an adapter type that cannot be shared."""
+
+    model: object
+    tokenizer: object
+    system: str | None = None
+
+    @property
+    def runner(self):
+        return self.model
+
+
+@dataclass
+class _AdapterEntry:
+    group: str  # the base it is attached to
+    name: str  # its name inside the PeftModel
+    tokenizer: object
+
+
+@dataclass
+class _Slot:
+    """What one request runs on."""
+
+    entry: _BaseEntry | _ModelEntry
+    tokenizer: object
+    adapter: str | None  # adapter name in entry.peft; None = the model itself (or the bare base)
+    adapter_key: str | None
+    system: str | None
+
+    @property
+    def signature(self) -> tuple:
+        # Rows of one batch share padding and stopping, so their tokenizers must agree on these.
+        tok = self.tokenizer
+        return (tok.eos_token_id, tok.pad_token_id, len(tok))
+
+
+class _Sink:
+    """Carries streamed chunks from the worker thread to the awaiting coroutine."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+
+@dataclass
+class _Request:
+    target: Target
+    prompt: list[dict] | str
+    sampling: Sampling
+    future: concurrent.futures.Future | None = None  # complete()
+    sink: _Sink | None = None  # stream()
+    cancel: threading.Event = field(default_factory=threading.Event)
+    plan: _Plan | None = None
+
+    @property
+    def batchable(self) -> bool:
+        return self.sink is None and self.sampling.seed is None
+
+    @property
+    def batch_key(self) -> tuple:
+        s = self.sampling
+        return (s.max_tokens, s.temperature, s.top_p, s.stop, s.n)
+
+    def start(self) -> bool:
+        """Mark the request as running; False when its caller has given up on it."""
+        if self.future is not None:
+            return self.future.set_running_or_notify_cancel()
+        return not self.cancel.is_set()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.future is not None:
+            if not self.future.done():
+                if self.future.running() or self.future.set_running_or_notify_cancel():
+                    self.future.set_exception(exc)
+        elif self.sink is not None:
+            self.sink.put(exc)
+
+
+_STOP = object()  # queue sentinel: the worker ends
+
+
+class Engine:
+    """A pool of models behind one worker thread. Async callers submit requests with
+    `complete` and `stream`; the worker loads what they name (base models and separate
+    models in an LRU of `max_models`, LoRA adapters in an LRU of `max_adapters`) and batches
+    compatible requests (up to `max_batch` prompts, waiting `batch_wait_s` for company)."""
+
+    def __init__(self, max_adapters: int = 8, max_models: int = 2, max_batch: int = 16, batch_wait_s: float = 0.005):
+        if max_adapters < 1 or max_models < 1 or max_batch < 1:
+            raise ValueError("max_adapters, max_models and max_batch must be at least 1.")
+        self.max_adapters = max_adapters
+        self.max_models = max_models
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self._queue: queue.Queue = queue.Queue()
+        self._models: OrderedDict[str, _BaseEntry | _ModelEntry] = OrderedDict()  # LRU, oldest first
+        self._adapters: OrderedDict[str, _AdapterEntry] = OrderedDict()  # LRU, oldest first
+        self._names = itertools.count()  # adapter names must be identifiers; model ids are not
+        self._lock = threading.Lock()  # guards the caches and counters that stats() reads
+        self._batches = 0
+        self._batched_requests = 0
+        self._closed = False
+        self._device = None
+        self._thread = threading.Thread(target=self._work, name="tunesmith-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public API
+
+    async def complete(self, target: Target, prompt: list[dict] | str, sampling: Sampling) -> Completion:
+        """Generate `sampling.n` answers to `prompt`: a list of chat messages (rendered with
+        the chat template, after the run's system prompt) or a plain string (raw text)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._submit(_Request(target, _check_prompt(prompt), sampling, future=future))
+        return await asyncio.wrap_future(future)
+
+    async def stream(self, target: Target, prompt: list[dict] | str, sampling: Sampling) -> AsyncIterator[Chunk]:
+        """Generate one answer to `prompt` piece by piece. The pieces add up to the text that
+        `complete` would return; the last chunk carries finish_reason and the token counts.
+        Closing the iterator early stops the generation."""
+        if sampling.n != 1:
+            raise ValueError("Streaming returns one choice: n must be 1.")
+        request = _Request(target, _check_prompt(prompt), sampling, sink=_Sink(asyncio.get_running_loop()))
+        self._submit(request)
+        try:
+            while True:
+                item = await request.sink.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            request.cancel.set()  # a client that stops reading stops the generation
+
+    def unload(self, key: str) -> None:
+        """Drop a (deleted) model id from the caches; safe if it is not loaded. It takes
+        effect in the worker before any request submitted after this call. A base model
+        is dropped only when no loaded adapter still uses it."""
+        if not self._closed:
+            self._queue.put(lambda: self._drop(key))
+
+    def stats(self) -> dict:
+        """What is loaded (LRU order, oldest first) and how much batching happened:
+        `batches` counts generate calls, `batched_requests` the requests that shared one."""
+        with self._lock:
+            return {
+                "bases": [g.removeprefix("base:") for g, e in self._models.items() if isinstance(e, _BaseEntry)],
+                "adapters": list(self._adapters),
+                "models": [g.removeprefix("model:") for g, e in self._models.items() if isinstance(e, _ModelEntry)],
+                "batches": self._batches,
+                "batched_requests": self._batched_requests,
+            }
+
+    def close(self) -> None:
+        """Stop the worker thread (after the batch it is running) and free the models;
+        requests still waiting fail with RuntimeError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    # ------------------------------------------------------------------ worker loop
+
+    def _submit(self, request: _Request) -> None:
+        if self._closed:
+            raise RuntimeError("The engine is closed.")
+        self._queue.put(request)
+
+    def _work(self) -> None:
+        pending: deque[_Request] = deque()
+        running = True
+        while running:
+            if not pending:
+                running = self._take(self._queue.get(), pending)
+                wait = self.batch_wait_s  # a fresh request waits briefly for company
+            else:
+                wait = 0.0  # leftovers have waited already; take only what has arrived
+            deadline = time.monotonic() + wait
+            while running and len(pending) < self.max_batch:
+                try:
+                    left = deadline - time.monotonic()
+                    item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                running = self._take(item, pending)
+            if running and pending:
+                self._step(pending)
+        closed = RuntimeError("The engine is closed.")
+        for request in pending:
+            request.fail(closed)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Request):
+                item.fail(closed)
+        with self._lock:
+            self._models.clear()
+            self._adapters.clear()
+        self._free_memory()
+
+    def _take(self, item, pending: deque) -> bool:
+        """Handle one queue item; False when it is the stop sentinel."""
+        if item is _STOP:
+            return False
+        if isinstance(item, _Request):
+            pending.append(item)
+        else:
+            try:
+                item()  # a control action (unload) runs between batches, in order
+            except Exception:  # noqa: BLE001 - an unload of something odd must not end the worker
+                pass
+        return True
+
+    def _step(self, pending: deque) -> None:
+        """Run the oldest pending request, with every later one that can share its batch."""
+        head = pending.popleft()
+        if not head.start():
+            return
+        try:
+            slot = self._acquire(self._plan_of(head), pinned=set())
+        except Exception as exc:  # noqa: BLE001 - the caller gets the error, the worker goes on
+            head.fail(exc)
+            return
+        batch = [(head, slot)]
+        if head.batchable:
+            batch += self._companions(head, slot, pending)
+        try:
+            if head.sink is not None:
+                self._stream_one(head, slot)
+            else:
+                self._generate(batch)
+        except Exception as exc:  # noqa: BLE001
+            for request, _ in batch:
+                request.fail(exc)
+
+    def _companions(self, head: _Request, slot: _Slot, pending: deque) -> list[tuple[_Request, _Slot]]:
+        """Later requests that can join the head's batch: same model (or PeftModel), same
+        sampling settings, compatible tokenizer. Taken out of `pending` in arrival order."""
+        group = head.plan.group
+        pinned = {slot.adapter_key} - {None}  # adapters this batch uses must not be evicted
+        found = []
+        for request in list(pending):
+            if len(found) + 1 >= self.max_batch:
+                break
+            if not request.batchable or request.batch_key != head.batch_key:
+                continue
+            try:
+                plan = self._plan_of(request)
+            except Exception as exc:  # noqa: BLE001
+                pending.remove(request)
+                request.fail(exc)
+                continue
+            if plan.group != group:
+                continue
+            if plan.kind == "lora" and plan.key not in self._adapters and len(pinned) >= self.max_adapters:
+                continue  # loading it would evict an adapter this batch needs
+            try:
+                other = self._acquire(plan, pinned)
+            except Exception as exc:  # noqa: BLE001
+                pending.remove(request)
+                request.fail(exc)
+                continue
+            if other.signature != slot.signature:
+                continue
+            pending.remove(request)
+            if request.start():
+                found.append((request, other))
+                if other.adapter_key:
+                    pinned.add(other.adapter_key)
+        return found
+
+    # ------------------------------------------------------------------ loading
+
+    def _plan_of(self, request: _Request) -> _Plan:
+        if request.plan is None:
+            request.plan = self._plan(request.target)
+        return request.plan
+
+    def _plan(self, target: Target) -> _Plan:
+        """Read what a target needs from its run folder, without loading weights."""
+        from tunesmith.serve.engine import final_stage_dir, is_run_dir
+        from tunesmith.train.common import ADAPTER_DIR, MODEL_DIR
+
+        if target.run_dir is None:
+            base_id = _base_id(target.base)
+            return _Plan("base", f"base:{base_id}", target.key, base=target.base)
+        run_dir = Path(target.run_dir).expanduser()
+        if not is_run_dir(run_dir):
+            raise ModelError(f"{run_dir} is not a tunesmith run directory (it has no config.yaml).")
+        try:
+            from tunesmith.config import load_config
+
+            stage_dir = final_stage_dir(run_dir)
+            config = load_config(stage_dir / "config.yaml")
+        except ConfigError as exc:
+            raise ModelError(str(exc)) from exc
+        last = config.method.stages[-1]
+        if last in NOT_TEXT_STAGES:
+            raise ModelError(f"{target.key} is {NOT_TEXT_STAGES[last]} rather than writing it, so it cannot serve completions.")
+        system = config.data.system_prompt
+        if (stage_dir / MODEL_DIR).is_dir():
+            return _Plan("model", f"model:{target.key}", target.key, weights=stage_dir / MODEL_DIR, system=system)
+        adapter_dir = stage_dir / ADAPTER_DIR
+        if _is_lora(adapter_dir):
+            base_id = _base_id(config.model.name)
+            return _Plan("lora", f"base:{base_id}", target.key, base=config.model.name, adapter_dir=adapter_dir, system=system)
+        # Prompt/prefix tuning, LoHa, LoKr, IA3 (or no weights: load_for_inference says so).
+        return _Plan("model", f"model:{target.key}", target.key, run_dir=run_dir, system=system)
+
+    def _acquire(self, plan: _Plan, pinned: set[str]) -> _Slot:
+        """Load (or find in the caches) what `plan` names; never evicts a `pinned` adapter."""
+        if plan.kind == "model":
+            entry = self._models.get(plan.group)
+            if entry is None:
+                entry = self._load_model(plan)
+                self._insert_model(plan.group, entry)
+            self._touch_model(plan.group)
+            return _Slot(entry, entry.tokenizer, None, None, entry.system)
+        base = self._models.get(plan.group)
+        if base is None:
+            base = _BaseEntry(*self._load_base(plan.base))
+            self._insert_model(plan.group, base)
+        self._touch_model(plan.group)
+        if plan.kind == "base":
+            base.served_as.add(plan.key)
+            return _Slot(base, base.tokenizer, None, None, None)
+        adapter = self._adapters.get(plan.key)
+        if adapter is not None and adapter.group != plan.group:  # the run now names another base
+            self._drop_adapter(plan.key)
+            adapter = None
+        if adapter is None:
+            adapter = self._load_adapter(plan, base, pinned)
+        with self._lock:
+            self._adapters.move_to_end(plan.key)
+        return _Slot(base, adapter.tokenizer, adapter.name, plan.key, plan.system)
+
+    def _load_base(self, name: str) -> tuple[object, object]:
+        from tunesmith.models import load_model, load_tokenizer
+
+        model = load_model(name)
+        model.eval()
+        return model.to(self._torch_device()), load_tokenizer(name)
+
+    def _load_model(self, plan: _Plan) -> _ModelEntry:
+        if plan.weights is not None:
+            model, tokenizer = self._load_base(str(plan.weights))
+            return _ModelEntry(model, tokenizer, plan.system)
+        from tunesmith.serve.engine import load_for_inference
+
+        loaded = load_for_inference(str(plan.run_dir))
+        return _ModelEntry(loaded.model.to(self._torch_device()), loaded.tokenizer, loaded.system_prompt)
+
+    def _load_adapter(self, plan: _Plan, base: _BaseEntry, pinned: set[str]) -> _AdapterEntry:
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        while len(self._adapters) >= self.max_adapters:
+            victim = next((k for k in self._adapters if k not in pinned), None)
+            if victim is None:
+                break  # the caller keeps a batch within max_adapters; this is only a guard
+            self._drop_adapter(victim)
+        name = f"adapter_{next(self._names)}"
+        if base.peft is None:
+            # Wraps the base in place: from now on the bare base runs with adapters disabled.
+            base.peft = PeftModel.from_pretrained(base.model, str(plan.adapter_dir), adapter_name=name)
+            base.peft.eval()
+        else:
+            base.peft.load_adapter(str(plan.adapter_dir), adapter_name=name)
+        # The adapter folder holds the training tokenizer (with its chat template).
+        tokenizer = AutoTokenizer.from_pretrained(plan.adapter_dir)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        entry = _AdapterEntry(plan.group, name, tokenizer)
+        with self._lock:
+            base.adapters[plan.key] = name
+            self._adapters[plan.key] = entry
+        return entry
+
+    def _insert_model(self, group: str, entry) -> None:
+        while len(self._models) >= self.max_models:
+            self._drop_group(next(iter(self._models)))
+        with self._lock:
+            self._models[group] = entry
+
+    def _touch_model(self, group: str) -> None:
+        with self._lock:
+            self._models.move_to_end(group)
+
+    def _drop_group(self, group: str) -> None:
+        """Evict a model; a base takes its adapters with it."""
+        entry = self._models.get(group)
+        if isinstance(entry, _BaseEntry):
+            with self._lock:
+                for key in entry.adapters:
+                    self._adapters.pop(key, None)
+                entry.adapters.clear()
+        with self._lock:
+            self._models.pop(group, None)
+        self._free_memory()
+
+    def _drop_adapter(self, key: str) -> None:
+        adapter = self._adapters.get(key)
+        if adapter is None:
+            return
+        base = self._models.get(adapter.group)
+        with self._lock:
+            self._adapters.pop(key, None)
+            if isinstance(base, _BaseEntry):
+                base.adapters.pop(key, None)
+        if isinstance(base, _BaseEntry) and base.peft is not None:
+            if base.adapters:
+                base.peft.delete_adapter(adapter.name)
+            else:  # the last adapter: take the LoRA layers out and serve the bare base again
+                base.model = base.peft.unload()
+                base.peft = None
+        self._free_memory()
+
+    def _drop(self, key: str) -> None:
+        """unload(key), in the worker thread."""
+        self._drop_adapter(key)
+        if f"model:{key}" in self._models:
+            self._drop_group(f"model:{key}")
+        for group, entry in list(self._models.items()):
+            if isinstance(entry, _BaseEntry) and key in entry.served_as:
+                entry.served_as.discard(key)
+                if not entry.served_as and not entry.adapters:  # nothing else stands on it
+                    self._drop_group(group)
+
+    def _torch_device(self):
+        if self._device is None:
+            import torch
+
+            self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return self._device
+
+    def _free_memory(self) -> None:
+        import gc
+
+        gc.collect()
+        if self._device is not None and self._device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ generation
+
+    def _generate(self, batch: list[tuple[_Request, _Slot]]) -> None:
+        """One batch of complete() requests: all rows share a model and sampling settings."""
+        sampling = batch[0][0].sampling
+        n = sampling.n
+        prompts = [_encode(slot.tokenizer, request.prompt, slot.system) for request, slot in batch]
+        rows = [ids for ids in prompts for _ in range(n)]  # n choices = the prompt repeated n times
+        names = [slot.adapter or BASE_ROW for _, slot in batch for _ in range(n)]
+        owners = [i for i in range(len(batch)) for _ in range(n)]
+        entry, tokenizer = batch[0][1].entry, batch[0][1].tokenizer
+        if sampling.seed is not None:
+            import torch
+
+            torch.manual_seed(sampling.seed)
+        outputs = self._run_rows(entry, tokenizer, sampling, rows, names, owners)
+        for i, (request, slot) in enumerate(batch):
+            choices = [_choice(outputs[i * n + j], slot.tokenizer, sampling) for j in range(n)]
+            future = request.future
+            if not future.done():
+                future.set_result(Completion(choices, len(prompts[i])))
+
+    def _run_rows(self, entry, tokenizer, sampling, rows, names, owners, **extra) -> list[list[int]]:
+        """Generate for every row; returns each row's new tokens. Rows for different adapters
+        of one base run in one mixed-adapter call when peft allows it, else one call per adapter."""
+        peft = getattr(entry, "peft", None)
+        distinct = list(dict.fromkeys(names))
+        if peft is None or len(distinct) == 1:
+            return self._call(entry, peft, distinct[0], tokenizer, sampling, rows, owners, **extra)
+        try:
+            return self._call(entry, peft, names, tokenizer, sampling, rows, owners, **extra)
+        except (ValueError, TypeError, NotImplementedError):
+            # peft refuses to mix some adapters (DoRA, for one): run each adapter's rows apart.
+            out: list = [None] * len(rows)
+            for name in distinct:
+                idx = [i for i, row_name in enumerate(names) if row_name == name]
+                part = self._call(entry, peft, name, tokenizer, sampling, [rows[i] for i in idx], [owners[i] for i in idx], **extra)
+                for i, tokens in zip(idx, part):
+                    out[i] = tokens
+            return out
+
+    def _call(self, entry, peft, adapter, tokenizer, sampling, rows, owners, **extra) -> list[list[int]]:
+        """One generate call. `adapter`: a list of per-row names (mixed batch), one name, or
+        `BASE_ROW` (the base with its adapters disabled); ignored for a model without adapters."""
+        import contextlib
+
+        import torch
+
+        input_ids, attention_mask = _left_pad(rows, tokenizer.pad_token_id, self._torch_device())
+        kwargs = _generate_kwargs(sampling, tokenizer) | extra
+        context = contextlib.nullcontext()
+        if peft is not None:
+            if isinstance(adapter, list):
+                kwargs["adapter_names"] = adapter
+            elif adapter == BASE_ROW:
+                context = peft.disable_adapter()
+            else:
+                peft.set_adapter(adapter, inference_mode=True)
+        with torch.inference_mode(), context:
+            out = entry.runner.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        with self._lock:
+            self._batches += 1
+            requests = len(set(owners))
+            if requests > 1:
+                self._batched_requests += requests
+        return out[:, input_ids.shape[1] :].tolist()
+
+    def _stream_one(self, request: _Request, slot: _Slot) -> None:
+        """A streamed request, alone: a streamer pushes text pieces to the caller as they form."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        sampling, tokenizer = request.sampling, slot.tokenizer
+        prompt = _encode(tokenizer, request.prompt, slot.system)
+        streamer = _TextStreamer(tokenizer, sampling.stop, lambda text: request.sink.put(Chunk(text)))
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                import torch
+
+                return torch.full((input_ids.shape[0],), request.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        if sampling.seed is not None:
+            import torch
+
+            torch.manual_seed(sampling.seed)
+        names = [slot.adapter or BASE_ROW]
+        (tokens,) = self._run_rows(
+            slot.entry, tokenizer, sampling, [prompt], names, [0],
+            streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
+        )  # fmt: skip
+        if request.cancel.is_set():
+            return
+        choice = _choice(tokens, tokenizer, sampling)
+        # The final text decides; the streamer only ever sent a prefix of it.
+        rest = choice.text[len(streamer.sent) :] if choice.text.startswith(streamer.sent) else ""
+        request.sink.put(Chunk(rest, choice.finish_reason, len(prompt), choice.tokens))
+
+
+class _TextStreamer:
+    """A transformers streamer that decodes the tokens so far and hands on only text that can
+    no longer change: nothing past a stop string, a tail as long as the longest stop string
+    held back, and no trailing whitespace or half-decoded character (which the next token may
+    still change)."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], emit: Callable[[str], None]):
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.hold = max((len(s) for s in stop), default=0)
+        self.emit = emit
+        self.ids: list[int] = []
+        self.sent = ""
+        self.prompt_seen = False
+        self.stopped = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first hands over the prompt
+            self.prompt_seen = True
+            return
+        if self.stopped:
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        cut = _first_stop(text, self.stop)
+        if cut is not None:
+            safe, self.stopped = cut, True
+        else:
+            safe = len(text) - self.hold
+        while safe > len(self.sent) and (text[safe - 1].isspace() or text[safe - 1] == "\ufffd"):
+            safe -= 1
+        if safe > len(self.sent) and text.startswith(self.sent):
+            piece, self.sent = text[len(self.sent) : safe], text[:safe]
+            self.emit(piece)
+
+    def end(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_prompt(prompt) -> list[dict] | str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt) and prompt:
+        return prompt
+    raise ValueError("prompt must be a string or a non-empty list of chat messages with a 'role'.")
+
+
+def _base_id(name: str) -> str:
+    """One identity per base model, however it is named: a built-in name and its cache
+    folder, or two spellings of one path, share a single copy in memory."""
+    from tunesmith.models import resolve_model
+
+    source = resolve_model(name)
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.is_dir() else source
+
+
+def _is_lora(adapter_dir: Path) -> bool:
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("peft_type") == "LORA"
+
+
+def _encode(tokenizer, prompt: list[dict] | str, system: str | None) -> list[int]:
+    """Prompt token ids: chat messages through the chat template (after the run's system
+    prompt), or a raw string as is (with the tokenizer's own special tokens, e.g. a BOS)."""
+    from tunesmith.serve.engine import with_system
+
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt)["input_ids"]
+    else:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError("This model has no chat template, so it takes a plain text prompt rather than chat messages.")
+        text = tokenizer.apply_chat_template(with_system(prompt, system), tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:  # generate needs at least one token to continue from
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = [start]
+    return list(ids)
+
+
+def _left_pad(rows: list[list[int]], pad_id: int | None, device):
+    # Left padding: a decoder-only model continues each row from its right edge.
+    import torch
+
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id if pad_id is not None else 0, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _generate_kwargs(sampling: Sampling, tokenizer) -> dict:
+    kwargs = {
+        "max_new_tokens": sampling.max_tokens,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if sampling.temperature > 0:
+        kwargs |= {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+    else:
+        kwargs["do_sample"] = False
+    if sampling.stop:
+        kwargs |= {"stop_strings": list(sampling.stop), "tokenizer": tokenizer}
+    return kwargs
+
+
+def _first_stop(text: str, stop: tuple[str, ...]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _choice(tokens: list[int], tokenizer, sampling: Sampling) -> Choice:
+    """Text, finish reason and token count of one generated row (which a batch may have
+    padded after it finished)."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos in tokens:
+        end = tokens.index(eos)
+        text = tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        cut = _first_stop(text, sampling.stop)
+        return Choice(text if cut is None else text[:cut], "stop", end)
+    core = list(tokens)
+    while core and core[-1] == pad:  # a row stopped by a stop string is padded to the batch's length
+        core.pop()
+    text = tokenizer.decode(core, skip_special_tokens=True)
+    cut = _first_stop(text, sampling.stop)
+    if cut is not None:
+        return Choice(text[:cut], "stop", len(core))
+    return Choice(tokenizer.decode(tokens, skip_special_tokens=True), "length", len(tokens))
