@@ -935,6 +935,7 @@ def serve_cmd(
     model: Annotated[Optional[list[str]], typer.Option(help="Offer a local base model as NAME=FOLDER (repeatable).")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest data file an upload may be.")] = 512.0,
     max_adapters: Annotated[int, typer.Option(help="Fine-tuned adapters kept loaded beside their base model.")] = 8,
+    max_batch: Annotated[int, typer.Option(help="Most concurrent requests generated together in one batch (1: one at a time).")] = 16,
 ) -> None:
     """Serve the OpenAI-compatible API (files, fine-tuning jobs, models, chat) and train its jobs."""
     import subprocess
@@ -961,7 +962,7 @@ def serve_cmd(
             err.print("[yellow]no API keys yet:[/yellow] create one with `tunesmith keys create --project NAME`.")
     url = database_url or default_database_url(data_dir)
     settings = Settings(data_dir=data_dir, database_url=url, max_upload_mb=max_upload_mb, models=extra,
-                        max_adapters=max_adapters)
+                        max_adapters=max_adapters, max_batch=max_batch)
     procs = [subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "worker", "--data-dir", str(data_dir),
                                "--database-url", url, "--name", f"worker-{i + 1}-{os.getpid()}"])
              for i in range(workers)]

@@ -189,14 +189,16 @@ def claim_job(sessions: sessionmaker[Session], worker: str, stale_after_s: float
             )
             if job is None:
                 return None
+            was, previous_worker = job.status, job.worker  # the UPDATE below refreshes `job`
             won = s.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.status == job.status, _same(Job.heartbeat_at, job.heartbeat_at))
+                .where(Job.id == job.id, Job.status == was, _same(Job.heartbeat_at, job.heartbeat_at))
                 .values(status=RUNNING, worker=worker, heartbeat_at=now(), attempts=Job.attempts + 1)
             ).rowcount
             if won:
-                if job.status == RUNNING:
-                    add_event(s, job.id, f"Worker {job.worker} stopped responding; {worker} resumes the job from its last checkpoint.", level="warn")
+                if was == RUNNING:
+                    add_event(s, job.id, f"Worker {previous_worker} stopped responding; {worker} resumes the job "
+                              "from its last checkpoint.", level="warn")
                 s.commit()
                 return s.get(Job, job.id, populate_existing=True)
             s.rollback()  # another worker took it: look again

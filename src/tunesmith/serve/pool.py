@@ -553,6 +553,9 @@ class Engine:
                 base.adapters.pop(key, None)
         if isinstance(base, _BaseEntry) and base.peft is not None:
             if base.adapters:
+                # Activate a remaining adapter first: peft warns when the active one goes (every
+                # call picks its adapter anyway).
+                base.peft.set_adapter(next(iter(base.adapters.values())), inference_mode=True)
                 base.peft.delete_adapter(adapter.name)
             else:  # the last adapter: take the LoRA layers out and serve the bare base again
                 base.model = base.peft.unload()
@@ -610,22 +613,34 @@ class Engine:
 
     def _run_rows(self, entry, tokenizer, sampling, rows, names, owners, **extra) -> list[list[int]]:
         """Generate for every row; returns each row's new tokens. Rows for different adapters
-        of one base run in one mixed-adapter call when peft allows it, else one call per adapter."""
+        of one base (and the base itself) share one mixed-adapter call; adapters peft cannot
+        mix (DoRA) get a call each, as does every adapter when peft refuses a mix."""
         peft = getattr(entry, "peft", None)
         distinct = list(dict.fromkeys(names))
         if peft is None or len(distinct) == 1:
             return self._call(entry, peft, distinct[0], tokenizer, sampling, rows, owners, **extra)
-        try:
-            return self._call(entry, peft, names, tokenizer, sampling, rows, owners, **extra)
-        except (ValueError, TypeError, NotImplementedError):
-            # peft refuses to mix some adapters (DoRA, for one): run each adapter's rows apart.
-            out: list = [None] * len(rows)
-            for name in distinct:
-                idx = [i for i, row_name in enumerate(names) if row_name == name]
-                part = self._call(entry, peft, name, tokenizer, sampling, [rows[i] for i in idx], [owners[i] for i in idx], **extra)
-                for i, tokens in zip(idx, part):
-                    out[i] = tokens
-            return out
+        mixable = [n for n in distinct if _mixable(peft, n)]
+        groups = ([mixable] if mixable else []) + [[n] for n in distinct if n not in mixable]
+        out: list = [None] * len(rows)
+        for group in groups:
+            idx = [i for i, name in enumerate(names) if name in group]
+            part_rows, part_owners = [rows[i] for i in idx], [owners[i] for i in idx]
+            if len(group) == 1:
+                part = self._call(entry, peft, group[0], tokenizer, sampling, part_rows, part_owners, **extra)
+            else:
+                try:
+                    part = self._call(entry, peft, [names[i] for i in idx], tokenizer, sampling, part_rows, part_owners, **extra)
+                except (ValueError, TypeError, NotImplementedError):
+                    # peft refused this mix: run each adapter's rows apart.
+                    part = [None] * len(idx)
+                    for name in group:
+                        sub = [j for j, i in enumerate(idx) if names[i] == name]
+                        tokens = self._call(entry, peft, name, tokenizer, sampling, [part_rows[j] for j in sub], [part_owners[j] for j in sub], **extra)
+                        for j, t in zip(sub, tokens):
+                            part[j] = t
+            for i, tokens in zip(idx, part):
+                out[i] = tokens
+        return out
 
     def _call(self, entry, peft, adapter, tokenizer, sampling, rows, owners, **extra) -> list[list[int]]:
         """One generate call. `adapter`: a list of per-row names (mixed batch), one name, or
@@ -644,8 +659,13 @@ class Engine:
                 context = peft.disable_adapter()
             else:
                 peft.set_adapter(adapter, inference_mode=True)
-        with torch.inference_mode(), context:
-            out = entry.runner.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        try:
+            with torch.inference_mode(), context:
+                out = entry.runner.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        except BaseException:
+            if "adapter_names" in kwargs:
+                _remove_adapter_name_hooks(peft)
+            raise
         with self._lock:
             self._batches += 1
             requests = len(set(owners))
@@ -750,6 +770,25 @@ def _is_lora(adapter_dir: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and config.get("peft_type") == "LORA"
+
+
+def _mixable(peft, name: str) -> bool:
+    """Whether peft can run this adapter in a mixed-adapter batch (it refuses DoRA)."""
+    config = peft.peft_config.get(name)
+    return name == BASE_ROW or not getattr(config, "use_dora", False)
+
+
+def _remove_adapter_name_hooks(peft) -> None:
+    """Take out the per-row adapter hooks that a failed mixed-adapter generate left behind:
+    peft removes them only when generate returns, and stale ones break every later call."""
+    for module in peft.modules():
+        hooks = getattr(module, "_forward_pre_hooks", None)
+        if not hooks:
+            continue
+        for hook_id, hook in list(hooks.items()):
+            if getattr(getattr(hook, "func", None), "__name__", "") == "_adapter_names_pre_forward_hook":
+                del hooks[hook_id]
+                getattr(module, "_forward_pre_hooks_with_kwargs", {}).pop(hook_id, None)
 
 
 def _encode(tokenizer, prompt: list[dict] | str, system: str | None) -> list[int]:
