@@ -212,7 +212,7 @@ def test_projects_are_isolated(service, finished_job):
     assert job.id not in [j.id for j in other.fine_tuning.jobs.list().data]
     assert f.id not in [x.id for x in other.files.list().data]
     assert job.fine_tuned_model not in [m.id for m in other.models.list().data]
-    with pytest.raises(openai.BadRequestError, match="No file"):  # another project's file cannot be trained on
+    with pytest.raises(openai.NotFoundError, match="No file"):  # another project's file cannot be trained on
         other.fine_tuning.jobs.create(model="tiny", training_file=f.id)
     admin = client(service, "admin")
     assert admin.fine_tuning.jobs.retrieve(job.id).id == job.id
@@ -257,6 +257,16 @@ def test_bad_requests_get_openai_errors_naming_the_problem(service, tmp_path):
     assert exc.value.status_code == 413
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         c.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    classifier = tmp_path / "classifier"  # a fine-tuned model that labels text rather than writing it
+    classifier.mkdir()
+    from tunesmith.config import RunConfig, save_config
+
+    save_config(RunConfig.model_validate({"method": {"stages": ["classify"]}}), classifier / "config.yaml")
+    with service["sessions"].begin() as s:
+        s.add(store.Model(id="ft:tiny:acme:cls:00000000", project="acme", base="tiny", job_id="ftjob-x", run_dir=str(classifier)))
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError, match="classifier"):
+            c.chat.completions.create(model="ft:tiny:acme:cls:00000000", messages=[{"role": "user", "content": "hi"}], stream=stream)
     with pytest.raises(openai.BadRequestError, match="'temperature'"):
         c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], temperature=5)
     answer = requests.post(service["url"] + "/chat/completions", data=b"{not json", headers=headers | {"content-type": "application/json"})

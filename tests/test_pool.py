@@ -5,14 +5,13 @@ import json
 
 import pytest
 import torch
+from conftest import banking_rows, tiny_run_config
 
 from tunesmith.config import save_config
 from tunesmith.errors import ModelError
 from tunesmith.serve import engine as engine_mod
 from tunesmith.serve import pool
 from tunesmith.serve.pool import Engine, Sampling, Target
-
-from conftest import banking_rows, tiny_run_config
 
 SYSTEM = "Answer with the intent."
 GREEDY = Sampling(max_tokens=8, temperature=0)
@@ -238,7 +237,7 @@ def test_unload_drops_the_adapter(targets):
         base = await engine.complete(targets["base"], CONVS[0], GREEDY)
         return after, again, base, engine.stats()
 
-    after, again, base, final = serve(go)
+    after, again, _, final = serve(go)
     assert after["adapters"] == ["ft:tiny:b"] and len(after["bases"]) == 1
     assert again.choices[0].text == "card arrival"
     assert final["adapters"] == [] and len(final["bases"]) == 1
@@ -269,3 +268,44 @@ def test_dora_adapter_runs_apart_from_the_mixed_batch(targets, dora, monkeypatch
     assert texts == [r.choices[0].text for r in alone]
     assert texts[0] == "card arrival" and texts[1] == "lost card" and texts[3] == "top up by card"
     assert stats["batches"] == (4 if peft_refuses else 2)  # (a, base, b) mixed + dora; or each alone
+
+
+def test_full_and_ia3_runs_are_separate_models_in_an_lru(tmp_path_factory, tiny_model_dir, targets):
+    root = tmp_path_factory.mktemp("pool_separate")
+    full = Target("ft:tiny:full", str(tiny_model_dir), _train(root, "full", "card arrival", tiny_model_dir, adapter="full"))
+    ia3 = Target("ft:tiny:ia3", str(tiny_model_dir), _train(root, "ia3", "top up", tiny_model_dir, adapter="ia3"))
+
+    async def go(engine):
+        seen, answers = [], []
+        for target in (targets["a"], full, ia3, targets["a"]):
+            answers.append((await engine.complete(target, CONVS[0], GREEDY)).choices[0].text)
+            stats = engine.stats()
+            seen.append((stats["bases"] != [], stats["adapters"], stats["models"]))
+        return answers, seen
+
+    answers, seen = serve(go, max_models=2)
+    assert seen == [
+        (True, ["ft:tiny:a"], []),
+        (True, ["ft:tiny:a"], ["ft:tiny:full"]),
+        (False, [], ["ft:tiny:full", "ft:tiny:ia3"]),  # the base went, and its adapters with it
+        (True, ["ft:tiny:a"], ["ft:tiny:ia3"]),
+    ]
+    assert answers[0] == answers[3] == "card arrival"
+    for answer, target in zip(answers[1:3], (full, ia3)):
+        assert answer.strip() == _merged_reference(target.run_dir, CONVS[0])[0]
+
+
+def test_closing_a_stream_early_and_closing_the_engine(targets):
+    async def go(engine):
+        chunks = engine.stream(targets["base"], "My card", Sampling(max_tokens=200, temperature=1.0, seed=1))
+        first = await anext(chunks)
+        await chunks.aclose()  # the client went away
+        after = await engine.complete(targets["a"], CONVS[0], GREEDY)
+        return first, after
+
+    engine = Engine()
+    first, after = asyncio.run(go(engine))
+    assert first.finish_reason is None and after.choices[0].text == "card arrival"
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(engine.complete(targets["a"], CONVS[0], GREEDY))

@@ -274,6 +274,19 @@ def test_resume_without_checkpoint_is_model_error(tmp_path, tiny_model_dir):
         train_sft(None, run_dir, resume=True)
 
 
+def test_resume_skips_a_checkpoint_cut_short(tmp_path):
+    """A process killed while saving leaves a checkpoint without (or with half of) its
+    trainer_state.json, written last: resuming takes the newest complete one."""
+    from tunesmith.train.common import complete_checkpoints
+
+    for step, state in ((10, '{"global_step": 10}'), (20, '{"global_step": 20}'), (30, '{"global_st'), (40, None)):
+        path = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        path.mkdir(parents=True)
+        if state is not None:
+            (path / "trainer_state.json").write_text(state)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-20"]
+
+
 def test_resume_outside_run_dir_is_model_error(tmp_path):
     with pytest.raises(ModelError, match="config.yaml"):
         train_sft(None, tmp_path, resume=True)

@@ -28,7 +28,18 @@ from transformers import TrainerCallback
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.jobs import store
 from tunesmith.jobs.spec import build_config
-from tunesmith.jobs.store import CANCELLED, FAILED, PAUSED, QUEUED, SUCCEEDED, Checkpoint, File, Job, Model
+from tunesmith.jobs.store import (
+    CANCELLED,
+    FAILED,
+    PAUSED,
+    QUEUED,
+    SUCCEEDED,
+    Checkpoint,
+    File,
+    Job,
+    Model,
+)
+from tunesmith.train.common import complete_checkpoints
 
 
 class Stop(Exception):
@@ -129,7 +140,8 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
             paths = {f.id: f.path for f in s.query(File).filter(File.id.in_([job.training_file, job.validation_file]))}
         config = build_config(job.source, job.method, paths[job.training_file],
                               paths.get(job.validation_file) if job.validation_file else None, job.seed)
-        resume = (run_dir / "config.yaml").exists() and any(run_dir.rglob("checkpoint-*"))
+        resume = (run_dir / "config.yaml").exists() and any(
+            complete_checkpoints(d.parent) for d in run_dir.rglob("checkpoints"))
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint: start clean
         with sessions.begin() as s:

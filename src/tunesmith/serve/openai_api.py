@@ -23,7 +23,7 @@ from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.jobs import store
 from tunesmith.jobs.spec import build_config, check_data_fits, hyperparameters_of, stage_of
 from tunesmith.jobs.store import CANCELLED, FINISHED, PAUSED, QUEUED, RUNNING, VALIDATING, Checkpoint, Event, File, Job, Model
-from tunesmith.serve.app import APIError, Caller, CallerDep, not_found
+from tunesmith.serve.app import APIError, Caller, CallerDep, error_body, not_found
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 
@@ -554,10 +554,10 @@ async def create_chat_completion(request: Request, caller: CallerDep, body: Chat
                         if include_usage:
                             yield _sse(chunk | {"choices": [], "usage": _usage(piece.prompt_tokens, piece.completion_tokens)})
             except TunesmithError as exc:
-                yield _sse({"error": {"message": str(exc), "type": "invalid_request_error", "param": "model", "code": None}})
+                yield _sse(error_body(str(exc), param="model"))
             yield "data: [DONE]\n\n"
 
-        await _load_check(engine, target)
+        _check(engine, target)
         return StreamingResponse(events(), media_type="text/event-stream")
     result = await _complete(engine, target, messages, sampling)
     choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
@@ -573,12 +573,13 @@ async def _complete(engine, target, prompt, sampling):
         raise APIError(400, str(exc), param="model") from None
 
 
-async def _load_check(engine, target) -> None:
-    """Load the model before a stream starts, so a model that cannot serve gets a plain 400
-    rather than an error in the middle of an event stream."""
-    from tunesmith.serve.pool import Sampling
-
-    await _complete(engine, target, "", Sampling(max_tokens=1, temperature=0.0))
+def _check(engine, target) -> None:
+    """Refuse a model that cannot write text before an event stream starts, so the client
+    gets a plain 400 rather than an error in the middle of the stream."""
+    try:
+        engine.check(target)
+    except TunesmithError as exc:
+        raise APIError(400, str(exc), param="model") from None
 
 
 @inference.post("/completions")
@@ -597,15 +598,18 @@ async def create_completion(request: Request, caller: CallerDep, body: Completio
 
         async def events():
             chunk = head | {"object": "text_completion"}
-            async for piece in engine.stream(target, prompts[0], sampling):
-                if piece.text or piece.finish_reason:
-                    yield _sse(chunk | {"choices": [{"index": 0, "text": piece.text, "finish_reason": piece.finish_reason,
-                                                     "logprobs": None}]})
-                if piece.finish_reason and (body.stream_options or {}).get("include_usage"):
-                    yield _sse(chunk | {"choices": [], "usage": _usage(piece.prompt_tokens, piece.completion_tokens)})
+            try:
+                async for piece in engine.stream(target, prompts[0], sampling):
+                    if piece.text or piece.finish_reason:
+                        yield _sse(chunk | {"choices": [{"index": 0, "text": piece.text, "finish_reason": piece.finish_reason,
+                                                         "logprobs": None}]})
+                    if piece.finish_reason and (body.stream_options or {}).get("include_usage"):
+                        yield _sse(chunk | {"choices": [], "usage": _usage(piece.prompt_tokens, piece.completion_tokens)})
+            except TunesmithError as exc:
+                yield _sse(error_body(str(exc), param="model"))
             yield "data: [DONE]\n\n"
 
-        await _load_check(engine, target)
+        _check(engine, target)
         return StreamingResponse(events(), media_type="text/event-stream")
     import asyncio
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import queue
@@ -60,7 +61,8 @@ class Sampling:
 
     def __post_init__(self):
         # A server hands over JSON lists; a tuple keeps the dataclass hashable for batching.
-        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        object.__setattr__(self, "stop", tuple(s for s in stop if s))
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1.")
         if self.temperature < 0:
@@ -210,9 +212,9 @@ class _Request:
 
     def fail(self, exc: BaseException) -> None:
         if self.future is not None:
-            if not self.future.done():
-                if self.future.running() or self.future.set_running_or_notify_cancel():
-                    self.future.set_exception(exc)
+            # A future still pending must be marked running first; a cancelled one is left alone.
+            if not self.future.done() and (self.future.running() or self.future.set_running_or_notify_cancel()):
+                self.future.set_exception(exc)
         elif self.sink is not None:
             self.sink.put(exc)
 
@@ -272,6 +274,12 @@ class Engine:
                     return
         finally:
             request.cancel.set()  # a client that stops reading stops the generation
+
+    def check(self, target: Target) -> None:
+        """Raise ModelError now if `target` cannot write text (a classifier, a reward model, a
+        folder that is not a run), reading its files only: a server calls this before it
+        starts an event stream."""
+        self._plan(target)
 
     def unload(self, key: str) -> None:
         """Drop a (deleted) model id from the caches; safe if it is not loaded. It takes
@@ -349,10 +357,10 @@ class Engine:
         if isinstance(item, _Request):
             pending.append(item)
         else:
-            try:
-                item()  # a control action (unload) runs between batches, in order
-            except Exception:  # noqa: BLE001 - an unload of something odd must not end the worker
-                pass
+            # A control action (unload) runs between batches, in order; an unload of something
+            # odd must not end the worker.
+            with contextlib.suppress(Exception):
+                item()
         return True
 
     def _step(self, pending: deque) -> None:
@@ -366,9 +374,9 @@ class Engine:
             head.fail(exc)
             return
         batch = [(head, slot)]
-        if head.batchable:
-            batch += self._companions(head, slot, pending)
         try:
+            if head.batchable:
+                self._add_companions(batch, pending)
             if head.sink is not None:
                 self._stream_one(head, slot)
             else:
@@ -377,14 +385,14 @@ class Engine:
             for request, _ in batch:
                 request.fail(exc)
 
-    def _companions(self, head: _Request, slot: _Slot, pending: deque) -> list[tuple[_Request, _Slot]]:
-        """Later requests that can join the head's batch: same model (or PeftModel), same
-        sampling settings, compatible tokenizer. Taken out of `pending` in arrival order."""
+    def _add_companions(self, batch: list[tuple[_Request, _Slot]], pending: deque) -> None:
+        """Move later requests that can join the head's batch from `pending` into `batch`, in
+        arrival order: same model (or PeftModel), same sampling settings, compatible tokenizer."""
+        head, slot = batch[0]
         group = head.plan.group
         pinned = {slot.adapter_key} - {None}  # adapters this batch uses must not be evicted
-        found = []
         for request in list(pending):
-            if len(found) + 1 >= self.max_batch:
+            if len(batch) >= self.max_batch:
                 break
             if not request.batchable or request.batch_key != head.batch_key:
                 continue
@@ -404,14 +412,13 @@ class Engine:
                 pending.remove(request)
                 request.fail(exc)
                 continue
-            if other.signature != slot.signature:
-                continue
+            if other.entry is not slot.entry or other.signature != slot.signature:
+                continue  # (a failed adapter load may have restarted the base under us)
             pending.remove(request)
             if request.start():
-                found.append((request, other))
+                batch.append((request, other))
                 if other.adapter_key:
                     pinned.add(other.adapter_key)
-        return found
 
     # ------------------------------------------------------------------ loading
 
@@ -504,12 +511,17 @@ class Engine:
                 break  # the caller keeps a batch within max_adapters; this is only a guard
             self._drop_adapter(victim)
         name = f"adapter_{next(self._names)}"
-        if base.peft is None:
-            # Wraps the base in place: from now on the bare base runs with adapters disabled.
-            base.peft = PeftModel.from_pretrained(base.model, str(plan.adapter_dir), adapter_name=name)
-            base.peft.eval()
-        else:
-            base.peft.load_adapter(str(plan.adapter_dir), adapter_name=name)
+        try:
+            if base.peft is None:
+                # Wraps the base in place: from now on the bare base runs with adapters disabled.
+                base.peft = PeftModel.from_pretrained(base.model, str(plan.adapter_dir), adapter_name=name)
+                base.peft.eval()
+            else:
+                base.peft.load_adapter(str(plan.adapter_dir), adapter_name=name)
+        except Exception:
+            # A half-loaded adapter may sit in the base's layers: start that base afresh.
+            self._drop_group(plan.group)
+            raise
         # The adapter folder holds the training tokenizer (with its chat template).
         tokenizer = AutoTokenizer.from_pretrained(plan.adapter_dir)
         if tokenizer.pad_token is None:
@@ -560,7 +572,8 @@ class Engine:
             else:  # the last adapter: take the LoRA layers out and serve the bare base again
                 base.model = base.peft.unload()
                 base.peft = None
-        self._free_memory()
+        # No gc or cache flush here: adapter tensors are small and freed with their last
+        # reference, and the allocator reuses their memory for the next adapter.
 
     def _drop(self, key: str) -> None:
         """unload(key), in the worker thread."""
@@ -619,8 +632,8 @@ class Engine:
         distinct = list(dict.fromkeys(names))
         if peft is None or len(distinct) == 1:
             return self._call(entry, peft, distinct[0], tokenizer, sampling, rows, owners, **extra)
-        mixable = [n for n in distinct if _mixable(peft, n)]
-        groups = ([mixable] if mixable else []) + [[n] for n in distinct if n not in mixable]
+        mixable = [name for name in distinct if _mixable(peft, name)]
+        groups = ([mixable] if mixable else []) + [[name] for name in distinct if name not in mixable]
         out: list = [None] * len(rows)
         for group in groups:
             idx = [i for i, name in enumerate(names) if name in group]
@@ -645,8 +658,6 @@ class Engine:
     def _call(self, entry, peft, adapter, tokenizer, sampling, rows, owners, **extra) -> list[list[int]]:
         """One generate call. `adapter`: a list of per-row names (mixed batch), one name, or
         `BASE_ROW` (the base with its adapters disabled); ignored for a model without adapters."""
-        import contextlib
-
         import torch
 
         input_ids, attention_mask = _left_pad(rows, tokenizer.pad_token_id, self._torch_device())

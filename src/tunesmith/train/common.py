@@ -7,6 +7,7 @@ Each recipe (sft.py, pretrain.py, classify.py) reads top to bottom and calls the
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -453,10 +454,24 @@ def resume_point(run_dir: Path) -> tuple[RunConfig, str]:
     config = load_config(run_dir / "config.yaml")
     if config.unresolved():
         raise ConfigError(f"{run_dir}/config.yaml still has 'auto' values; it was not written by tunesmith train.")
-    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = complete_checkpoints(run_dir)
     if not checkpoints:
         raise ModelError(f"{run_dir} has no checkpoint yet; start the run again without --resume.")
     return config, str(checkpoints[-1])
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first, that were written to the end: the trainer writes
+    `trainer_state.json` last, so a process killed while saving leaves one without it (or
+    with it cut short), and resuming from that would fail."""
+    complete = []
+    for path in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            complete.append(path)
+        except (OSError, ValueError):
+            continue
+    return sorted(complete, key=lambda p: int(p.name.split("-")[-1]))
 
 
 def start_run(config: RunConfig, run_dir: Path, resume: bool) -> tuple[RunConfig, str | None]:
