@@ -272,3 +272,27 @@ def test_train_two_stages_from_the_cli(tiny_model_dir, tiny_chat_file, tmp_path)
     assert json.loads((run_dir / "pretrain" / "run.json").read_text())["replay_blocks"] > 0
     result = invoke("generate", run_dir, "--prompt", "card lost", "--max-new-tokens", 3)
     assert result.exit_code == 0, result.output
+
+
+def test_keys_create_list_and_revoke(tmp_path):
+    from tunesmith.jobs import store
+
+    result = invoke("keys", "create", "--project", "acme", "--data-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    secret = result.stdout.strip().splitlines()[-1]
+    sessions = store.connect(store.default_database_url(tmp_path))
+    key = store.find_key(sessions, secret)
+    assert key.project == "acme" and not key.admin
+    listed = invoke("keys", "list", "--data-dir", tmp_path)
+    assert key.id in listed.output and secret not in listed.output
+    assert invoke("keys", "revoke", key.id, "--data-dir", tmp_path).exit_code == 0
+    assert store.find_key(sessions, secret) is None
+    assert_one_sentence_error(invoke("keys", "revoke", "key-nope", "--data-dir", tmp_path), "No key with id 'key-nope'")
+    assert_one_sentence_error(invoke("keys", "create", "--project", "a/b", "--data-dir", tmp_path), "--project 'a/b'")
+
+
+def test_serve_refuses_bad_options_in_one_sentence(tmp_path):
+    assert_one_sentence_error(invoke("serve", "--data-dir", tmp_path, "--model", "tiny"), "write NAME=FOLDER")
+    assert_one_sentence_error(invoke("serve", "--data-dir", tmp_path, "--model", f"tiny={tmp_path}"),
+                              "not a Hugging Face model folder")
+    assert_one_sentence_error(invoke("serve", "--database-url", "nosuchdb://x", "--data-dir", tmp_path), "Cannot open the database")

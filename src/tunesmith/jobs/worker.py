@@ -256,9 +256,11 @@ def run_worker(
     data_dir = Path(data_dir)
     sessions = store.connect(database_url)
     worker = name or f"{socket.gethostname()}-{os.getpid()}"
-    flags: dict = {}
+    shutting_down = threading.Event()
+    flags: dict = {}  # the running job's stop flags; a fresh dict per job, so a late heartbeat cannot stop the next one
 
     def shut_down(signum, _frame):
+        shutting_down.set()
         flags["stop"] = "shutdown"
 
     if threading.current_thread() is threading.main_thread():
@@ -266,7 +268,7 @@ def run_worker(
         signal.signal(signal.SIGINT, shut_down)
     log(f"worker {worker} watching {database_url}")
     done = 0
-    while flags.get("stop") != "shutdown":
+    while not shutting_down.is_set():
         job = store.claim_job(sessions, worker, stale_after_s)
         if job is None:
             if once:
@@ -274,10 +276,8 @@ def run_worker(
             time.sleep(poll_s)
             continue
         log(f"job {job.id}: running (attempt {job.attempts})")
-        flags.pop("stop", None)
+        flags = {"stop": "shutdown"} if shutting_down.is_set() else {}
         status = run_job(sessions, job, worker, data_dir, heartbeat_s, flags)
         log(f"job {job.id}: {status}")
-        if flags.get("stop") != "shutdown":
-            flags.pop("stop", None)
         done += 1
     return done
