@@ -345,7 +345,7 @@ def test_pause_resume_and_sigkill_mid_training_then_resume_from_checkpoint(servi
     messages = [e.message for e in reversed(c.fine_tuning.jobs.list_events(job.id, limit=1000).data)]
     assert any("Job paused at its latest checkpoint" in m for m in messages)
     assert any("w-first stopped responding; w-second resumes" in m for m in messages)
-    resumed = [m for m in messages if m.startswith("Training resuming at step")]
+    resumed = [m for m in messages if m.startswith("Training resumed at step")]
     assert len(resumed) == 2 and int(resumed[-1].split()[4]) >= killed_at > 0
     metric_steps = [e.data["step"] for e in c.fine_tuning.jobs.list_events(job.id, limit=1000).data if e.type == "metrics"]
     assert max(metric_steps) == 120
@@ -354,3 +354,14 @@ def test_pause_resume_and_sigkill_mid_training_then_resume_from_checkpoint(servi
     with store.connect(service["db"])() as s:
         assert s.get(Job, job.id).worker == "w-second"
     assert json.loads((service["data_dir"] / "runs" / job.id / "run.json").read_text())["global_step"] == 120
+
+
+def test_evaluation_alarms_become_warning_events():
+    from tunesmith.jobs.worker import _alarms
+
+    evaluation = {"overfitting": {"flagged": True, "message": "Validation loss rose after step 40."},
+                  "forgetting": {"findings": ["general-text perplexity rose 132%"]},
+                  "bias": {"tuned": {"findings": ["ethnicity: 21% of answers changed"]}}}
+    assert _alarms(evaluation) == ["Validation loss rose after step 40.", "Forgetting: general-text perplexity rose 132%",
+                                   "Bias: ethnicity: 21% of answers changed"]
+    assert _alarms({"overfitting": {"flagged": False}, "forgetting": None, "bias": None}) == []

@@ -19,6 +19,7 @@ def db(request, tmp_path):
     sessions = store.connect(url)
     with sessions.begin() as s:  # a shared server database may hold jobs of an earlier test
         s.query(store.Event).delete()
+        s.query(store.Checkpoint).delete()
         s.query(Job).delete()
     return url
 

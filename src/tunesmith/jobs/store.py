@@ -137,6 +137,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the worker's writes
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, fast in WAL mode
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")  # as PostgreSQL does: an event needs its job
     cursor.close()
 
 

@@ -67,8 +67,8 @@ class JobCallback(TrainerCallback):
                     "max_steps": state.max_steps}
         with self.sessions.begin() as s:
             s.get(Job, self.job.id).resolved = resolved
-            start = f"resuming at step {state.global_step}" if state.global_step else "starting"
-            store.add_event(s, self.job.id, f"Training {start} of {state.max_steps} steps "
+            start = f"resumed at step {state.global_step} of" if state.global_step else "started:"
+            store.add_event(s, self.job.id, f"Training {start} {state.max_steps} steps "
                             f"(batch size {t.batch_size}, learning rate {t.learning_rate:g}).", data=resolved)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -169,6 +169,8 @@ def _succeed(sessions, job: Job, worker: str, data_dir: Path, summary: dict) -> 
         evaluation = summary.get("evaluation")
         if evaluation:
             store.add_event(s, job.id, _evaluation_line(evaluation), data={"metrics": evaluation["metrics"]})
+            for alarm in _alarms(evaluation):
+                store.add_event(s, job.id, alarm, level="warn")
         store.add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
         store.add_event(s, job.id, "The job has successfully completed.")
     won = store.finish_job(sessions, job.id, worker, SUCCEEDED, trained_tokens=summary.get("tokens_seen"),
@@ -180,6 +182,14 @@ def _evaluation_line(evaluation: dict) -> str:
     base, tuned = evaluation["metrics"]["base"], evaluation["metrics"]["tuned"]
     parts = [f"{name} {base[name]:.4g} -> {tuned[name]:.4g}" for name in list(base)[:3]]
     return f"Evaluation on {evaluation['test']['rows']} test rows, base -> tuned: " + "; ".join(parts) + "."
+
+
+def _alarms(evaluation: dict) -> list[str]:
+    """The evaluation's warnings: overfitting, forgetting and bias findings."""
+    alarms = [evaluation["overfitting"]["message"]] if evaluation.get("overfitting", {}).get("flagged") else []
+    alarms += [f"Forgetting: {line}" for line in (evaluation.get("forgetting") or {}).get("findings", [])]
+    alarms += [f"Bias: {line}" for line in ((evaluation.get("bias") or {}).get("tuned") or {}).get("findings", [])]
+    return alarms
 
 
 def _result_files(sessions, job: Job, data_dir: Path) -> list[str]:

@@ -279,8 +279,11 @@ def create_job(request: Request, caller: CallerDep, body: JobCreate) -> JobPubli
               run_dir=str(request.app.state.settings.data_dir / "runs" / job_id))
     with _sessions(request).begin() as s:
         s.add(job)
+        s.flush()  # the job row first: its events refer to it
         store.add_event(s, job_id, f"Validating training file: {training.id}"
                         + (f" and validation file: {validation.id}" if validation else ""))
+        for warning in (training.info.get("warnings") or [])[:10]:
+            store.add_event(s, job_id, f"Data gate warning: {warning}", level="warn")
         s.flush()
         store.add_event(s, job_id, "Files validated, moving job to queued state.")
         job.status = QUEUED
