@@ -176,6 +176,9 @@ def test_chat_with_the_fine_tuned_model_streamed_and_not(service, finished_job):
     assert len(two.choices) == 2
     text = c.completions.create(model="tiny", prompt="My card", max_tokens=4, temperature=0)
     assert text.object == "text_completion" and text.usage.completion_tokens <= 4
+    streamed = list(c.completions.create(model="tiny", prompt="My card", max_tokens=4, temperature=0, stream=True))
+    assert "".join(ch.choices[0].text for ch in streamed) == text.choices[0].text
+    assert streamed[-1].choices[0].finish_reason == text.choices[0].finish_reason
 
 
 def test_delete_the_fine_tuned_model(service, finished_job, tmp_path):

@@ -71,8 +71,10 @@ def test_a_stalled_job_is_taken_over_and_its_old_worker_learns_it(db):
     taken = store.claim_job(sessions, "rescuer", stale_after_s=60)
     assert taken.id == "ftjob-stall" and taken.worker == "rescuer" and taken.attempts == 2
     assert store.heartbeat(sessions, "ftjob-stall", "dead") is None  # the old worker must stop
-    assert not store.finish_job(sessions, "ftjob-stall", "dead", "succeeded")  # and cannot finish it
-    assert store.finish_job(sessions, "ftjob-stall", "rescuer", "succeeded")
+    with sessions.begin() as s:
+        assert not store.finish_job(s, "ftjob-stall", "dead", "succeeded")  # and cannot finish it
+    with sessions.begin() as s:
+        assert store.finish_job(s, "ftjob-stall", "rescuer", "succeeded")
     with sessions() as s:
         job = s.get(Job, "ftjob-stall")
         events = s.query(store.Event).filter_by(job_id="ftjob-stall").all()

@@ -219,16 +219,16 @@ def heartbeat(sessions: sessionmaker[Session], job_id: str, worker: str) -> Job 
         return s.get(Job, job_id) if done else None
 
 
-def finish_job(sessions: sessionmaker[Session], job_id: str, worker: str, status: str, **values) -> bool:
-    """Move a running job of `worker` to its final (or paused) status; False when the job is
-    no longer this worker's."""
-    with sessions.begin() as s:
-        if status in FINISHED:
-            values["finished_at"] = now()
-        return bool(
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.worker == worker, Job.status == RUNNING)
-                .values(status=status, control=None, heartbeat_at=None, **values)
-            ).rowcount
-        )
+def finish_job(s: Session, job_id: str, worker: str, status: str, **values) -> bool:
+    """Move a running job of `worker` to its final (or paused, or queued) status inside the
+    caller's transaction, so what goes with it (the model, the last events) commits with it;
+    False when the job is no longer this worker's (cancelled, or taken over)."""
+    if status in FINISHED:
+        values["finished_at"] = now()
+    return bool(
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker == worker, Job.status == RUNNING)
+            .values(status=status, control=None, heartbeat_at=None, **values)
+        ).rowcount
+    )

@@ -135,6 +135,7 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
     run_dir = Path(job.run_dir)
     beat = Heartbeat(sessions, job.id, worker, flags, heartbeat_s)
     beat.start()
+    paths: dict[str, str] = {}
     try:
         with sessions.begin() as s:
             paths = {f.id: f.path for f in s.query(File).filter(File.id.in_([job.training_file, job.validation_file]))}
@@ -152,7 +153,10 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
         return _stopped(sessions, job, worker, stop.reason)
     except TunesmithError as exc:
         code = "invalid_training_file" if isinstance(exc, DataError) else "invalid_request"
-        return _fail(sessions, job, worker, {"code": code, "message": str(exc), "param": None})
+        message = str(exc)
+        for file_id, path in paths.items():  # name files by id, never by where the server keeps them
+            message = message.replace(path, file_id)
+        return _fail(sessions, job, worker, {"code": code, "message": message, "param": None})
     except Exception as exc:  # a bug, not the user's fault: the details go to the worker log
         traceback.print_exc()
         message = f"Training failed unexpectedly ({type(exc).__name__}: {exc}); the worker log has the details."
@@ -162,20 +166,25 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
 
 
 def _succeed(sessions, job: Job, worker: str, data_dir: Path, summary: dict) -> str:
-    run_dir = Path(job.run_dir)
     result_files = _result_files(sessions, job, data_dir)
     with sessions.begin() as s:
-        s.merge(Model(id=job.fine_tuned_model, project=job.project, base=job.model, job_id=job.id, run_dir=str(run_dir)))
-        evaluation = summary.get("evaluation")
-        if evaluation:
-            store.add_event(s, job.id, _evaluation_line(evaluation), data={"metrics": evaluation["metrics"]})
-            for alarm in _alarms(evaluation):
-                store.add_event(s, job.id, alarm, level="warn")
-        store.add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
-        store.add_event(s, job.id, "The job has successfully completed.")
-    won = store.finish_job(sessions, job.id, worker, SUCCEEDED, trained_tokens=summary.get("tokens_seen"),
-                           result_files=result_files)
-    return SUCCEEDED if won else _current_status(sessions, job.id)
+        # The status and the model commit together: a client that sees `succeeded` can chat.
+        won = store.finish_job(s, job.id, worker, SUCCEEDED, trained_tokens=summary.get("tokens_seen"),
+                               result_files=result_files)
+        if won:
+            _register(s, job, summary)
+    return SUCCEEDED if won else _current_status(sessions, job.id)  # cancelled meanwhile: no model
+
+
+def _register(s, job: Job, summary: dict) -> None:
+    s.merge(Model(id=job.fine_tuned_model, project=job.project, base=job.model, job_id=job.id, run_dir=job.run_dir))
+    evaluation = summary.get("evaluation")
+    if evaluation:
+        store.add_event(s, job.id, _evaluation_line(evaluation), data={"metrics": evaluation["metrics"]})
+        for alarm in _alarms(evaluation):
+            store.add_event(s, job.id, alarm, level="warn")
+    store.add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
+    store.add_event(s, job.id, "The job has successfully completed.")
 
 
 def _evaluation_line(evaluation: dict) -> str:
@@ -225,24 +234,23 @@ def _result_files(sessions, job: Job, data_dir: Path) -> list[str]:
 
 
 def _stopped(sessions, job: Job, worker: str, reason: str) -> str:
+    if reason not in ("pause", "shutdown"):
+        return _current_status(sessions, job.id)  # cancelled, or another worker took it over
     if reason == "pause":
-        with sessions.begin() as s:
-            store.add_event(s, job.id, "Job paused at its latest checkpoint; resume it to continue.")
-        store.finish_job(sessions, job.id, worker, PAUSED)
-        return PAUSED
-    if reason == "shutdown":  # hand the job back: the next worker resumes it
-        with sessions.begin() as s:
-            store.add_event(s, job.id, f"Worker {worker} is shutting down; the job goes back to the queue.", level="warn")
-        store.finish_job(sessions, job.id, worker, QUEUED)
-        return QUEUED
-    return _current_status(sessions, job.id)  # cancelled, or another worker took it over
+        status, message = PAUSED, "Job paused at its latest checkpoint; resume it to continue."
+    else:  # hand the job back: the next worker resumes it
+        status, message = QUEUED, f"Worker {worker} is shutting down; the job goes back to the queue."
+    with sessions.begin() as s:
+        if won := store.finish_job(s, job.id, worker, status):
+            store.add_event(s, job.id, message, level="info" if reason == "pause" else "warn")
+    return status if won else _current_status(sessions, job.id)
 
 
 def _fail(sessions, job: Job, worker: str, error: dict) -> str:
     with sessions.begin() as s:
-        store.add_event(s, job.id, f"Fine-tuning failed: {error['message']}", level="error")
-    store.finish_job(sessions, job.id, worker, FAILED, error=error)
-    return FAILED
+        if won := store.finish_job(s, job.id, worker, FAILED, error=error):
+            store.add_event(s, job.id, f"Fine-tuning failed: {error['message']}", level="error")
+    return FAILED if won else _current_status(sessions, job.id)
 
 
 def _current_status(sessions, job_id: str) -> str:

@@ -7,6 +7,7 @@ tunesmith's additions are extra fields (`data_card` on files, `tunesmith` on job
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shutil
@@ -543,25 +544,15 @@ async def create_chat_completion(request: Request, caller: CallerDep, body: Chat
     engine, ident, created = _engine(request), f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     head = {"id": ident, "created": created, "model": body.model, "system_fingerprint": None}
     if body.stream:
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        def deltas(piece):
+            if piece.text:
+                yield {"choices": [{"index": 0, "delta": {"content": piece.text}, "finish_reason": None}]}
+            if piece.finish_reason:
+                yield {"choices": [{"index": 0, "delta": {}, "finish_reason": piece.finish_reason}]}
 
-        async def events():
-            chunk = head | {"object": "chat.completion.chunk"}
-            yield _sse(chunk | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-            try:
-                async for piece in engine.stream(target, messages, sampling):
-                    if piece.text:
-                        yield _sse(chunk | {"choices": [{"index": 0, "delta": {"content": piece.text}, "finish_reason": None}]})
-                    if piece.finish_reason:
-                        yield _sse(chunk | {"choices": [{"index": 0, "delta": {}, "finish_reason": piece.finish_reason}]})
-                        if include_usage:
-                            yield _sse(chunk | {"choices": [], "usage": _usage(piece.prompt_tokens, piece.completion_tokens)})
-            except TunesmithError as exc:
-                yield _sse(error_body(str(exc), param="model"))
-            yield "data: [DONE]\n\n"
-
-        _check(engine, target)
-        return StreamingResponse(events(), media_type="text/event-stream")
+        opening = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        return _event_stream(engine, target, messages, sampling, body, head | {"object": "chat.completion.chunk"},
+                             deltas, opening)
     result = await _complete(engine, target, messages, sampling)
     choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
                 "logprobs": None} for i, c in enumerate(result.choices)]
@@ -574,6 +565,29 @@ async def _complete(engine, target, prompt, sampling):
         return await engine.complete(target, prompt, sampling)
     except TunesmithError as exc:
         raise APIError(400, str(exc), param="model") from None
+
+
+def _event_stream(engine, target, prompt, sampling, body: _SamplingFields, chunk: dict, chunks_of, opening=None):
+    """Server-sent events: `opening`, then the chunks `chunks_of(piece)` makes of each
+    generated piece (each merged into `chunk`, which carries id, object and model), a usage
+    chunk when `stream_options.include_usage` asks for one, then `[DONE]`."""
+    _check(engine, target)
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+    async def events():
+        if opening:
+            yield _sse(chunk | opening)
+        try:
+            async for piece in engine.stream(target, prompt, sampling):
+                for part in chunks_of(piece):
+                    yield _sse(chunk | part)
+                if piece.finish_reason and include_usage:
+                    yield _sse(chunk | {"choices": [], "usage": _usage(piece.prompt_tokens, piece.completion_tokens)})
+        except TunesmithError as exc:  # a model that failed to load after the stream began
+            yield _sse(error_body(str(exc), param="model"))
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def _check(engine, target) -> None:
@@ -599,23 +613,11 @@ async def create_completion(request: Request, caller: CallerDep, body: Completio
         if len(prompts) > 1:
             raise APIError(400, "Streaming takes one prompt: send a string, not a list.", param="prompt")
 
-        async def events():
-            chunk = head | {"object": "text_completion"}
-            try:
-                async for piece in engine.stream(target, prompts[0], sampling):
-                    if piece.text or piece.finish_reason:
-                        yield _sse(chunk | {"choices": [{"index": 0, "text": piece.text, "finish_reason": piece.finish_reason,
-                                                         "logprobs": None}]})
-                    if piece.finish_reason and (body.stream_options or {}).get("include_usage"):
-                        yield _sse(chunk | {"choices": [], "usage": _usage(piece.prompt_tokens, piece.completion_tokens)})
-            except TunesmithError as exc:
-                yield _sse(error_body(str(exc), param="model"))
-            yield "data: [DONE]\n\n"
+        def pieces(piece):
+            if piece.text or piece.finish_reason:
+                yield {"choices": [{"index": 0, "text": piece.text, "finish_reason": piece.finish_reason, "logprobs": None}]}
 
-        _check(engine, target)
-        return StreamingResponse(events(), media_type="text/event-stream")
-    import asyncio
-
+        return _event_stream(engine, target, prompts[0], sampling, body, head | {"object": "text_completion"}, pieces)
     results = await asyncio.gather(*(_complete(engine, target, p, sampling) for p in prompts))
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for result in results:
