@@ -368,3 +368,23 @@ def test_evaluation_alarms_become_warning_events():
     assert _alarms(evaluation) == ["Validation loss rose after step 40.", "Forgetting: general-text perplexity rose 132%",
                                    "Bias: ethnicity: 21% of answers changed"]
     assert _alarms({"overfitting": {"flagged": False}, "forgetting": None, "bias": None}) == []
+
+
+def test_sigterm_hands_the_running_job_back_to_the_queue(service, tmp_path):
+    c = client(service)
+    f = upload(c, write_chat_file(tmp_path / "term.jsonl", n=40))
+    hp = {"max_steps": 400, "eval_steps": 5, "n_epochs": 1, **TINY}
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id,
+                                    method={"type": "supervised", "supervised": {"hyperparameters": hp}})
+    worker = start_worker(service, "w-term")
+    try:
+        wait_for(lambda: c.fine_tuning.jobs.checkpoints.list(job.id).data, what="a first checkpoint")
+        worker.terminate()  # SIGTERM, as `tunesmith serve` sends its workers when it stops
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    back = c.fine_tuning.jobs.retrieve(job.id)
+    assert back.status == "queued"
+    assert "w-term is shutting down" in c.fine_tuning.jobs.list_events(job.id, limit=1).data[0].message
+    c.fine_tuning.jobs.cancel(job.id)
