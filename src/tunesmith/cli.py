@@ -931,11 +931,11 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
-    workers: Annotated[int, typer.Option(help="Training workers to start beside the server (0: run `tunesmith worker` elsewhere).")] = 1,
+    workers: Annotated[int, typer.Option(min=0, help="Training workers to start beside the server (0: run `tunesmith worker` elsewhere).")] = 1,
     model: Annotated[Optional[list[str]], typer.Option(help="Offer a local base model as NAME=FOLDER (repeatable).")] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest data file an upload may be.")] = 512.0,
-    max_adapters: Annotated[int, typer.Option(help="Fine-tuned adapters kept loaded beside their base model.")] = 8,
-    max_batch: Annotated[int, typer.Option(help="Most concurrent requests generated together in one batch (1: one at a time).")] = 16,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest data file an upload may be.")] = 512.0,
+    max_adapters: Annotated[int, typer.Option(min=1, help="Fine-tuned adapters kept loaded beside their base model.")] = 8,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most concurrent requests generated together in one batch (1: one at a time).")] = 16,
 ) -> None:
     """Serve the OpenAI-compatible API (files, fine-tuning jobs, models, chat) and train its jobs."""
     import subprocess
