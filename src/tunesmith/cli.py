@@ -822,6 +822,69 @@ def quickstart_cmd(
     )
 
 
+@app.command("tune")
+@user_errors
+def tune_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML run config to tune (as `tunesmith train --config`).")],
+    trials: Annotated[int, typer.Option(min=1, help="Finished trials the study should reach (a resumed study counts its earlier ones).")] = 10,
+    objective: Annotated[str, typer.Option(help="Validation metric to optimise: eval_loss, accuracy, macro_f1 or reward.")] = "eval_loss",
+    output: Annotated[Optional[Path], typer.Option(help="Study directory (one run folder per trial); its name names the study.")] = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Search hyperparameters with Optuna (TPE sampler, median pruning at evaluation steps),
+    then measure the best trial against its base model on the test set. The study is kept in
+    the project database, so running the same command again resumes it."""
+    _quiet_libraries()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tunesmith.config import load_config
+    from tunesmith.jobs.store import default_database_url
+    from tunesmith.train.hpo import run_study
+    from tunesmith.train.stages import has_test_set
+
+    data_dir = data_dir or _data_dir()
+    _sessions(data_dir, database_url)  # creates the project database, or says why it cannot
+    base = load_config(config)
+    out = output or Path("runs") / f"tune-{config.stem}"
+    _convert_builtin_once(base.model.name)
+    progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+                        TimeElapsedColumn(), console=err)
+    with progress:
+        task = progress.add_task("trials", total=trials, note="")
+
+        def on_trial(t) -> None:
+            value = "" if t.value is None else f": {objective} {t.value:.4g}"
+            progress.update(task, advance=1, note=f"trial {t.number} {t.state.name.lower()}{value}")
+
+        summary = run_study(base, out, trials, objective, database_url or default_database_url(data_dir), on_trial=on_trial)
+    table = Table(title=f"study {summary['study']}: {summary['counts']['complete']} finished, {summary['counts']['pruned']} pruned")
+    for col in ("trial", "state", objective, *[p["name"] for p in summary["space"]]):
+        table.add_column(col)
+    for t in summary["trials"]:
+        params = [f"{t['params'].get(p['name']):.3g}" if isinstance(t["params"].get(p["name"]), float)
+                  else str(t["params"].get(p["name"], "-")) for p in summary["space"]]
+        table.add_row(str(t["number"]), t["state"], "-" if t["value"] is None else f"{t['value']:.4g}", *params)
+    console.print(table)
+    if summary["importances"]:
+        console.print("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items()))
+    console.print(f"study report: {out}/study.html")
+    best = summary["best"]
+    if best is None:
+        raise TunesmithError("No trial finished: every trial was pruned or failed; widen the search or train longer.")
+    best_dir = Path(best["run_dir"])
+    console.print(f"best: trial {best['number']}, {objective} {best['value']:.4g}, run {best_dir}")
+    if has_test_set(load_config(best_dir / "config.yaml")):
+        from tunesmith.evaluate.run import evaluate_run
+
+        bars = EvalBars(err)
+        try:
+            results = evaluate_run(best_dir, progress=bars)
+        finally:
+            bars.stop()
+        _print_evaluation(results, best_dir)
+
+
 # --------------------------------------------------------------------------- the service
 
 keys_app = typer.Typer(help="API keys for `tunesmith serve` (stored hashed; each key belongs to one project).",

@@ -844,3 +844,104 @@ def write_report(run_dir: str | Path, results: dict) -> Path:
     path = run_dir / REPORT_FILE
     path.write_text(render_report(run_dir, results), encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------- hyperparameter studies
+
+STUDY_FILE = "study.html"
+
+
+def _value(v) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _history_plot(summary: dict) -> str | None:
+    """Each finished trial's objective, and the best so far."""
+    done = [t for t in summary["trials"] if t["state"] == "complete"]
+    if not done:
+        return None
+    fig = _figure(6.5, 3.2)
+    ax = fig.add_subplot()
+    maximize = summary["direction"] == "maximize"
+    best, xs, ys, bests = None, [], [], []
+    for t in done:
+        best = t["value"] if best is None else (max if maximize else min)(best, t["value"])
+        xs.append(t["number"])
+        ys.append(t["value"])
+        bests.append(best)
+    ax.scatter(xs, ys, label="trial", color="#1a73e8")
+    ax.step(xs, bests, where="post", label="best so far", color="#188038")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(summary["metric"])
+    ax.legend()
+    return _png(fig)
+
+
+def _intermediate_plot(summary: dict) -> str | None:
+    """The objective at each evaluation step of every trial; pruned trials dashed."""
+    trials = [t for t in summary["trials"] if t["intermediate"]]
+    if not trials:
+        return None
+    fig = _figure(6.5, 3.2)
+    ax = fig.add_subplot()
+    for t in trials:
+        steps = sorted(t["intermediate"])
+        ax.plot(steps, [t["intermediate"][s] for s in steps], marker="o", markersize=3,
+                linestyle="--" if t["state"] == "pruned" else "-", label=f"trial {t['number']} ({t['state']})")
+    ax.set_xlabel("step")
+    ax.set_ylabel(summary["metric"])
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _importance_plot(importances: dict) -> str | None:
+    if not importances:
+        return None
+    names = list(importances)[::-1]
+    fig = _figure(6.0, 0.5 * len(names) + 1.2)
+    ax = fig.add_subplot()
+    ax.barh(names, [importances[n] for n in names], color="#1a73e8")
+    ax.set_xlabel("importance (fANOVA, share of the objective's variance)")
+    return _png(fig)
+
+
+def render_study_report(summary: dict) -> str:
+    """The study page as an HTML string (see `write_study_report`)."""
+    best, counts = summary["best"], summary["counts"]
+    parts = [f"<h1>tunesmith study: {_e(summary['study'])}</h1>",
+             f'<p class="sub">objective: {_e(summary["metric"])} ({_e(summary["direction"])}) on validation data; '
+             f"{counts['complete']} trials finished, {counts['pruned']} pruned, {counts['fail']} failed</p>"]
+    if best:
+        rows = [["trial", str(best["number"])], [summary["metric"], _value(best["value"])], ["run", best["run_dir"] or "-"]]
+        rows += [[name, _value(value)] for name, value in best["params"].items()]
+        parts.append(_section("best", "Best trial", _table(None, rows, "best-table")))
+    else:
+        parts.append(_section("best", "Best trial", '<p class="note">No trial has finished yet.</p>'))
+    names = [p["name"] for p in summary["space"]]
+    rows = [[str(t["number"]), t["state"], _value(t["value"]), *(_value(t["params"].get(n)) for n in names)]
+            for t in summary["trials"]]
+    parts.append(_section("trials", "Trials", _table(["trial", "state", summary["metric"], *names], rows, "trials-table")))
+    body = ""
+    if summary["importances"]:
+        body += _table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in summary["importances"].items()],
+                       "importance-table")
+        body += _img("importance-plot", _importance_plot(summary["importances"]), "parameter importances")
+    else:
+        body = '<p class="note">Needs at least two finished trials with different values.</p>'
+    parts.append(_section("importances", "Parameter importances", body))
+    for plot_id, uri, title in (("history-plot", _history_plot(summary), "Objective by trial"),
+                                ("intermediate-plot", _intermediate_plot(summary), "Objective at each evaluation")):
+        if uri:
+            parts.append(_section(plot_id.removesuffix("-plot"), title, _img(plot_id, uri, title)))
+    parts.append("<footer>Written by tunesmith from study.json; no external assets.</footer>")
+    title = f"tunesmith study: {summary['study']}"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def write_study_report(out_dir: str | Path, summary: dict) -> Path:
+    """Write `OUT/study.html`: the best trial, every trial's values, parameter importances and
+    plots of the objective by trial and by evaluation step. Self-contained, like the run report."""
+    path = Path(out_dir) / STUDY_FILE
+    path.write_text(render_study_report(summary), encoding="utf-8")
+    return path

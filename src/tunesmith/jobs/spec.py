@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, MethodConfig, RunConfig, TrainConfig
+from tunesmith.config import (
+    PREFERENCE_STAGES,
+    RL_STAGES,
+    MethodConfig,
+    RunConfig,
+    TrainConfig,
+)
 from tunesmith.errors import ConfigError
+from tunesmith.train.auto import default_learning_rate
 
 OPENAI_TYPES = {"supervised": "sft", "dpo": "dpo"}
 STAGE_NAMES = ("pretrain", "sft", "classify", "reward", *PREFERENCE_STAGES, *RL_STAGES)
@@ -77,26 +84,9 @@ def build_config(
             raise ConfigError("hyperparameter 'learning_rate_multiplier' must be a positive number or 'auto'.")
         if config.train.learning_rate != "auto":
             raise ConfigError("Give learning_rate or learning_rate_multiplier, not both.")
-        config.train.learning_rate = _default_learning_rate(config, stage) * multiplier
+        config.train.learning_rate = default_learning_rate(config) * multiplier
         config.reasons["train.learning_rate"] = f"the automatic rate times learning_rate_multiplier {multiplier}"
     return config
-
-
-def _default_learning_rate(config: RunConfig, stage: str) -> float:
-    from tunesmith.models import count_params
-    from tunesmith.train.auto import learning_rate
-
-    kinds = {"sft": "chat", "pretrain": "pretrain", "classify": "classify", "reward": "reward"}
-    kind = kinds.get(stage) or ("preference" if stage in PREFERENCE_STAGES else "rl")
-    return learning_rate(config.method.adapter, count_params(config.model.name), kind)[0]
-
-
-def public_hyperparameters(config: RunConfig) -> dict:
-    """OpenAI's three hyperparameters, as resolved (or still "auto" before the run starts)."""
-    t = config.train
-    return {"n_epochs": t.epochs, "batch_size": t.batch_size, "learning_rate": t.learning_rate,
-            "learning_rate_multiplier": "auto"}
-
 
 
 # What each stage can learn from: the task the data's format says (data.formats.TASKS).

@@ -293,6 +293,16 @@ def learning_rate(adapter: str, params: int | None, kind: str) -> tuple[float, s
     return value, why
 
 
+def default_learning_rate(config: RunConfig) -> float:
+    """The automatic peak learning rate of a config's last stage (before any data is read)."""
+    from tunesmith.config import PREFERENCE_STAGES
+
+    stage = config.method.stages[-1]
+    kinds = {"sft": "chat", "pretrain": "pretrain", "classify": "classify", "reward": "reward"}
+    kind = kinds.get(stage) or ("preference" if stage in PREFERENCE_STAGES else "rl")
+    return learning_rate(config.method.adapter, count_params(config.model.name), kind)[0]
+
+
 def reward_learning_rate(adapter: str, params: int | None) -> tuple[float, str]:
     """A reward model is a one-output classifier: a new head, trained with the adapter."""
     if adapter == "full":

@@ -52,12 +52,16 @@ def train(
     run_dir = Path(run_dir)
     summary = _train_stages(config, run_dir, callbacks, resume)
     config = load_config(run_dir / "config.yaml")  # resolved: it knows whether a test split was held out
-    has_test = config.data.test or (config.data.test_split != "auto" and float(config.data.test_split) > 0)
-    if config.eval.enabled and has_test:
+    if config.eval.enabled and has_test_set(config):
         from tunesmith.evaluate.run import evaluate_run
 
         summary["evaluation"] = evaluate_run(run_dir, progress=eval_progress)
     return summary
+
+
+def has_test_set(config: RunConfig) -> bool:
+    """Whether a resolved run config has a test set: a test file, or rows held out of `train`."""
+    return bool(config.data.test or (config.data.test_split != "auto" and float(config.data.test_split) > 0))
 
 
 def _train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resume: bool) -> dict:
