@@ -885,6 +885,63 @@ def tune_cmd(
         _print_evaluation(results, best_dir)
 
 
+@app.command("auto")
+@user_errors
+def auto_cmd(
+    data: Annotated[str, typer.Argument(help="Training data file (any format `tunesmith data inspect` reads).")],
+    test: Annotated[Optional[str], typer.Option(help="Test file for the before/after report (default: rows held out of DATA).")] = None,
+    task: Annotated[str, typer.Option(help="auto (from the data), chat, classify, pretrain, preference or kto.")] = "auto",
+    budget: Annotated[Optional[str], typer.Option(help="Wall-time budget, e.g. 30m or 2h: the run gets the training steps that fit.")] = None,
+    model: Annotated[str, typer.Option(help="Base model.")] = "smollm2-135m",
+    output: Annotated[Optional[Path], typer.Option(help="Run directory; default runs/auto-DATE-TIME.")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="Override format detection: field=column,...")] = None,
+    force: Annotated[bool, typer.Option(help="Train even when the data gate still finds errors after the safe fixes.")] = False,
+    synth_below: Annotated[int, typer.Option(help="Add synthetic rows from --teacher when DATA has fewer rows than this (0: never).")] = 0,
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher model for synthetic rows (default: the bundled model).")] = None,
+    project: Annotated[str, typer.Option(help="Project the model is registered in, for `tunesmith serve`.")] = "default",
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """From a data file to an evaluated specialist in one command: detect the task, check and
+    fix the data, plan memory and the budget, train, report base vs tuned, and register the
+    model so `tunesmith serve` serves it. Every decision is listed with its reason."""
+    _quiet_libraries()
+    from tunesmith.data.formats import parse_columns
+    from tunesmith.jobs.store import default_database_url
+    from tunesmith.pipeline import run_auto
+    from tunesmith.train.callbacks import RichProgressCallback
+
+    data_dir = data_dir or _data_dir()
+    _sessions(data_dir, database_url)
+    run_dir = output or Path("runs") / time.strftime("auto-%Y%m%d-%H%M%S")
+    _convert_builtin_once(model)
+    progress = RichProgressCallback(console=err)
+    bars = EvalBars(err)
+    try:
+        result = run_auto(data, run_dir, test, task, budget, model, parse_columns(columns) if columns else None, force,
+                          synth_below, teacher, project, database_url or default_database_url(data_dir),
+                          callbacks=[progress], eval_progress=bars, say=lambda line: err.print(f"[dim]auto:[/dim] {line}"))
+    except KeyboardInterrupt:
+        progress.close()
+        err.print(f"[yellow]interrupted.[/yellow] continue training with: tunesmith train --resume {run_dir}")
+        raise typer.Exit(130) from None
+    finally:
+        bars.stop()
+    if result.evaluation:
+        _print_evaluation(result.evaluation, run_dir)
+        name, base = next(iter(result.evaluation["metrics"]["base"].items()))
+        tuned = result.evaluation["metrics"]["tuned"][name]
+        show = (lambda v: f"{v:.2f}") if name in ("perplexity", "bleu") else (lambda v: f"{v:.1%}")
+        console.print(f"{name}: base {show(base)} -> tuned {show(tuned)} on {result.evaluation['test']['rows']} test rows",
+                      soft_wrap=True)
+    else:
+        console.print("no test set (fewer than 200 rows and no --test), so no before/after figures", soft_wrap=True)
+    minutes, secs = divmod(round(result.seconds), 60)
+    console.print(f"wall time {minutes} min {secs} s")
+    # One line each, unwrapped, so the summary stays three lines in any terminal.
+    console.print(f"report: {run_dir}/report.html   model: {result.model_id} (served by `tunesmith serve`)", soft_wrap=True)
+
+
 # --------------------------------------------------------------------------- the service
 
 keys_app = typer.Typer(help="API keys for `tunesmith serve` (stored hashed; each key belongs to one project).",

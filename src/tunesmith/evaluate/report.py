@@ -796,6 +796,25 @@ def _samples_section(results: dict) -> str:
     return _section("samples", "Samples", _table(["prompt", "reference", "base", "tuned"], rows, "samples-table"))
 
 
+def _decisions_section(run_dir: Path) -> str:
+    """Every automatic decision of the run (each stage's `config.yaml` reasons), with its value."""
+    from tunesmith.config import load_config
+
+    rows = []
+    for path in sorted(run_dir.glob("*/config.yaml")) + [run_dir / "config.yaml"]:
+        if not path.exists():
+            continue
+        cfg = load_config(path)
+        where = "" if path.parent == run_dir else f"{path.parent.name}: "
+        for key, why in cfg.reasons.items():
+            section, _, name = key.partition(".")
+            value = getattr(getattr(cfg, section, None), name, None) if section != "auto" else ""
+            rows.append([where + key, "" if value is None else str(value), why])
+    if not rows:
+        return ""
+    return _section("decisions", "Automatic decisions", _table(["setting", "value", "why"], rows, "decisions-table"))
+
+
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#202124;max-width:1100px;
 margin:2em auto;padding:0 1em}
@@ -828,6 +847,7 @@ def render_report(run_dir: str | Path, results: dict) -> str:
         _bias_section(results),
         _value_section(results),
         _samples_section(results),
+        _decisions_section(run_dir),
         "<footer>Written by tunesmith from eval/results.json and the run directory; no external assets.</footer>",
     ]
     title = f"tunesmith report: {results.get('run') or run_dir}"

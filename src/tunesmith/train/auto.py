@@ -7,11 +7,13 @@ Each rule is a plain line with its reason; the reasons land in `config.yaml` und
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from tunesmith.config import RunConfig
 from tunesmith.data.formats import token_lengths
+from tunesmith.errors import ModelError
 from tunesmith.models import count_params
 
 # Examples per optimizer update: 16 is the usual fine-tuning batch; on a CPU (a 135M model
@@ -346,3 +348,96 @@ def full_learning_rate(params: int | None) -> tuple[float, str]:
 
 def _round_up(x: int, k: int) -> int:
     return int(math.ceil(x / k) * k)
+
+
+# --------------------------------------------------------------------------- memory planning
+
+# Bytes per trainable parameter beyond its weight: its gradient (4) and Adam's two moments
+# (8), plus an fp32 master copy (4) when the weights are bf16 on a GPU.
+OPTIMIZER_BYTES = {"cpu": 12, "cuda": 16}
+LORA_TRAINABLE = 0.04  # LoRA r 16 on every linear layer trains about 2-4% of a small model's weights
+FULL_MIN_ROWS = 20_000  # below this, full fine-tuning mostly memorises; LoRA generalises as well
+
+
+@dataclass
+class MemoryPlan:
+    """What fits: the adapter, 4-bit loading and gradient checkpointing, with the estimate."""
+
+    adapter: str  # "lora" or "full"
+    quantize: str  # "none" or "4bit"
+    gradient_checkpointing: bool
+    tokens: int  # tokens per micro-batch that fit
+    needed_gb: float
+    available_gb: float
+    reason: str
+
+
+def available_memory_gb(hw: dict) -> float:
+    """Memory training can use: the GPU's total, or the RAM the OS reports available."""
+    if hw["device"] == "cuda":
+        return float(hw["memory_gb"])
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def estimate_gb(params: int, hidden: int, layers: int, vocab: int, tokens: int, adapter: str, quantize: str,
+                device: str, checkpointing: bool) -> float:
+    """Training memory in GB: weights, gradients and Adam states of what is trained, and the
+    activations of one micro-batch of `tokens` tokens (about 34 x hidden bytes per token and
+    layer in 16-bit, after Korthikanti et al. 2022; with checkpointing, only each layer's
+    input is kept), plus the logits over the vocabulary, and 20% + 0.5 GB for the rest."""
+    width = 2 if device == "cuda" else 4  # bf16 on a GPU, fp32 on a CPU
+    weights = params * (0.55 if quantize == "4bit" else width)
+    trainable = params if adapter == "full" else params * LORA_TRAINABLE
+    optimizer = trainable * OPTIMIZER_BYTES[device]
+    per_token_layer = (2 if checkpointing else 34) * hidden * width / 2
+    activations = tokens * layers * per_token_layer + (tokens * 34 * hidden * width / 2 if checkpointing else 0)
+    logits = tokens * vocab * 4 * 2  # fp32 logits and their gradient
+    return (weights + optimizer + activations + logits) * 1.2 / 2**30 + 0.5
+
+
+def plan_memory(name: str, params: int, hidden: int, layers: int, vocab: int, tokens: int, min_tokens: int,
+                rows: int, device: str, available_gb: float) -> MemoryPlan:
+    """Choose full fine-tuning or LoRA, then what makes it fit, cheapest first: fewer tokens
+    per micro-batch (down to `min_tokens`, one sequence; accumulation keeps the examples per
+    update), gradient checkpointing, then 4-bit weights on a GPU. Refuse with what would fit
+    when nothing does."""
+    def need(adapter, quantize="none", checkpointing=False, n=tokens):
+        return estimate_gb(params, hidden, layers, vocab, n, adapter, quantize, device, checkpointing)
+
+    budget = available_gb * 0.9  # leave room for the data loader and fragmentation
+    full = need("full")
+    if rows >= FULL_MIN_ROWS and full <= budget:
+        return MemoryPlan("full", "none", False, tokens, full, available_gb,
+                          f"full fine-tuning: {rows} rows are enough to move every weight, and it needs about "
+                          f"{full:.1f} of {available_gb:.1f} GB")
+    why_not_full = (f"full fine-tuning would need {full:.1f} GB" if full > budget
+                    else f"{rows} rows are too few for full fine-tuning (LoRA matches it below {FULL_MIN_ROWS})")
+    sizes = [tokens]
+    while sizes[-1] // 2 >= min_tokens:
+        sizes.append(sizes[-1] // 2)
+    for quantize, checkpointing in (("none", False), ("none", True), ("4bit", True)):
+        if quantize == "4bit" and device != "cuda":
+            continue  # bitsandbytes 4-bit needs a CUDA GPU
+        for n in sizes:
+            needed = need("lora", quantize, checkpointing, n)
+            if needed <= budget:
+                how = ("LoRA" + (" with gradient checkpointing" if checkpointing else "")
+                       + (" on 4-bit weights (QLoRA)" if quantize == "4bit" else "")
+                       + (f", {n} tokens per micro-batch" if n < tokens else ""))
+                return MemoryPlan("lora", quantize, checkpointing, n, needed, available_gb,
+                                  f"{how}: about {needed:.1f} of {available_gb:.1f} GB; {why_not_full}")
+    smallest = need("lora", "4bit" if device == "cuda" else "none", True, sizes[-1])
+    raise ModelError(
+        f"{name} needs about {smallest:.1f} GB to fine-tune even with LoRA"
+        + (" on 4-bit weights" if device == "cuda" else "")
+        + f" and one sequence per micro-batch, and this machine has {available_gb:.1f} GB: choose a smaller model"
+        + ("" if device == "cuda" else " or a machine with a GPU") + "."
+    )

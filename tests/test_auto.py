@@ -1,0 +1,139 @@
+"""`tunesmith auto` (pipeline.py) on the tiny model, and the memory planner's choices."""
+
+import csv
+import json
+
+import pytest
+
+from tunesmith.config import load_config
+from tunesmith.errors import ConfigError, DataError, ModelError
+from tunesmith.jobs import store
+from tunesmith.pipeline import detect_task, parse_budget, run_auto
+from tunesmith.train.auto import plan_memory
+
+from conftest import banking_rows, write_chat_file
+from test_align import write_preference_file
+from test_cli import invoke
+
+GB = 2**30
+
+
+def test_parse_budget():
+    assert parse_budget("30m") == 1800 and parse_budget("2h") == 7200 and parse_budget("1h30m") == 5400
+    assert parse_budget("90s") == 90 and parse_budget(None) is None
+    with pytest.raises(ConfigError, match="--budget soon"):
+        parse_budget("soon")
+
+
+def write_labels(path, n=60):
+    """`n` rows of the three commonest intents (every intent has examples on both sides of a split)."""
+    from collections import Counter
+
+    rows = banking_rows()
+    top = {label for label, _ in Counter(label for _, label in rows).most_common(3)}
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([r for r in rows if r[1] in top][:n])
+    return path
+
+
+def test_detect_task_per_format(tmp_path):
+    chat = write_chat_file(tmp_path / "chat.jsonl", n=10)
+    labels = write_labels(tmp_path / "labels.csv", n=10)
+    text = tmp_path / "notes.txt"
+    text.write_text("Clause 4.2 sets the notice period.\nThe tenant pays the deposit.\n")
+    pairs = write_preference_file(tmp_path / "pairs.jsonl", n=4)
+    assert [detect_task(str(p), None, "auto")[:2] for p in (chat, labels, text, pairs)] == [
+        ("chat", "sft"), ("classify", "classify"), ("pretrain", "pretrain"), ("preference", "dpo")]
+    assert detect_task(str(labels), None, "chat")[:2] == ("chat", "sft")  # labels answered as chat
+    with pytest.raises(DataError, match="--task classify cannot train on"):
+        detect_task(str(chat), None, "classify")
+
+
+@pytest.mark.parametrize("params, gb, rows, device, expect", [
+    (135e6, 24, 1_000, "cpu", ("lora", "none", False)),       # small data: LoRA
+    (135e6, 24, 50_000, "cpu", ("full", "none", False)),      # enough data and memory: every weight
+    (135e6, 2.4, 50_000, "cpu", ("lora", "none", False)),     # full does not fit in 2.4 GB
+    (7e9, 80, 5_000, "cuda", ("lora", "none", False)),        # 7B LoRA on an 80 GB GPU: a smaller micro-batch
+    (7e9, 24, 5_000, "cuda", ("lora", "4bit", True)),         # a 24 GB GPU: QLoRA
+])
+def test_memory_plan_for_data_and_memory_sizes(params, gb, rows, device, expect):
+    shape = (576, 30, 49152) if params < 1e9 else (4096, 32, 32000)
+    tokens = 16384 if device == "cuda" else 512
+    plan = plan_memory("m", int(params), *shape, tokens, 512 if device == "cpu" else 2048, rows, device, gb)
+    assert (plan.adapter, plan.quantize, plan.gradient_checkpointing) == expect
+    assert plan.needed_gb <= gb * 0.9 and plan.reason
+    if params == 7e9 and gb == 80:
+        assert plan.tokens < tokens and "tokens per micro-batch" in plan.reason  # before checkpointing
+
+
+def test_memory_plan_refuses_with_what_would_fit():
+    with pytest.raises(ModelError, match="needs about .* GB .* choose a smaller model or a machine with a GPU"):
+        plan_memory("big", int(7e9), 4096, 32, 32000, 512, 512, 1000, "cpu", 8)
+    with pytest.raises(ModelError, match="on 4-bit weights"):
+        plan_memory("huge", int(70e9), 8192, 80, 32000, 16384, 4096, 1000, "cuda", 24)
+
+
+def test_auto_chat_with_a_test_file_and_a_budget(tmp_path, tiny_model_dir):
+    data = write_chat_file(tmp_path / "chat.jsonl", n=40)
+    test = write_chat_file(tmp_path / "test.jsonl", n=8, offset=40)
+    said = []
+    db = store.default_database_url(tmp_path)
+    result = run_auto(str(data), tmp_path / "run", test=str(test), budget="3m", model=str(tiny_model_dir),
+                      project="acme", database_url=db, say=said.append)
+    config = load_config(tmp_path / "run" / "config.yaml")
+    assert config.method.stages == ["sft"] and config.method.adapter == "lora"
+    for key in ("auto.task", "auto.gate", "auto.memory", "auto.budget", "train.max_steps", "train.learning_rate"):
+        assert config.reasons.get(key), key
+    assert "s per step measured over 3 probe steps" in config.reasons["train.max_steps"]
+    assert not (tmp_path / "run" / "probe").exists()
+    assert result.evaluation and result.evaluation["test"]["rows"] == 8
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert 'id="decisions-table"' in html and "auto.memory" in html
+    assert any("the data gate passed" in line for line in said)
+    with store.connect(db)() as s:
+        model = s.get(store.Model, result.model_id)
+    assert model.project == "acme" and model.run_dir == str((tmp_path / "run").resolve())
+
+
+@pytest.mark.parametrize("kind", ["classify", "pretrain", "preference"])
+def test_auto_trains_each_task_type(kind, tmp_path, tiny_model_dir):
+    if kind == "classify":
+        data = write_labels(tmp_path / "labels.csv", n=60)
+    elif kind == "pretrain":
+        data = tmp_path / "notes.txt"
+        data.write_text("\n".join(text for text, _ in banking_rows(60)) + "\n")
+    else:
+        data = write_preference_file(tmp_path / "pairs.jsonl", n=24)
+    result = run_auto(str(data), tmp_path / "run", model=str(tiny_model_dir))
+    stage = {"classify": "classify", "pretrain": "pretrain", "preference": "dpo"}[kind]
+    assert load_config(tmp_path / "run" / "config.yaml").method.stages == [stage]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["global_step"] > 0
+    assert result.model_id is None and result.evaluation is None  # no database given; under 200 rows, no test split
+
+
+def test_auto_applies_the_safe_fixes_or_stops_with_the_way_out(tmp_path, tiny_model_dir):
+    rows = [json.loads(line) for line in write_chat_file(tmp_path / "chat.jsonl", n=30).read_text().splitlines()]
+    broken = rows + rows[:5] + [{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": ""}]}]
+    path = tmp_path / "dirty.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in broken))
+    run_auto(str(path), tmp_path / "run", model=str(tiny_model_dir))
+    config = load_config(tmp_path / "run" / "config.yaml")
+    assert "dropped 6 rows" in config.reasons["auto.gate"] and config.data.train.endswith("clean.jsonl")
+
+    conflict = rows + [{"messages": [rows[0]["messages"][0], {"role": "assistant", "content": "something else"}]}] * 3
+    path.write_text("".join(json.dumps(r) + "\n" for r in conflict))
+    with pytest.raises(DataError, match="still finds errors after the safe fixes .* pass --force"):
+        run_auto(str(path), tmp_path / "run2", model=str(tiny_model_dir))
+
+
+def test_auto_command_ends_with_three_lines(tmp_path, tiny_model_dir):
+    data = write_chat_file(tmp_path / "chat.jsonl", n=30)
+    test = write_chat_file(tmp_path / "test.jsonl", n=6, offset=30)
+    result = invoke("auto", data, "--test", test, "--model", tiny_model_dir, "--output", tmp_path / "run",
+                    "--data-dir", tmp_path / "project", "--project", "acme")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()[-3:]
+    assert "on 6 test rows" in lines[0] and lines[1].startswith("wall time") and "report:" in lines[2]
+    assert "ft:" in lines[2] and ":acme:" in lines[2]
