@@ -137,3 +137,13 @@ def test_auto_command_ends_with_three_lines(tmp_path, tiny_model_dir):
     lines = result.stdout.strip().splitlines()[-3:]
     assert "on 6 test rows" in lines[0] and lines[1].startswith("wall time") and "report:" in lines[2]
     assert "ft:" in lines[2] and ":acme:" in lines[2]
+
+
+def test_auto_drops_training_rows_that_leak_into_the_test_set(tmp_path, tiny_model_dir):
+    data = write_chat_file(tmp_path / "chat.jsonl", n=30)
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(data.read_text().splitlines(keepends=True)[:4]))  # 4 test rows also in training
+    run_auto(str(data), tmp_path / "run", test=str(test), model=str(tiny_model_dir))
+    config = load_config(tmp_path / "run" / "config.yaml")
+    assert "dropped 4 rows" in config.reasons["auto.gate"]
+    assert len((tmp_path / "run" / "data" / "clean.jsonl").read_text().splitlines()) == 26

@@ -291,3 +291,17 @@ def test_task_option_checks_text_label_rows_as_chats(tmp_path):
     assert card.task == "chat" and not card.errors()
     with pytest.raises(DataError, match="not preference data"):
         check_data(path, task="preference")
+
+
+def test_fix_drops_training_rows_that_are_in_the_test_file(tmp_path):
+    rows = [{"text": f"question number {i}", "label": "a" if i % 2 else "b"} for i in range(10)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    result = fix_data(train, tmp_path / "clean.jsonl", test_path=test)
+    kept = [json.loads(line)["text"] for line in (tmp_path / "clean.jsonl").read_text().splitlines()]
+    assert result.dropped == 3 and kept == [r["text"] for r in rows[3:]]
+    log = [json.loads(line) for line in Path(result.log_path).read_text().splitlines()]
+    assert {line["reason"] for line in log} == {"also in the test file test.jsonl"}
+    assert test.read_text().count("\n") == 3  # the test set is left as it is

@@ -140,7 +140,7 @@ def check_data_cmd(
     max_length: Annotated[Optional[int], typer.Option(help="Flag rows longer than this many tokens.")] = None,
     columns: Annotated[Optional[str], typer.Option(help="Override detection: field=column,...")] = None,
     out: Annotated[Path, typer.Option(help="Folder for data_card.json and data_card.md.")] = Path("."),
-    fix: Annotated[Optional[Path], typer.Option(help="Write a cleaned copy here (JSONL) plus fix_log.jsonl; FILE is never changed.")] = None,
+    fix: Annotated[Optional[Path], typer.Option(help="Write a cleaned copy here (JSONL) plus fix_log.jsonl; FILE is never changed. Rows also in --test are dropped from it.")] = None,
     task: Annotated[Optional[str], typer.Option(help="What the data will train: chat, classify, pretrain, preference or kto (default: as detected).")] = None,
     label_check: Annotated[bool, typer.Option(help="Look for mislabelled rows with embeddings (classification data; ~60 s per 10k rows on 2 CPU cores).")] = True,
 ) -> None:
@@ -172,7 +172,7 @@ def check_data_cmd(
     console.print(table if card.findings else f"{file}: {card.rows} rows, no problems found.")
     console.print(f"data card: {out / 'data_card.md'}, {out / 'data_card.html'}, {out / 'data_card.json'}")
     if fix:
-        result = fix_data(file, fix, columns=cols)
+        result = fix_data(file, fix, columns=cols, test_path=test)
         console.print(
             f"cleaned copy: {result.out_path} ({result.rows_out} of {result.rows_in} rows; dropped {result.dropped}, "
             f"redacted {result.redacted}, changed {result.changed}); every change is in {result.log_path}"

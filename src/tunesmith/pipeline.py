@@ -5,8 +5,8 @@ machine, and records every decision with its reason in `config.yaml` (so the rep
 model card list them):
 
 1. detect the task from the data (`--task` overrides);
-2. run the data gate; apply the safe fixes when it finds errors; stop, with the way out,
-   when errors remain;
+2. run the data gate; apply the safe fixes when it finds errors (training rows that are
+   also in the test file are among them); stop, with the way out, when errors remain;
 3. optionally grow small data with synthetic rows from a teacher;
 4. plan memory: full fine-tuning or LoRA, gradient checkpointing, 4-bit weights, the
    micro-batch, or a refusal that says what would fit;
@@ -97,7 +97,7 @@ def gate(path: str, test: str | None, columns: dict | None, task: str, out: Path
         decisions["auto.gate"] = f"the data gate passed (quality score {card.score()}, {len(card.warnings())} warnings)"
         return path
     (out / "data").mkdir(parents=True, exist_ok=True)
-    fixed = fix_data(path, out / "data" / "clean.jsonl", columns=columns)
+    fixed = fix_data(path, out / "data" / "clean.jsonl", columns=columns, test_path=test)
     card = check_data(fixed.out_path, test_path=test, task=gate_task)
     decisions["auto.gate"] = (f"the data gate found errors; the safe fixes dropped {fixed.dropped} rows, redacted "
                               f"{fixed.redacted} and cleaned {fixed.changed} (log: data/fix_log.jsonl)")

@@ -250,7 +250,7 @@ def leakage(
 
     first_train: dict[str, int] = {}  # normalised key -> first training row
     for record, row in zip(train, train_rows):
-        key = _leak_key(record)
+        key = leak_key(record)
         if key:
             first_train.setdefault(key, row)
     train_keys = list(first_train)
@@ -262,7 +262,7 @@ def leakage(
     exact: list[int] = []
     pending: list[tuple[int, str]] = []  # (other_row, key) still to look up by similarity
     for record, row in zip(other, other_rows):
-        key = _leak_key(record)
+        key = leak_key(record)
         if not key:
             continue
         if key in first_train:
@@ -296,7 +296,7 @@ def _messages_text(messages: list[dict]) -> str:
     return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in messages)
 
 
-def _leak_key(record: dict) -> str:
+def leak_key(record: dict) -> str:
     pair = record_prompt_answer(record)
     return normalize(pair[0] if pair is not None else record_text(record))
 

@@ -297,14 +297,15 @@ def write_card(card: DataCard, out_dir) -> None:
     (out / "data_card.html").write_text(card.to_html())
 
 
-def fix_data(card_input_path, out_path, columns=None) -> FixResult:
+def fix_data(card_input_path, out_path, columns=None, test_path=None) -> FixResult:
     """Write a cleaned copy of a data file as canonical JSONL, and ``fix_log.jsonl`` next to it.
 
     Safe fixes only: drop exact duplicates (the first copy stays), drop rows without an
-    answer (empty assistant turn, no assistant turn, an empty preference side), strip
-    control characters and HTML tags (entities are unescaped), redact PII with typed
-    placeholders such as ``[EMAIL]``. Conflicting answers are reported by ``check_data``,
-    never resolved here. The input file is never modified.
+    answer (empty assistant turn, no assistant turn, an empty preference side), drop rows
+    whose prompt is also in ``test_path`` (the test set stays as it is), strip control
+    characters and HTML tags (entities are unescaped), redact PII with typed placeholders
+    such as ``[EMAIL]``. Conflicting answers are reported by ``check_data``, never resolved
+    here. The input file is never modified.
     """
     columns = parse_columns(columns) if isinstance(columns, str) else columns
     src, out = Path(card_input_path), Path(out_path)
@@ -319,6 +320,12 @@ def fix_data(card_input_path, out_path, columns=None) -> FixResult:
         if reason:
             drop[i] = reason
     index_of = {row: i for i, row in enumerate(data.rows)}
+    if test_path is not None:
+        name = Path(test_path).name
+        in_test = {key for record in load_data(test_path, columns=columns).records if (key := dedup.leak_key(record))}
+        for i, record in enumerate(data.records):
+            if dedup.leak_key(record) in in_test:
+                drop.setdefault(i, f"also in the test file {name}")
     for group in dedup.exact_duplicates(data.records, data.rows):
         for row in group.rows[1:]:
             drop.setdefault(index_of[row], f"exact duplicate of row {group.rows[0]}")
