@@ -76,8 +76,8 @@ def test_memory_plan_refuses_with_what_would_fit():
 
 
 def test_auto_chat_with_a_test_file_and_a_budget(tmp_path, tiny_model_dir):
-    data = write_chat_file(tmp_path / "chat.jsonl", n=40)
-    test = write_chat_file(tmp_path / "test.jsonl", n=8, offset=40)
+    data = write_chat_file(tmp_path / "chat.jsonl", n=200)  # enough steps for the 7-step probe
+    test = write_chat_file(tmp_path / "test.jsonl", n=8, offset=200)
     said = []
     db = store.default_database_url(tmp_path)
     result = run_auto(str(data), tmp_path / "run", test=str(test), budget="3m", model=str(tiny_model_dir),
