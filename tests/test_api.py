@@ -359,15 +359,27 @@ def test_pause_resume_and_sigkill_mid_training_then_resume_from_checkpoint(servi
     assert json.loads((service["data_dir"] / "runs" / job.id / "run.json").read_text())["global_step"] == 120
 
 
-def test_evaluation_alarms_become_warning_events():
-    from tunesmith.jobs.worker import _alarms
+def test_evaluation_alarms_become_warning_events(tmp_path):
+    from tunesmith.evaluate.report import alarms
+    from tunesmith.jobs.worker import _register
 
     evaluation = {"overfitting": {"flagged": True, "message": "Validation loss rose after step 40."},
-                  "forgetting": {"findings": ["general-text perplexity rose 132%"]},
-                  "bias": {"tuned": {"findings": ["ethnicity: 21% of answers changed"]}}}
-    assert _alarms(evaluation) == ["Validation loss rose after step 40.", "Forgetting: general-text perplexity rose 132%",
-                                   "Bias: ethnicity: 21% of answers changed"]
-    assert _alarms({"overfitting": {"flagged": False}, "forgetting": None, "bias": None}) == []
+                  "forgetting": {"flagged": True, "findings": ["general-text perplexity rose 132%"]},
+                  "bias": {"tuned": {"flagged": True, "findings": ["ethnicity: 21% of answers changed"]}},
+                  "metrics": {"base": {"accuracy": 0.0}, "tuned": {"accuracy": 0.5}}, "test": {"rows": 10}}
+    sessions = store.connect(store.default_database_url(tmp_path))
+    job = Job(id="ftjob-alarm", project="acme", model="tiny", source="tiny", training_file="file-x", seed=1,
+              method={"type": "supervised"}, status="running", run_dir=str(tmp_path / "run"),
+              fine_tuned_model="ft:tiny:acme::alarm")
+    with sessions.begin() as s:
+        s.add(job)
+        s.flush()
+        _register(s, job, {"evaluation": evaluation})
+    with sessions() as s:
+        warnings = [e.message for e in s.query(store.Event).filter_by(job_id="ftjob-alarm", level="warn").order_by(store.Event.seq)]
+    assert warnings == alarms(evaluation) == ["Overfitting: Validation loss rose after step 40.",
+                                              "Forgetting: general-text perplexity rose 132%.",
+                                              "Bias: ethnicity: 21% of answers changed."]
 
 
 def test_sigterm_hands_the_running_job_back_to_the_queue(service, tmp_path):

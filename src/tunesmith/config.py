@@ -18,6 +18,16 @@ PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "kto")  # offline: learn from prefe
 RL_STAGES = ("grpo", "rloo")  # online: sample answers and learn from their rewards
 # Stages run in this order; a later stage starts from the weights of the earlier ones.
 STAGE_ORDER = {"pretrain": 0, "sft": 1, "classify": 1, "reward": 2} | {s: 3 for s in PREFERENCE_STAGES + RL_STAGES}
+# What each stage can train on: the task a data file's format says (data.formats.TASKS).
+STAGE_TASKS = {
+    "sft": ("chat", "classify"),  # text+label rows become chats
+    "classify": ("classify",),
+    "pretrain": ("pretrain", "classify"),  # the text of text+label rows
+    "reward": ("preference",),
+    **{s: ("preference",) for s in PREFERENCE_STAGES if s != "kto"},
+    "kto": ("preference", "kto"),
+    **{s: ("chat", "preference", "classify") for s in RL_STAGES},
+}
 Adapter = Literal["lora", "rslora", "dora", "pissa", "olora", "loha", "lokr", "ia3", "prompt", "prefix", "full"]
 
 

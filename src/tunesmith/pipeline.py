@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.config import RunConfig
+from tunesmith.config import STAGE_TASKS, RunConfig
 from tunesmith.errors import ConfigError, DataError
 
 # task -> (stage, why)
@@ -80,9 +80,7 @@ def detect_task(path: str, columns: dict | None, task: str) -> tuple[str, str, s
         return found, stage, f"{data.format.value} format detected in {Path(path).name}; {why}"
     if task not in TASK_STAGES:
         raise ConfigError(f"--task {task} is not one of auto, {', '.join(TASK_STAGES)}.")
-    fits = {"chat": ("chat", "classify"), "classify": ("classify",), "pretrain": ("pretrain", "chat"),
-            "preference": ("preference",), "kto": ("kto", "preference")}
-    if found not in fits[task]:
+    if found not in STAGE_TASKS[TASK_STAGES[task][0]]:
         raise DataError(f"{path} holds {found} data ({data.format.value}), which --task {task} cannot train on; "
                         "use --task auto or another file.")
     return task, TASK_STAGES[task][0], f"--task {task}: {TASK_STAGES[task][1]}"

@@ -10,20 +10,16 @@ or "auto". tunesmith extends it: `type` may be any tunesmith stage (`classify`, 
 
 from __future__ import annotations
 
+from typing import get_args
+
 from pydantic import ValidationError
 
-from tunesmith.config import (
-    PREFERENCE_STAGES,
-    RL_STAGES,
-    MethodConfig,
-    RunConfig,
-    TrainConfig,
-)
+from tunesmith.config import STAGE_TASKS, MethodConfig, RunConfig, Stage, TrainConfig
 from tunesmith.errors import ConfigError
 from tunesmith.train.auto import default_learning_rate
 
 OPENAI_TYPES = {"supervised": "sft", "dpo": "dpo"}
-STAGE_NAMES = ("pretrain", "sft", "classify", "reward", *PREFERENCE_STAGES, *RL_STAGES)
+STAGE_NAMES = get_args(Stage)
 RENAMED = {"n_epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "beta": ("method", "beta")}
 DATA_KEYS = ("validation_split", "test_split", "system_prompt", "force")
 
@@ -87,18 +83,6 @@ def build_config(
         config.train.learning_rate = default_learning_rate(config) * multiplier
         config.reasons["train.learning_rate"] = f"the automatic rate times learning_rate_multiplier {multiplier}"
     return config
-
-
-# What each stage can learn from: the task the data's format says (data.formats.TASKS).
-STAGE_TASKS = {
-    "sft": ("chat", "classify"),  # text+label rows become chats
-    "classify": ("classify",),
-    "pretrain": ("pretrain",),
-    "reward": ("preference",),
-    **{s: ("preference",) for s in PREFERENCE_STAGES if s != "kto"},
-    "kto": ("preference", "kto"),
-    **{s: ("chat", "preference", "classify") for s in RL_STAGES},
-}
 
 
 def check_data_fits(stage: str, task: str, file_id: str) -> None:

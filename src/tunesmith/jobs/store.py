@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, create_engine, event, select, update
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 # Job statuses, as OpenAI's fine-tuning API names them, plus `paused`.
@@ -139,10 +138,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")  # as PostgreSQL does: an event needs its job
     cursor.close()
-
-
-def engine_of(sessions: sessionmaker[Session]) -> Engine:
-    return sessions.kw["bind"]
 
 
 # ---- keys ---------------------------------------------------------------------------------

@@ -177,11 +177,13 @@ def _succeed(sessions, job: Job, worker: str, data_dir: Path, summary: dict) -> 
 
 
 def _register(s, job: Job, summary: dict) -> None:
+    from tunesmith.evaluate.report import alarms
+
     s.merge(Model(id=job.fine_tuned_model, project=job.project, base=job.model, job_id=job.id, run_dir=job.run_dir))
     evaluation = summary.get("evaluation")
     if evaluation:
         store.add_event(s, job.id, _evaluation_line(evaluation), data={"metrics": evaluation["metrics"]})
-        for alarm in _alarms(evaluation):
+        for alarm in alarms(evaluation, job.run_dir):
             store.add_event(s, job.id, alarm, level="warn")
     store.add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
     store.add_event(s, job.id, "The job has successfully completed.")
@@ -191,14 +193,6 @@ def _evaluation_line(evaluation: dict) -> str:
     base, tuned = evaluation["metrics"]["base"], evaluation["metrics"]["tuned"]
     parts = [f"{name} {base[name]:.4g} -> {tuned[name]:.4g}" for name in list(base)[:3]]
     return f"Evaluation on {evaluation['test']['rows']} test rows, base -> tuned: " + "; ".join(parts) + "."
-
-
-def _alarms(evaluation: dict) -> list[str]:
-    """The evaluation's warnings: overfitting, forgetting and bias findings."""
-    alarms = [evaluation["overfitting"]["message"]] if evaluation.get("overfitting", {}).get("flagged") else []
-    alarms += [f"Forgetting: {line}" for line in (evaluation.get("forgetting") or {}).get("findings", [])]
-    alarms += [f"Bias: {line}" for line in ((evaluation.get("bias") or {}).get("tuned") or {}).get("findings", [])]
-    return alarms
 
 
 def _result_files(sessions, job: Job, data_dir: Path) -> list[str]:

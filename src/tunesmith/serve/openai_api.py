@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.jobs import store
@@ -31,6 +31,14 @@ DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 
 def _scoped(query, table, caller: Caller):
     return query if caller.admin else query.where(table.project == caller.project)
+
+
+def _after(rows: list, after: str | None) -> list:
+    """The rows after the one with id `after` (a page cursor); all of them without one."""
+    if not after:
+        return rows
+    ids = [r.id for r in rows]
+    return rows[ids.index(after) + 1:] if after in ids else []
 
 
 def _page(rows: list, limit: int, to_public) -> dict:
@@ -137,9 +145,7 @@ def list_files(request: Request, caller: CallerDep, purpose: str | None = None, 
     query = query.order_by(File.created_at.desc() if order == "desc" else File.created_at)
     with _sessions(request)() as s:
         rows = list(s.scalars(query))
-    if after:
-        ids = [r.id for r in rows]
-        rows = rows[ids.index(after) + 1:] if after in ids else []
+    rows = _after(rows, after)
     return _page(rows, limit, file_public)
 
 
@@ -327,8 +333,6 @@ def _change_status(request: Request, caller: Caller, job_id: str, allowed: dict[
         raise APIError(400, f"Cannot {verb} job {job_id}: it is {job.status}.", code="invalid_job_status")
     values = allowed[job.status]
     with _sessions(request).begin() as s:
-        from sqlalchemy import update
-
         changed = s.execute(update(Job).where(Job.id == job_id, Job.status == job.status).values(**values)).rowcount
         if not changed:
             raise APIError(409, f"Job {job_id} changed status meanwhile; retrieve it and try again.", code="conflict")
@@ -397,9 +401,7 @@ def list_checkpoints(request: Request, caller: CallerDep, job_id: str, after: st
     with _sessions(request)() as s:
         rows = list(s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
                               .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())))
-    if after:
-        ids = [r.id for r in rows]
-        rows = rows[ids.index(after) + 1:] if after in ids else []
+    rows = _after(rows, after)
     return _page(rows, limit, _checkpoint_public)
 
 
