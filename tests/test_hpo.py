@@ -74,3 +74,25 @@ def test_tune_command_runs_a_study_and_evaluates_the_best_trial(tmp_path, tiny_m
     best = json.loads((tmp_path / "study" / "study.json").read_text())["best"]
     assert (tmp_path / "study" / f"trial-{best['number']}" / "report.html").exists()  # before/after on the best
     assert (tmp_path / "project" / "tunesmith.db").exists()
+
+
+def test_ray_backend_runs_the_same_study_on_a_local_ray_instance(tmp_path, tiny_model_dir):
+    data = write_chat_file(tmp_path / "chat.jsonl", n=40)
+    config = tiny_run_config(tiny_model_dir, data, max_steps=8, eval_steps=2)
+    storage = f"sqlite:///{tmp_path / 'project.db'}"
+    space = [Param("train.learning_rate", 1e-7, 1e-2, log=True)]
+    enqueue = [{"train.learning_rate": 5e-3}, {"train.learning_rate": 3e-3}, {"train.learning_rate": 1e-7}]
+    seen = []
+    # No address: tunesmith starts a Ray instance on this machine and stops it at the end.
+    summary = run_study(config, tmp_path / "study", 3, "eval_loss", storage, space=space, enqueue=enqueue,
+                        backend="ray", on_trial=lambda t: seen.append(t.state.name))
+    assert [t["state"] for t in summary["trials"]] == ["complete", "complete", "pruned"]
+    assert seen == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert list(summary["trials"][2]["intermediate"]) == [2]  # the study's pruner stopped it in the Ray worker
+    assert [t["params"]["train.learning_rate"] for t in summary["trials"]] == [5e-3, 3e-3, 1e-7]
+    assert summary["best"]["value"] == min(t["value"] for t in summary["trials"][:2])
+    assert (tmp_path / "study" / "trial-1" / "adapter").is_dir() and (tmp_path / "study" / "study.html").exists()
+
+    # The same study, resumed by the local backend.
+    again = run_study(config, tmp_path / "study", 4, "eval_loss", storage, space=space)
+    assert [t["state"] for t in again["trials"]][:3] == ["complete", "complete", "pruned"] and len(again["trials"]) == 4

@@ -386,6 +386,12 @@ def train(
     eval_judge_model: Annotated[Optional[str], typer.Option(help="The model the evaluation judge endpoint runs.")] = None,
     minutes_per_item: Annotated[Optional[float], typer.Option(help="Minutes a person spends per item, for the value estimate.")] = None,
     items_per_week: Annotated[Optional[float], typer.Option(help="Items per week, for the value estimate.")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(help="Train in N processes with accelerate (one per GPU; on CPU they share the cores); all machines together.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="How N processes share the model: ddp (default), fsdp, zero2 or zero3 (DeepSpeed); the last three need GPUs.")] = None,
+    num_machines: Annotated[int, typer.Option(help="Machines in a multi-machine run; start the same command on each.")] = 1,
+    machine_rank: Annotated[int, typer.Option(help="This machine's number, 0 to --num-machines - 1 (0 runs the main process).")] = 0,
+    main_ip: Annotated[Optional[str], typer.Option(help="Address of machine 0, for --num-machines above 1.")] = None,
+    main_port: Annotated[int, typer.Option(help="Port machine 0 listens on for the others.")] = 29500,
 ) -> None:
     """Fine-tune a model on your data: chat tuning, continued pretraining, a classifier, a reward
     model, preference optimisation (DPO, ORPO, SimPO, KTO) or RL (GRPO, RLOO), with LoRA
@@ -394,6 +400,7 @@ def train(
     from tunesmith.config import RunConfig, load_config, parse_config
     from tunesmith.data.formats import parse_columns
     from tunesmith.train.callbacks import RichProgressCallback
+    from tunesmith.train.distributed import Cluster
     from tunesmith.train.stages import train as train_stages
 
     if resume:
@@ -446,6 +453,8 @@ def train(
             ("eval", "judge_model"): eval_judge_model,
             ("eval", "minutes_per_item"): minutes_per_item,
             ("eval", "items_per_week"): items_per_week,
+            ("distributed", "num_processes"): num_processes,
+            ("distributed", "strategy"): strategy,
         }
         raw = cfg.model_dump()
         for (section, key), value in overrides.items():
@@ -460,7 +469,10 @@ def train(
     err.print(f"run directory: [bold]{run_dir}[/bold]")
     bars = EvalBars(err)
     try:
-        summary = train_stages(cfg, run_dir, callbacks=[progress], resume=resume is not None, eval_progress=bars)
+        cluster = Cluster(num_machines, machine_rank, main_ip, main_port)
+        summary = train_stages(
+            cfg, run_dir, callbacks=[progress], resume=resume is not None, eval_progress=bars, cluster=cluster
+        )
     except KeyboardInterrupt:
         progress.close()
         bars.stop()
@@ -831,10 +843,13 @@ def tune_cmd(
     output: Annotated[Optional[Path], typer.Option(help="Study directory (one run folder per trial); its name names the study.")] = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
+    backend: Annotated[str, typer.Option(help="optuna: trials one after another here; ray: trials run by Ray Tune, --parallel at once.")] = "optuna",
+    ray_address: Annotated[Optional[str], typer.Option(help="With --backend ray: the Ray cluster to join (e.g. ray://head:10001 or auto); default: a Ray instance on this machine.")] = None,
+    parallel: Annotated[int, typer.Option(min=1, help="With --backend ray: trials at once (each takes one CPU, and one GPU where the cluster has GPUs).")] = 1,
 ) -> None:
     """Search hyperparameters with Optuna (TPE sampler, median pruning at evaluation steps),
     then measure the best trial against its base model on the test set. The study is kept in
-    the project database, so running the same command again resumes it."""
+    the project database, so running the same command again resumes it, with either backend."""
     _quiet_libraries()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -857,7 +872,8 @@ def tune_cmd(
             value = "" if t.value is None else f": {objective} {t.value:.4g}"
             progress.update(task, advance=1, note=f"trial {t.number} {t.state.name.lower()}{value}")
 
-        summary = run_study(base, out, trials, objective, database_url or default_database_url(data_dir), on_trial=on_trial)
+        summary = run_study(base, out, trials, objective, database_url or default_database_url(data_dir), on_trial=on_trial,
+                            backend=backend, ray_address=ray_address, parallel=parallel)
     table = Table(title=f"study {summary['study']}: {summary['counts']['complete']} finished, {summary['counts']['pruned']} pruned")
     for col in ("trial", "state", objective, *[p["name"] for p in summary["space"]]):
         table.add_column(col)

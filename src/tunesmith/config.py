@@ -244,6 +244,23 @@ class EvalConfig(_Section):
     """Items handled per week, for the value estimate."""
 
 
+class DistributedConfig(_Section):
+    num_processes: int = Field(1, ge=1)
+    """Training processes in all machines together: one per GPU (on CPU, processes sharing the cores).
+    More than one launches the training with accelerate."""
+    strategy: Literal["ddp", "fsdp", "zero2", "zero3"] = "ddp"
+    """ddp: a full copy of the model per process; fsdp: parameters, gradients and optimizer state sharded
+    (PyTorch FSDP2); zero2/zero3: DeepSpeed ZeRO sharding optimizer state and gradients (zero2) and
+    the parameters too (zero3). The sharding strategies need CUDA GPUs (zero2/zero3 also DeepSpeed)."""
+
+    @model_validator(mode="after")
+    def _fsdp_needs_processes(self):
+        # ZeRO-3 on one GPU still offloads to CPU memory; FSDP on one process only costs time.
+        if self.strategy == "fsdp" and self.num_processes < 2:
+            raise ValueError("fsdp shards the model across processes; set num_processes to 2 or more")
+        return self
+
+
 class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The base model."""
@@ -255,6 +272,8 @@ class RunConfig(_Section):
     """Optimisation settings."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """How the tuned model is measured against its base."""
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    """How many processes train, and how the model is spread over them."""
     reasons: dict[str, str] = Field(default_factory=dict)
     """Why each "auto" value was chosen (filled by the resolver), keyed like `train.learning_rate`."""
 

@@ -16,3 +16,7 @@ class ModelError(TunesmithError):
 
 class ConfigError(TunesmithError):
     """A configuration value is invalid."""
+
+
+class TrainError(TunesmithError):
+    """Training stopped before its end (e.g. one of several training processes failed)."""

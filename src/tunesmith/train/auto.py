@@ -96,6 +96,7 @@ def resolve(
         set_(m, "beta", *BETA[stage])
 
     lengths = token_lengths(rows, _length_task(kind, rows), tokenizer)
+    accumulation_auto = t.gradient_accumulation == "auto"
     if kind == "pretrain":
         _resolve_pretrain(t, set_, lengths, on_gpu, hw)
     elif kind == "classify":
@@ -106,6 +107,13 @@ def resolve(
         _resolve_rl(t, m, set_, lengths, on_gpu, hw, n, rows, tokenizer)
     else:
         _resolve_chat(t, set_, lengths, on_gpu, hw, n)
+
+    procs = config.distributed.num_processes
+    if accumulation_auto and procs > 1:
+        # Every process adds its own batch to an update, so each accumulates less.
+        value = max(1, math.ceil(int(t.gradient_accumulation) / procs))
+        why = reasons["train.gradient_accumulation"]
+        set_(t, "gradient_accumulation", value, f"{why}, shared by {procs} processes")
 
     if t.learning_rate == "auto":
         value, why = learning_rate(m.adapter, params, kind)
@@ -127,14 +135,15 @@ def resolve(
 
     if t.eval_steps == "auto":
         n_train = n * (1 - float(d.validation_split))
+        rows_per_step = int(t.batch_size) * int(t.gradient_accumulation) * procs
         if kind in ("classify", *PAIR_KINDS):
-            steps = math.ceil(n_train * float(t.epochs) / (int(t.batch_size) * int(t.gradient_accumulation)))
+            steps = math.ceil(n_train * float(t.epochs) / rows_per_step)
         elif kind == "rl":
-            prompts_per_step = int(t.batch_size) * int(t.gradient_accumulation) // m.num_generations
+            prompts_per_step = rows_per_step // m.num_generations
             steps = math.ceil(n_train * float(t.epochs) / max(1, prompts_per_step))
         else:
             total_tokens = n_train * float(np.mean(lengths)) * float(t.epochs)
-            tokens_per_step = int(t.pack_length) * int(t.batch_size) * int(t.gradient_accumulation)
+            tokens_per_step = int(t.pack_length) * rows_per_step
             steps = math.ceil(total_tokens / tokens_per_step)
         steps = t.max_steps or max(1, steps)
         value = max(5, steps // 5)

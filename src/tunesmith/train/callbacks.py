@@ -32,7 +32,7 @@ class MetricsFileCallback(TrainerCallback):
         self._last_tokens = state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "train_loss" in logs:  # the end-of-training summary, not a step
+        if not logs or "train_loss" in logs or not state.is_world_process_zero:  # not a step, or not the main process
             return
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
         for key in LOGGED:

@@ -13,13 +13,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import RunConfig, load_config, save_config
-from tunesmith.data.quality import write_card
+from tunesmith.config import RunConfig, load_config
 from tunesmith.errors import DataError, ModelError
 from tunesmith.train.common import (
     ADAPTER_DIR,
     MODEL_DIR,
-    RUN_INFO,
+    begin_run,
     common_args,
     gate_data,
     load_base,
@@ -30,7 +29,9 @@ from tunesmith.train.common import (
     trainable_parameters,
     training_data,
     wrap_model,
+    write_summary,
 )
+from tunesmith.train.distributed import is_main_process
 
 LABELS_FILE = "labels.json"
 
@@ -99,11 +100,9 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
 
     train_examples, val_examples = encode(rows), encode(val_rows)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    (run_dir / LABELS_FILE).write_text(json.dumps(labels, indent=1, ensure_ascii=False))
-    if card is not None:
-        write_card(card, run_dir)
+    begin_run(config, run_dir, card)
+    if is_main_process():
+        (run_dir / LABELS_FILE).write_text(json.dumps(labels, indent=1, ensure_ascii=False))
 
     model = load_base(
         config, head="classify", num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id
@@ -155,7 +154,7 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
         "validation_rows": len(val_examples),
         "truncated_rows": sum(1 for e in train_examples + val_examples if len(e["input_ids"]) >= max_length),
     }
-    (run_dir / RUN_INFO).write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     return summary
 
 

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from tunesmith.config import RL_STAGES, MethodConfig, RunConfig, load_config
+from tunesmith.config import RL_STAGES, MethodConfig, RunConfig, load_config, save_config
 from tunesmith.errors import ConfigError, DataError, ModelError
 
 ADAPTER_DIR = "adapter"  # adapter weights of a finished run
@@ -320,13 +320,15 @@ def wrap_model(model, config: RunConfig, task_type: str, run_dir: Path, resume: 
         return model
     from peft import get_peft_model
 
+    from tunesmith.train.distributed import is_main_process
+
     if m.gradient_checkpointing and m.quantize == "none":
         model.enable_input_require_grads()
     torch.manual_seed(config.train.seed)  # PiSSA's randomized SVD must be the same on resume
     if m.adapter == "prefix" and task_type == "SEQ_CLS":
         _check_prefix_support(model)
     model = get_peft_model(model, pcfg)
-    if m.adapter in ("pissa", "olora") and not resume:
+    if m.adapter in ("pissa", "olora") and not resume and is_main_process():
         model.peft_config["default"].init_lora_weights = True  # saved as a plain LoRA start
         model.save_pretrained(str(run_dir / INIT_ADAPTER_DIR))
         model.peft_config["default"].init_lora_weights = pcfg.init_lora_weights
@@ -357,11 +359,35 @@ def save_weights(trainer, tokenizer, config: RunConfig, run_dir: Path) -> Path:
     is_adapter = config.method.adapter != "full"
     out = run_dir / (ADAPTER_DIR if is_adapter else MODEL_DIR)
     if config.method.adapter in ("pissa", "olora"):
-        _save_as_plain_lora(trainer.model, out, run_dir / INIT_ADAPTER_DIR)
+        if trainer.args.should_save:
+            _save_as_plain_lora(trainer.model, out, run_dir / INIT_ADAPTER_DIR)
     else:
-        trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+        trainer.save_model(str(out))  # every process: FSDP and ZeRO-3 gather the shards here
+    if trainer.args.should_save:
+        tokenizer.save_pretrained(str(out))
     return out
+
+
+def begin_run(config: RunConfig, run_dir: Path, card=None) -> None:
+    """Create the run directory with its resolved config and data card (in a launched run,
+    from the main process only)."""
+    from tunesmith.data.quality import write_card
+    from tunesmith.train.distributed import is_main_process
+
+    if not is_main_process():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    if card is not None:
+        write_card(card, run_dir)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """The run's `run.json` (in a launched run, from the main process only)."""
+    from tunesmith.train.distributed import is_main_process
+
+    if is_main_process():
+        (run_dir / RUN_INFO).write_text(json.dumps(summary, indent=2))
 
 
 def _save_as_plain_lora(model, out: Path, init_dir: Path) -> None:
@@ -432,6 +458,9 @@ def common_args(config: RunConfig, run_dir: Path, has_eval: bool) -> dict:
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
         save_only_model=False,  # optimizer + RNG state are needed to resume exactly
+        # Adapters and heads are all used in every forward pass; the search for unused
+        # parameters would cost a walk of the autograd graph per step under DDP.
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -477,9 +506,11 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 def start_run(config: RunConfig, run_dir: Path, resume: bool) -> tuple[RunConfig, str | None]:
     """The config and checkpoint to start from: a fresh run refuses a used directory, a
     resumed one reads its saved config."""
+    from tunesmith.train.distributed import launched
+
     if resume:
         return resume_point(run_dir)
-    if (run_dir / "config.yaml").exists():
+    if (run_dir / "config.yaml").exists() and not launched():  # the launcher checked before the main process wrote it
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --output.")
     if not config.data.train:
         raise ConfigError("No training data given: pass --data FILE or set data.train in the config.")

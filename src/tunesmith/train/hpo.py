@@ -1,6 +1,7 @@
 """Hyperparameter search with Optuna: `tunesmith tune CONFIG --trials N`.
 
-Each trial trains the config with sampled values into `OUT/trial-<n>/`. The objective is a
+Each trial trains the config with sampled values into `OUT/trial-<n>/`, in this process or,
+with `--backend ray`, as a Ray Tune trial (`hpo_ray.py`). The objective is a
 validation metric the trainer reports at every evaluation step (never the test set, which
 stays for the final before/after report). A TPE sampler proposes values from what earlier
 trials scored, and a median pruner stops a trial at an evaluation step where it is worse
@@ -110,17 +111,26 @@ def run_study(
     enqueue: list[dict] | None = None,
     callbacks: list | None = None,
     on_trial=None,
+    backend: str = "optuna",
+    ray_address: str | None = None,
+    parallel: int = 1,
 ) -> dict:
     """Run (or resume) a study of `trials` finished trials in all and return its summary
     (also written to `OUT/study.json`, with `study.html`). `enqueue` lists values to try
-    first; `on_trial(frozen_trial)` is called after each trial."""
+    first; `on_trial(frozen_trial)` is called after each trial. `backend="ray"` runs the
+    trials as Ray Tune trials (`parallel` at once) on the Ray cluster at `ray_address`, or
+    on a Ray instance started on this machine; the study and its report are the same."""
     import optuna
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective {objective} is not one of {', '.join(OBJECTIVES)}.")
+    if backend not in ("optuna", "ray"):
+        raise ConfigError(f"--backend {backend} is not one of optuna, ray.")
     key, direction, best_metric = OBJECTIVES[objective]
     if config.data.validation_split == 0 and not config.data.validation:
         raise ConfigError("tune compares trials on validation data: give --validation FILE or a validation_split above 0.")
+    if config.distributed.num_processes > 1:
+        raise ConfigError("tune trains each trial in one process: set distributed.num_processes to 1 (--backend ray runs trials side by side).")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = config.model_copy(deep=True)
@@ -135,37 +145,60 @@ def run_study(
         direction=direction,
         # TPE after a few random trials; seeded so a study can be repeated.
         sampler=optuna.samplers.TPESampler(seed=config.train.seed, n_startup_trials=min(5, max(1, trials // 3))),
-        # Prune once two trials have finished, from the first evaluation on.
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        pruner=pruner(),
     )
     save_config(config, out_dir / "base_config.yaml")
     for values in enqueue or []:
         study.enqueue_trial(values)
 
-    def run_trial(trial) -> float:
-        values = {p.name: p.sample(trial) for p in space}
-        trial_config = apply(base, values)
-        run_dir = out_dir / f"trial-{trial.number}"
-        trial.set_user_attr("run_dir", str(run_dir))
-        pruning = PruningCallback(trial, key, direction == "maximize")
-        from tunesmith.train.stages import train
-
-        train(trial_config, run_dir, callbacks=[pruning, *(callbacks or [])])
-        if pruning.best is None:
-            raise ConfigError(f"trial {trial.number} reported no {key}; choose an --objective this method logs.")
-        return pruning.best
-
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    while sum(t.state in finished for t in study.trials) < trials:
-        study.optimize(run_trial, n_trials=1, catch=())
-        if on_trial:
-            on_trial(study.trials[-1])
+    if backend == "ray":
+        try:
+            from tunesmith.train.hpo_ray import run_on_ray
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("ray"):
+                raise
+            raise ConfigError("--backend ray needs Ray Tune: pip install 'tunesmith[ray]'.") from exc
+        left = trials - sum(t.state in finished for t in study.trials)
+        run_on_ray(study, storage, base, space, out_dir, key, left, on_trial, ray_address, parallel)
+    else:
+
+        def run_trial(trial) -> float:
+            values = {p.name: p.sample(trial) for p in space}
+            return train_trial(base, values, trial, out_dir, key, direction == "maximize", callbacks)
+
+        while sum(t.state in finished for t in study.trials) < trials:
+            study.optimize(run_trial, n_trials=1, catch=())
+            if on_trial:
+                on_trial(study.trials[-1])
     summary = summarize(study, objective, key, space)
     (out_dir / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
     from tunesmith.evaluate.report import write_study_report
 
     write_study_report(out_dir, summary)
     return summary
+
+
+def pruner():
+    """Prune once two trials have finished, from the first evaluation on, at an evaluation
+    where a trial is worse than the median of the others there."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+
+
+def train_trial(base: RunConfig, values: dict, trial, out_dir: Path, key: str, maximize: bool, callbacks=None) -> float:
+    """Train one trial of `values` into `OUT/trial-<n>/` and return its best `key`; raises
+    optuna.TrialPruned when the pruner stops it. Both backends run trials through this."""
+    from tunesmith.train.stages import train
+
+    run_dir = out_dir / f"trial-{trial.number}"
+    trial.set_user_attr("run_dir", str(run_dir))
+    pruning = PruningCallback(trial, key, maximize)
+    train(apply(base, values), run_dir, callbacks=[*(callbacks or []), pruning])  # pruning last: it may stop the trial
+    if pruning.best is None:
+        raise ConfigError(f"trial {trial.number} reported no {key}; choose an --objective this method logs.")
+    return pruning.best
 
 
 def summarize(study, objective: str, key: str, space: list[Param]) -> dict:

@@ -10,15 +10,13 @@ copy of the model; ORPO and SimPO need no reference at all.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from tunesmith.config import RunConfig, save_config
-from tunesmith.data.quality import write_card
+from tunesmith.config import RunConfig
 from tunesmith.errors import DataError
 from tunesmith.train.common import (
-    RUN_INFO,
+    begin_run,
     common_args,
     fit_prompt,
     gate_data,
@@ -31,6 +29,7 @@ from tunesmith.train.common import (
     trainable_parameters,
     training_data,
     wrap_model,
+    write_summary,
 )
 
 
@@ -131,10 +130,7 @@ def train_preference(config: RunConfig, run_dir: str | Path, callbacks: list | N
     if kto:
         rows, val_rows = unpaired(rows), unpaired(val_rows)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    if card is not None:
-        write_card(card, run_dir)
+    begin_run(config, run_dir, card)
 
     model = wrap_model(load_base(config), config, "CAUSAL_LM", run_dir, resume)
     trainable, total = trainable_parameters(model)
@@ -177,5 +173,5 @@ def train_preference(config: RunConfig, run_dir: str | Path, callbacks: list | N
         "validation_rows": len(val_rows),
         "truncated_rows": cut_train + cut_val,
     }
-    (run_dir / RUN_INFO).write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     return summary

@@ -8,17 +8,15 @@ joined with EOS, nothing dropped), mix in general text against forgetting
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 
-from tunesmith.config import RunConfig, save_config
-from tunesmith.data.quality import write_card
+from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.train.common import (
     PROMPT_LEARNING,
-    RUN_INFO,
+    begin_run,
     common_args,
     gate_data,
     load_base,
@@ -29,6 +27,7 @@ from tunesmith.train.common import (
     trainable_parameters,
     training_data,
     wrap_model,
+    write_summary,
 )
 
 GENERAL_TEXT = Path(__file__).resolve().parent.parent / "samples" / "general_text.jsonl"
@@ -110,10 +109,7 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
         general = load_texts(config.data.replay_file or str(GENERAL_TEXT), format="text")
         replay = replay_blocks(len(train_blocks), config.data.replay_ratio, to_blocks(general, tokenizer, block), config.train.seed)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    if card is not None:
-        write_card(card, run_dir)
+    begin_run(config, run_dir, card)
 
     model = wrap_model(load_base(config), config, "CAUSAL_LM", run_dir, resume)
     trainable, total = trainable_parameters(model)
@@ -161,5 +157,5 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
         "validation_blocks": len(val_blocks),
         "train_tokens": sum(len(b) for b in train_blocks),
     }
-    (run_dir / RUN_INFO).write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     return summary

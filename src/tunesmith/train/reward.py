@@ -10,15 +10,13 @@ score` and the grpo/rloo stages.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import RunConfig, load_config, save_config
-from tunesmith.data.quality import write_card
+from tunesmith.config import RunConfig, load_config
 from tunesmith.errors import DataError, ModelError
 from tunesmith.train.common import (
-    RUN_INFO,
+    begin_run,
     chat_tokens,
     common_args,
     fit_prompt,
@@ -32,6 +30,7 @@ from tunesmith.train.common import (
     trainable_parameters,
     training_data,
     wrap_model,
+    write_summary,
 )
 
 
@@ -78,10 +77,7 @@ def train_reward(config: RunConfig, run_dir: str | Path, callbacks: list | None 
     train_examples, cut_train = encode_pairs(rows, tokenizer, max_length)
     val_examples, cut_val = encode_pairs(val_rows, tokenizer, max_length)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    if card is not None:
-        write_card(card, run_dir)
+    begin_run(config, run_dir, card)
 
     model = load_base(config, head="classify", num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
@@ -127,7 +123,7 @@ def train_reward(config: RunConfig, run_dir: str | Path, callbacks: list | None 
         "validation_rows": len(val_examples),
         "truncated_rows": cut_train + cut_val,
     }
-    (run_dir / RUN_INFO).write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     return summary
 
 

@@ -21,11 +21,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from tunesmith.config import RunConfig, save_config
-from tunesmith.data.quality import write_card
+from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.train.common import (
-    RUN_INFO,
+    begin_run,
     common_args,
     fit_prompt,
     gate_data,
@@ -37,6 +36,7 @@ from tunesmith.train.common import (
     trainable_parameters,
     training_data,
     wrap_model,
+    write_summary,
 )
 
 SAMPLES_FILE = "samples.jsonl"  # a few answers with their rewards at every evaluation
@@ -269,10 +269,7 @@ def train_rl(config: RunConfig, run_dir: str | Path, callbacks: list | None = No
         shortened += cut
     val_rows = val_rows[:EVAL_PROMPTS]
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    if card is not None:
-        write_card(card, run_dir)
+    begin_run(config, run_dir, card)
 
     model = wrap_model(load_base(config), config, "CAUSAL_LM", run_dir, resume)
     trainable, total = trainable_parameters(model)
@@ -328,5 +325,5 @@ def train_rl(config: RunConfig, run_dir: str | Path, callbacks: list | None = No
         "validation_rows": len(val_rows),
         "truncated_rows": shortened,
     }
-    (run_dir / RUN_INFO).write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     return summary

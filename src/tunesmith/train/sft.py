@@ -7,16 +7,14 @@ tokens only, build model, build TRL's SFTTrainer (packed, padding-free), train, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.config import RunConfig, save_config
-from tunesmith.data.quality import write_card
+from tunesmith.config import RunConfig
 from tunesmith.errors import DataError
 from tunesmith.train.common import (
     PROMPT_LEARNING,
-    RUN_INFO,
+    begin_run,
     common_args,
     gate_data,
     load_base,
@@ -27,6 +25,7 @@ from tunesmith.train.common import (
     trainable_parameters,
     training_data,
     wrap_model,
+    write_summary,
 )
 
 
@@ -162,10 +161,7 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
     card = None if resume else gate_data(config, tokenizer)
     config, train_examples, val_examples, stats = prepare(config, tokenizer)
     # Created only now, so a bad model name or data file leaves no empty run behind.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    if card is not None:
-        write_card(card, run_dir)
+    begin_run(config, run_dir, card)
 
     model = wrap_model(load_base(config), config, "CAUSAL_LM", run_dir, resume)
     trainable, total = trainable_parameters(model)
@@ -198,5 +194,5 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
         "tokens_seen": trainer.state.num_input_tokens_seen,
         **stats,
     }
-    (run_dir / RUN_INFO).write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     return summary

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig, load_config, save_config
+from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig, load_config
 from tunesmith.errors import ConfigError
-from tunesmith.train.common import MODEL_DIR, PROMPT_LEARNING, RUN_INFO, resolve_test_split
+from tunesmith.train import distributed
+from tunesmith.train.common import MODEL_DIR, PROMPT_LEARNING, RUN_INFO, begin_run, resolve_test_split, write_summary
+from tunesmith.train.distributed import Cluster
 
 MERGED_DIR = "merged"
 
@@ -43,14 +45,31 @@ def stage_data(config: RunConfig, stage: str) -> str | None:
 
 
 def train(
-    config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False, eval_progress=None
+    config: RunConfig,
+    run_dir: str | Path,
+    callbacks: list | None = None,
+    resume: bool = False,
+    eval_progress=None,
+    cluster: Cluster | None = None,
 ) -> dict:
     """Train every stage of `config` into `run_dir`, then, when the run has a test set and
     `eval.enabled`, measure it against its base (`evaluate.run`; `eval_progress(what, done,
     total)` follows that). Returns the last stage's summary, with `evaluation` (the results)
-    when it ran; a multi-stage run also writes `RUN/run.json` with every stage's summary."""
+    when it ran; a multi-stage run also writes `RUN/run.json` with every stage's summary.
+
+    A config with `distributed.num_processes` above 1 trains in that many launched processes
+    (`train.distributed`, on this machine's part of `cluster`); of the callbacks only the
+    progress bar is carried over to them."""
+    from tunesmith.train.callbacks import RichProgressCallback
+
     run_dir = Path(run_dir)
-    summary = _train_stages(config, run_dir, callbacks, resume)
+    if resume and (run_dir / "config.yaml").exists():
+        config = load_config(run_dir / "config.yaml")
+    if distributed.wanted(config):
+        progress = any(isinstance(cb, RichProgressCallback) for cb in callbacks or [])
+        summary = distributed.launch(config, run_dir, resume, progress, cluster)
+    else:
+        summary = train_stages(config, run_dir, callbacks, resume)
     config = load_config(run_dir / "config.yaml")  # resolved: it knows whether a test split was held out
     if config.eval.enabled and has_test_set(config):
         from tunesmith.evaluate.run import evaluate_run
@@ -64,7 +83,8 @@ def has_test_set(config: RunConfig) -> bool:
     return bool(config.data.test or (config.data.test_split != "auto" and float(config.data.test_split) > 0))
 
 
-def _train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resume: bool) -> dict:
+def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resume: bool) -> dict:
+    """Train every stage in this process (or in each launched process)."""
     if resume and (run_dir / "config.yaml").exists():
         config = load_config(run_dir / "config.yaml")
     stages = config.method.stages
@@ -76,15 +96,14 @@ def _train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resu
 
     if not resume:
         _check_multistage(config)
-        if (run_dir / "config.yaml").exists():
+        if (run_dir / "config.yaml").exists() and not distributed.launched():
             raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --output.")
         if config.data.test_split == "auto" and config.data.train:
             # Decided once for the whole run, so every stage on data.train holds out the same rows.
             from tunesmith.data.formats import load_data
 
             config = resolve_test_split(config, len(load_data(config.data.train, columns=config.data.columns).records))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+        begin_run(config, run_dir)
     summaries: list[dict] = []
     model = config.model.name  # the policy: each stage but reward starts from, and advances, it
     for i, stage in enumerate(stages):
@@ -112,7 +131,7 @@ def _train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resu
         # starts from the SFT weights, and RL starts from them too).
         if i < len(stages) - 1 and stage != "reward":
             model = str(_weights_for_next_stage(stage_dir))
-    (run_dir / RUN_INFO).write_text(json.dumps({"stages": summaries, "final_stage": stages[-1]}, indent=2))
+    write_summary(run_dir, {"stages": summaries, "final_stage": stages[-1]})
     return {**summaries[-1], "stages": summaries}
 
 
@@ -150,10 +169,11 @@ def _weights_for_next_stage(stage_dir: Path) -> Path:
     if (stage_dir / MODEL_DIR).is_dir():
         return stage_dir / MODEL_DIR
     merged = stage_dir / MERGED_DIR
-    if not (merged / "config.json").exists():
+    if not (merged / "config.json").exists() and distributed.is_main_process():
         from tunesmith.serve.engine import load_for_inference
 
         loaded = load_for_inference(str(stage_dir))
         loaded.model.save_pretrained(str(merged))
         loaded.tokenizer.save_pretrained(str(merged))
+    distributed.barrier()  # the other processes start the next stage from the merged weights
     return merged
