@@ -147,3 +147,28 @@ def test_auto_drops_training_rows_that_leak_into_the_test_set(tmp_path, tiny_mod
     config = load_config(tmp_path / "run" / "config.yaml")
     assert "dropped 4 rows" in config.reasons["auto.gate"]
     assert len((tmp_path / "run" / "data" / "clean.jsonl").read_text().splitlines()) == 26
+
+
+def test_auto_grows_small_data_with_a_teacher_endpoint(tmp_path, tiny_model_dir, stub_openai):
+    from collections import defaultdict
+
+    from test_synth import label_of
+
+    data = write_labels(tmp_path / "labels.csv", n=30)
+    known = {row["text"] for row in csv.DictReader(data.open())}
+    pool = defaultdict(list)  # the teacher answers with real queries of the asked intent that DATA lacks
+    for text, label in banking_rows():
+        if text not in known:
+            pool[label].append(text)
+    stub_openai.reply = lambda messages: pool[label_of(messages)].pop() if pool[label_of(messages)] else ""
+    result = invoke("auto", data, "--model", tiny_model_dir, "--output", tmp_path / "run", "--data-dir", tmp_path / "p",
+                    "--synth-below", "38", "--teacher-url", stub_openai.url, "--teacher-model", "teacher-llm")
+    assert result.exit_code == 0, result.output
+    config = load_config(tmp_path / "run" / "config.yaml")
+    why = config.reasons["auto.synthetic"]
+    assert why.startswith("30 rows, under --synth-below 38: 8 synthetic rows added from teacher-llm at http")
+    assert config.data.train.endswith("train_with_synthetic.jsonl") and config.method.stages == ["classify"]
+    assert len((tmp_path / "run" / "data" / "train_with_synthetic.jsonl").read_text().splitlines()) == 38
+    assert stub_openai.requests and stub_openai.requests[0]["model"] == "teacher-llm"
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert summary["train_rows"] + summary["validation_rows"] == 38

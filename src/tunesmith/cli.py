@@ -914,6 +914,9 @@ def auto_cmd(
     force: Annotated[bool, typer.Option(help="Train even when the data gate still finds errors after the safe fixes.")] = False,
     synth_below: Annotated[int, typer.Option(help="Add synthetic rows from --teacher when DATA has fewer rows than this (0: never).")] = 0,
     teacher: Annotated[Optional[str], typer.Option(help="Teacher model for synthetic rows (default: the bundled model).")] = None,
+    teacher_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint as teacher instead, e.g. http://localhost:8000/v1.")] = None,
+    teacher_model: Annotated[Optional[str], typer.Option(help="The model the teacher endpoint runs.")] = None,
+    teacher_key: Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")] = None,
     project: Annotated[str, typer.Option(help="Project the model is registered in, for `tunesmith serve`.")] = "default",
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
@@ -923,6 +926,7 @@ def auto_cmd(
     model so `tunesmith serve` serves it. Every decision is listed with its reason."""
     _quiet_libraries()
     from tunesmith.data.formats import parse_columns
+    from tunesmith.data.teacher import make_teacher
     from tunesmith.jobs.store import default_database_url
     from tunesmith.pipeline import run_auto
     from tunesmith.train.callbacks import RichProgressCallback
@@ -931,11 +935,12 @@ def auto_cmd(
     _sessions(data_dir, database_url)
     run_dir = output or Path("runs") / time.strftime("auto-%Y%m%d-%H%M%S")
     _convert_builtin_once(model)
+    the_teacher = make_teacher(teacher, teacher_url, teacher_model, teacher_key) if synth_below else None
     progress = RichProgressCallback(console=err)
     bars = EvalBars(err)
     try:
         result = run_auto(data, run_dir, test, task, budget, model, parse_columns(columns) if columns else None, force,
-                          synth_below, teacher, project, database_url or default_database_url(data_dir),
+                          synth_below, the_teacher, project, database_url or default_database_url(data_dir),
                           callbacks=[progress], eval_progress=bars, say=lambda line: err.print(f"[dim]auto:[/dim] {line}"))
     except KeyboardInterrupt:
         progress.close()

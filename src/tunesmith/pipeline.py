@@ -109,9 +109,9 @@ def gate(path: str, test: str | None, columns: dict | None, task: str, out: Path
     return fixed.out_path
 
 
-def grow(path: str, columns: dict | None, rows: int, synth_below: int, teacher: str | None, out: Path,
-         decisions: dict) -> str:
-    """Add synthetic rows from a teacher when the data has fewer than `synth_below` rows."""
+def grow(path: str, columns: dict | None, rows: int, synth_below: int, teacher, out: Path, decisions: dict) -> str:
+    """Add synthetic rows from `teacher` (a `data.teacher` object; None: the bundled model)
+    when the data has fewer than `synth_below` rows."""
     from tunesmith.data.formats import load_data
     from tunesmith.data.synth import SynthOptions, synthesize
     from tunesmith.data.teacher import make_teacher
@@ -121,14 +121,14 @@ def grow(path: str, columns: dict | None, rows: int, synth_below: int, teacher: 
         return path
     synth_file = out / "data" / "synthetic.jsonl"
     synth_file.parent.mkdir(parents=True, exist_ok=True)
-    report = synthesize(synth_file, make_teacher(teacher), SynthOptions(n=synth_below - rows), seed_path=path, columns=columns)
+    report = synthesize(synth_file, teacher or make_teacher(), SynthOptions(n=synth_below - rows), seed_path=path, columns=columns)
     combined = out / "data" / "train_with_synthetic.jsonl"
     with combined.open("w") as f:
         for source in (path, synth_file):
             for record in load_data(str(source), columns=columns if source == path else None).records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     decisions["auto.synthetic"] = (f"{rows} rows, under --synth-below {synth_below}: {report.kept} synthetic rows added "
-                                   f"from {teacher or 'the bundled model'} after filtering ({synth_file.name})")
+                                   f"from {report.teacher} after filtering ({synth_file.name})")
     return str(combined)
 
 
@@ -216,7 +216,7 @@ def run_auto(
     columns: dict | None = None,
     force: bool = False,
     synth_below: int = 0,
-    teacher: str | None = None,
+    teacher=None,
     project: str = "default",
     database_url: str | None = None,
     callbacks: list | None = None,

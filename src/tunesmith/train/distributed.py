@@ -190,8 +190,8 @@ def _prepare_model(config: RunConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One launched process: train the stages, then the main process writes the summary (or
-    any process the user error that stopped it) where the launcher reads it."""
+    """One launched process: train the stages, then the machine's first process writes the
+    summary (or any process the user error that stopped it) where the launcher reads it."""
     parser = argparse.ArgumentParser(prog="python -m tunesmith.train.distributed")
     parser.add_argument("config")
     parser.add_argument("run_dir")
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except TunesmithError as exc:
         _write_once(args.result, {"error": type(exc).__name__, "message": str(exc)})
         return 1
-    if is_main_process():
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # the first process of each machine answers its launcher
         _write_once(args.result, {"summary": summary})
     return 0
 

@@ -70,6 +70,8 @@ def train(
         summary = distributed.launch(config, run_dir, resume, progress, cluster)
     else:
         summary = train_stages(config, run_dir, callbacks, resume)
+    if cluster is not None and cluster.machine_rank > 0:
+        return summary  # machine 0 evaluates
     config = load_config(run_dir / "config.yaml")  # resolved: it knows whether a test split was held out
     if config.eval.enabled and has_test_set(config):
         from tunesmith.evaluate.run import evaluate_run
