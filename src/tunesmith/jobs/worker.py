@@ -57,14 +57,20 @@ class JobCallback(TrainerCallback):
     def __init__(self, sessions, job: Job, flags: dict):
         self.sessions, self.job, self.flags = sessions, job, flags
         self.last: dict = {}
+        self.clock = (time.perf_counter(), 0)
 
     def on_train_begin(self, args, state, control, **kwargs):
         run_config = Path(args.output_dir).parent / "config.yaml"
         from tunesmith.config import load_config
 
-        t = load_config(run_config).train
+        config = load_config(run_config)
+        t = config.train
         resolved = {"n_epochs": t.epochs, "batch_size": t.batch_size, "learning_rate": t.learning_rate,
                     "max_steps": state.max_steps}
+        # Why each automatic value was chosen, under the job's own names (the UI shows them).
+        names = {"train.epochs": "n_epochs", "train.batch_size": "batch_size", "train.learning_rate": "learning_rate"}
+        resolved["reasons"] = {names.get(k, k): why for k, why in config.reasons.items()}
+        self.clock = (time.perf_counter(), state.num_input_tokens_seen)
         with self.sessions.begin() as s:
             s.get(Job, self.job.id).resolved = resolved
             start = f"resumed at step {state.global_step} of" if state.global_step else "started:"
@@ -87,6 +93,11 @@ class JobCallback(TrainerCallback):
                           ("eval_accuracy", "valid_accuracy"), ("accuracy", "train_accuracy")):
             if key in logs:
                 row[name] = logs[key]
+        if "loss" in logs:  # tokens/s since the previous training log
+            now, (then, seen) = time.perf_counter(), self.clock
+            if now > then:
+                row["tokens_per_s"] = round((state.num_input_tokens_seen - seen) / (now - then), 1)
+            self.clock = (now, state.num_input_tokens_seen)
         self.last.update(row)
         figures = ", ".join(f"{k.replace('_', ' ')}={v:.4g}" for k, v in row.items() if k not in ("step", "total_steps"))
         with self.sessions.begin() as s:

@@ -91,6 +91,7 @@ CallerDep = Annotated[Caller, Depends(authenticate)]
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI app: OpenAI-compatible routes under /v1, with its OpenAPI spec at /openapi.json."""
     from tunesmith.serve import openai_api
+    from tunesmith.serve.platform_api import platform
 
     settings.data_dir = Path(settings.data_dir)
     (settings.data_dir / "files").mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,25 @@ def create_app(settings: Settings) -> FastAPI:
 
     for router in openai_api.routers:
         app.include_router(router, prefix="/v1")
+    app.include_router(platform, prefix="/v1")
+    _add_ui(app)
     return app
+
+
+UI_DIR = Path(__file__).parent / "ui"
+
+
+def _add_ui(app: FastAPI) -> None:
+    """The web UI at `/`: static files shipped in the package (no CDN), talking to the same
+    /v1 API with the key the user signs in with."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(UI_DIR / "index.html")
 
 
 def _validation_message(errors: list[dict]) -> tuple[str, str, str | None]:
