@@ -23,6 +23,11 @@ app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
 
+# A teacher behind an OpenAI-compatible endpoint (augment, synth, auto).
+TeacherUrlOpt = Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint as teacher instead of a local model, e.g. http://localhost:8000/v1.")]
+TeacherModelOpt = Annotated[Optional[str], typer.Option(help="Model name to ask the endpoint for.")]
+TeacherKeyOpt = Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")]
+
 
 def _quiet_libraries() -> None:
     # Library chatter (progress dicts, deprecation notes) drowns out our own progress bars.
@@ -193,9 +198,9 @@ def augment_cmd(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same variants.")] = 0,
     columns: Annotated[Optional[str], typer.Option(help="Override detection: field=column,...")] = None,
     teacher: Annotated[Optional[str], typer.Option(help="Local model that paraphrases (default: the bundled model).")] = None,
-    teacher_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint that paraphrases instead, e.g. http://localhost:8000/v1.")] = None,
-    teacher_model: Annotated[Optional[str], typer.Option(help="Model name to ask the endpoint for.")] = None,
-    teacher_key: Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")] = None,
+    teacher_url: TeacherUrlOpt = None,
+    teacher_model: TeacherModelOpt = None,
+    teacher_key: TeacherKeyOpt = None,
 ) -> None:
     """Write meaning-preserving variants of each row's user text (typos, casing, punctuation,
     word dropout and swaps, paraphrases); answers and labels are kept. Every row records
@@ -245,9 +250,9 @@ def synth_cmd(
     topics: Annotated[Optional[Path], typer.Option(help="Scenarios YAML: template (with {topic}), topics, optional variables, system, answer.")] = None,
     methods: Annotated[str, typer.Option(help="Instruct data: self-instruct and/or evol (Evol-Instruct), comma-separated.")] = "self-instruct,evol",
     teacher: Annotated[Optional[str], typer.Option(help="Local teacher model: built-in name, folder or run directory (default smollm2-135m).")] = None,
-    teacher_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint as teacher, e.g. http://localhost:8000/v1.")] = None,
-    teacher_model: Annotated[Optional[str], typer.Option(help="Model name to ask the endpoint for.")] = None,
-    teacher_key: Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")] = None,
+    teacher_url: TeacherUrlOpt = None,
+    teacher_model: TeacherModelOpt = None,
+    teacher_key: TeacherKeyOpt = None,
     rpm: Annotated[Optional[float], typer.Option(help="Endpoint requests per minute at most (teacher and judge share it when they use the same URL).")] = None,
     concurrency: Annotated[int, typer.Option(help="Endpoint requests in flight at once.")] = 4,
     judge: Annotated[Optional[str], typer.Option(help="Local judge model; rows it scores below --min-score are dropped.")] = None,
@@ -914,9 +919,9 @@ def auto_cmd(
     force: Annotated[bool, typer.Option(help="Train even when the data gate still finds errors after the safe fixes.")] = False,
     synth_below: Annotated[int, typer.Option(help="Add synthetic rows from --teacher when DATA has fewer rows than this (0: never).")] = 0,
     teacher: Annotated[Optional[str], typer.Option(help="Teacher model for synthetic rows (default: the bundled model).")] = None,
-    teacher_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint as teacher instead, e.g. http://localhost:8000/v1.")] = None,
-    teacher_model: Annotated[Optional[str], typer.Option(help="The model the teacher endpoint runs.")] = None,
-    teacher_key: Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")] = None,
+    teacher_url: TeacherUrlOpt = None,
+    teacher_model: TeacherModelOpt = None,
+    teacher_key: TeacherKeyOpt = None,
     project: Annotated[str, typer.Option(help="Project the model is registered in, for `tunesmith serve`.")] = "default",
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
