@@ -85,6 +85,24 @@ def build_config(
     return config
 
 
+# The job's own names for the resolver's keys (the rest keep their dotted config names).
+JOB_NAMES = {"train.epochs": "n_epochs", "train.batch_size": "batch_size", "train.learning_rate": "learning_rate"}
+
+
+def resolved_settings(config: RunConfig) -> dict:
+    """A resolved config's values as a job shows them: OpenAI's three hyperparameters, then
+    every other value the resolver chose, and under `reasons` why each was chosen."""
+    t = config.train
+    values: dict = {"n_epochs": t.epochs, "batch_size": t.batch_size, "learning_rate": t.learning_rate}
+    reasons = {}
+    for key, why in config.reasons.items():
+        name = JOB_NAMES.get(key, key)
+        section, _, field = key.partition(".")
+        values.setdefault(name, getattr(getattr(config, section, None), field, None))
+        reasons[name] = why
+    return values | {"reasons": reasons}
+
+
 def check_data_fits(stage: str, task: str, file_id: str) -> None:
     if task not in STAGE_TASKS[stage]:
         raise ConfigError(

@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.jobs import store
-from tunesmith.jobs.spec import build_config
+from tunesmith.jobs.spec import build_config, resolved_settings
 from tunesmith.jobs.store import (
     CANCELLED,
     FAILED,
@@ -65,11 +65,7 @@ class JobCallback(TrainerCallback):
 
         config = load_config(run_config)
         t = config.train
-        resolved = {"n_epochs": t.epochs, "batch_size": t.batch_size, "learning_rate": t.learning_rate,
-                    "max_steps": state.max_steps}
-        # Why each automatic value was chosen, under the job's own names (the UI shows them).
-        names = {"train.epochs": "n_epochs", "train.batch_size": "batch_size", "train.learning_rate": "learning_rate"}
-        resolved["reasons"] = {names.get(k, k): why for k, why in config.reasons.items()}
+        resolved = resolved_settings(config) | {"max_steps": state.max_steps}
         self.clock = (time.perf_counter(), state.num_input_tokens_seen)
         with self.sessions.begin() as s:
             s.get(Job, self.job.id).resolved = resolved
@@ -147,9 +143,15 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
     beat = Heartbeat(sessions, job.id, worker, flags, heartbeat_s)
     beat.start()
     paths: dict[str, str] = {}
+    names: dict[str, str] = {}  # the server's paths -> what the project knows them as
     try:
         with sessions.begin() as s:
-            paths = {f.id: f.path for f in s.query(File).filter(File.id.in_([job.training_file, job.validation_file]))}
+            for f in s.query(File).filter(File.id.in_([job.training_file, job.validation_file])):
+                paths[f.id] = f.path
+                names[f.path] = f"{f.filename} ({f.id})"
+        names[str(run_dir)] = job.id
+        if job.source != job.model:
+            names[job.source] = job.model
         config = build_config(job.source, job.method, paths[job.training_file],
                               paths.get(job.validation_file) if job.validation_file else None, job.seed)
         resume = (run_dir / "config.yaml").exists() and any(
@@ -159,14 +161,16 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
         with sessions.begin() as s:
             store.add_event(s, job.id, "Resuming from the last checkpoint." if resume else "Fine-tuning job started.")
         summary = train(config, run_dir, callbacks=[JobCallback(sessions, job, flags)], resume=resume)
+        for name in ("report.html", "MODEL_CARD.md"):
+            if (run_dir / name).exists():
+                text = (run_dir / name).read_text(encoding="utf-8")
+                (run_dir / name).write_text(hide_paths(text, names, html=name.endswith(".html")), encoding="utf-8")
         return _succeed(sessions, job, worker, data_dir, summary)
     except Stop as stop:
         return _stopped(sessions, job, worker, stop.reason)
     except TunesmithError as exc:
         code = "invalid_training_file" if isinstance(exc, DataError) else "invalid_request"
-        message = str(exc)
-        for file_id, path in paths.items():  # name files by id, never by where the server keeps them
-            message = message.replace(path, file_id)
+        message = hide_paths(str(exc), {path: file_id for file_id, path in paths.items()})
         return _fail(sessions, job, worker, {"code": code, "message": message, "param": None})
     except Exception as exc:  # a bug, not the user's fault: the details go to the worker log
         traceback.print_exc()
@@ -174,6 +178,20 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
         return _fail(sessions, job, worker, {"code": "server_error", "message": message[:1000], "param": None})
     finally:
         beat.done.set()
+
+
+def hide_paths(text: str, names: dict[str, str], html: bool = False) -> str:
+    """`text` with the server's storage paths replaced by the names the project knows (file
+    names and ids, the job id, the base model's name): a project never sees where the server
+    keeps things. In HTML the path may appear escaped, and the names are escaped."""
+    import html as markup
+
+    for path in sorted(names, key=len, reverse=True):  # a run folder before the data folder it is in
+        name = markup.escape(names[path]) if html else names[path]
+        text = text.replace(path, name)
+        if html:
+            text = text.replace(markup.escape(path), name)
+    return text
 
 
 def _succeed(sessions, job: Job, worker: str, data_dir: Path, summary: dict) -> str:

@@ -67,6 +67,49 @@ def load_for_inference(target: str, base: bool = False) -> Loaded:
     return Loaded(_eval(model), tokenizer, f"{path} ({base_name} + adapter)", system)
 
 
+def merged_dir(stage_dir: Path) -> Path:
+    from tunesmith.train.common import MERGED_DIR
+
+    return stage_dir / MERGED_DIR
+
+
+def save_merged(stage_dir: Path) -> Path:
+    """`STAGE/merged/`: a finished stage's adapter folded into its base, as a plain model
+    folder (a classifier or reward model keeps its head); written once, through a temporary
+    folder, so no reader ever sees half of it. Returns the folder."""
+    import os
+    import shutil
+
+    from tunesmith.config import load_config
+
+    out = merged_dir(stage_dir)
+    if (out / "config.json").exists():
+        return out
+    stage = load_config(stage_dir / "config.yaml").method.stages[-1]
+    if stage == "classify":
+        from tunesmith.train.classify import load_classifier
+
+        loaded = load_classifier(stage_dir)
+    elif stage == "reward":
+        from tunesmith.train.reward import load_reward_model
+
+        loaded = load_reward_model(stage_dir)
+    else:
+        loaded = load_for_inference(str(stage_dir))
+    if hasattr(loaded.model, "peft_config"):  # prompt or prefix tuning: nothing to fold in
+        raise ModelError(f"{stage_dir.name} was trained with virtual tokens, which cannot be merged into the weights; "
+                         "use its adapter with the base model instead.")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded.model.save_pretrained(str(tmp))
+    loaded.tokenizer.save_pretrained(str(tmp))
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def final_stage_dir(path: Path) -> Path:
     """The directory holding a run's final weights: the run itself, or for a multi-stage
     run (`stages: [pretrain, sft]`) the folder of its last stage."""

@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 
+from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.jobs import store
 from tunesmith.jobs.spec import build_config, check_data_fits, hyperparameters_of, stage_of
@@ -125,6 +126,7 @@ def _check_file(path: Path, filename: str) -> dict:
 
     card = check_data(path, label_check=False)
     name = lambda text: text.replace(str(path), filename)  # noqa: E731 - never show our storage path
+    findings = sorted(card.findings, key=lambda f: f.severity != "error")
     return {
         "format": card.format,
         "task": card.task,
@@ -132,6 +134,10 @@ def _check_file(path: Path, filename: str) -> dict:
         "quality_score": card.score(),
         "errors": [name(f.message) for f in card.errors()],
         "warnings": [name(f.message) for f in card.warnings()],
+        # Each finding with a few of its rows, for people deciding what to fix.
+        "findings": [{"check": f.check, "severity": f.severity, "message": name(f.message), "rows": f.count,
+                      "examples": [{"row": e["row"], "text": str(e.get("text", ""))[:300]} for e in f.examples[:3]]}
+                     for f in findings],
     }
 
 
@@ -246,6 +252,30 @@ def base_models(request: Request) -> dict[str, str]:
 @jobs.post("/fine_tuning/jobs", response_model=JobPublic)
 def create_job(request: Request, caller: CallerDep, body: JobCreate) -> JobPublic:
     """Create a fine-tuning job: the files are checked now, and a worker trains it when one is free."""
+    method, training, validation, seed, _ = checked_job(request, caller, body)
+    bases = base_models(request)
+    job_id = store.new_id("ftjob")
+    fine_tuned = ":".join(["ft", body.model.replace(":", "-").replace("/", "-"), caller.project, body.suffix or "", job_id[6:14]])
+    job = Job(id=job_id, project=caller.project, model=body.model, source=bases[body.model],
+              training_file=training.id, validation_file=validation.id if validation else None, suffix=body.suffix,
+              seed=seed, method=method, metadata_=body.metadata, status=VALIDATING, fine_tuned_model=fine_tuned,
+              run_dir=str(request.app.state.settings.data_dir / "runs" / job_id))
+    with _sessions(request).begin() as s:
+        s.add(job)
+        s.flush()  # the job row first: its events refer to it
+        store.add_event(s, job_id, f"Validating training file: {training.id}"
+                        + (f" and validation file: {validation.id}" if validation else ""))
+        for warning in (training.info.get("warnings") or [])[:10]:
+            store.add_event(s, job_id, f"Data gate warning: {warning}", level="warn")
+        s.flush()
+        store.add_event(s, job_id, "Files validated, moving job to queued state.")
+        job.status = QUEUED
+    return job_public(job)
+
+
+def checked_job(request: Request, caller: Caller, body: JobCreate) -> tuple[dict, File, File | None, int, RunConfig]:
+    """(method, training file, validation file, seed, run config) of a job request, every
+    part checked as creating the job checks it; APIError names the first thing wrong."""
     bases = base_models(request)
     if body.model not in bases:
         raise APIError(400, f"Unknown base model '{body.model}': choose one of {', '.join(bases)} (GET /v1/models).",
@@ -278,23 +308,7 @@ def create_job(request: Request, caller: CallerDep, body: JobCreate) -> JobPubli
                            "hyperparameter force=true to train anyway.", param="training_file", code="invalid_training_file")
     except ConfigError as exc:
         raise APIError(400, str(exc), param="method") from None
-    job_id = store.new_id("ftjob")
-    fine_tuned = ":".join(["ft", body.model.replace(":", "-").replace("/", "-"), caller.project, body.suffix or "", job_id[6:14]])
-    job = Job(id=job_id, project=caller.project, model=body.model, source=bases[body.model],
-              training_file=training.id, validation_file=validation.id if validation else None, suffix=body.suffix,
-              seed=seed, method=method, metadata_=body.metadata, status=VALIDATING, fine_tuned_model=fine_tuned,
-              run_dir=str(request.app.state.settings.data_dir / "runs" / job_id))
-    with _sessions(request).begin() as s:
-        s.add(job)
-        s.flush()  # the job row first: its events refer to it
-        store.add_event(s, job_id, f"Validating training file: {training.id}"
-                        + (f" and validation file: {validation.id}" if validation else ""))
-        for warning in (training.info.get("warnings") or [])[:10]:
-            store.add_event(s, job_id, f"Data gate warning: {warning}", level="warn")
-        s.flush()
-        store.add_event(s, job_id, "Files validated, moving job to queued state.")
-        job.status = QUEUED
-    return job_public(job)
+    return method, training, validation, seed, config
 
 
 def _get_job(request: Request, caller: Caller, job_id: str) -> Job:

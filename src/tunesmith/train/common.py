@@ -16,6 +16,7 @@ from tunesmith.errors import ConfigError, DataError, ModelError
 
 ADAPTER_DIR = "adapter"  # adapter weights of a finished run
 MODEL_DIR = "model"  # full weights of a finished full fine-tune
+MERGED_DIR = "merged"  # an adapter folded into its base, written when first needed
 INIT_ADAPTER_DIR = "adapter-init"  # PiSSA/OLoRA adapter before training, to convert the result
 RUN_INFO = "run.json"
 

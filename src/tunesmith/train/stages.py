@@ -17,8 +17,6 @@ from tunesmith.train import distributed
 from tunesmith.train.common import MODEL_DIR, PROMPT_LEARNING, RUN_INFO, begin_run, resolve_test_split, write_summary
 from tunesmith.train.distributed import Cluster
 
-MERGED_DIR = "merged"
-
 
 def recipe(stage: str):
     from tunesmith.train.classify import train_classify
@@ -78,6 +76,38 @@ def train(
 
         summary["evaluation"] = evaluate_run(run_dir, progress=eval_progress)
     return summary
+
+
+def preview(config: RunConfig) -> RunConfig:
+    """`config` with the "auto" values of its last stage resolved as that stage's recipe
+    resolves them when it starts (same data, split and tokenizer), without loading the model
+    or training: what the web UI shows before launch. Values that depend on the hardware are
+    this machine's; a worker elsewhere resolves them again for its own."""
+    from tunesmith.models import load_tokenizer
+    from tunesmith.train.auto import resolve
+    from tunesmith.train.classify import load_labelled
+    from tunesmith.train.common import load_pairs, training_data
+    from tunesmith.train.pretrain import load_texts
+    from tunesmith.train.rl import load_prompts
+    from tunesmith.train.sft import load_chat_rows
+
+    stage = config.method.stages[-1]
+    config = config.model_copy(deep=True)
+    config.data.train = stage_data(config, stage) or config.data.train
+    config, data = training_data(config)
+    if stage == "sft":
+        kind, rows = "chat", load_chat_rows(data, config)
+    elif stage == "classify":
+        kind, rows = "classify", load_labelled(data)
+    elif stage == "pretrain":
+        kind, rows = "pretrain", [{"text": t} for t in load_texts(data)]
+    elif stage == "reward":
+        kind, rows = "reward", load_pairs(data)
+    elif stage in PREFERENCE_STAGES:
+        kind, rows = "preference", load_pairs(data, kto=stage == "kto")
+    else:
+        kind, rows = "rl", load_prompts(data, config)
+    return resolve(config, rows, load_tokenizer(config.model.name), bool(config.data.validation), kind=kind)
 
 
 def has_test_set(config: RunConfig) -> bool:
@@ -168,14 +198,11 @@ def _check_multistage(config: RunConfig) -> None:
 def _weights_for_next_stage(stage_dir: Path) -> Path:
     """A model folder holding what `stage_dir` trained: its full weights, or its adapter
     merged into its base (written once)."""
+    from tunesmith.serve.engine import merged_dir, save_merged
+
     if (stage_dir / MODEL_DIR).is_dir():
         return stage_dir / MODEL_DIR
-    merged = stage_dir / MERGED_DIR
-    if not (merged / "config.json").exists() and distributed.is_main_process():
-        from tunesmith.serve.engine import load_for_inference
-
-        loaded = load_for_inference(str(stage_dir))
-        loaded.model.save_pretrained(str(merged))
-        loaded.tokenizer.save_pretrained(str(merged))
+    if distributed.is_main_process():
+        save_merged(stage_dir)
     distributed.barrier()  # the other processes start the next stage from the merged weights
-    return merged
+    return merged_dir(stage_dir)

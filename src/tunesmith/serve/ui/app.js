@@ -163,18 +163,37 @@ async function datasets(main, selected) {
 
 function showCard(box, f) {
   const c = f.data_card || {};
-  const list = (items, cls) => el("ul", {}, items.map((m) => el("li", { class: cls }, m)));
+  const errors = (c.errors || []).length, warnings = (c.warnings || []).length;
+  // Findings grouped by severity, each with a few of the rows it is about.
+  const findings = c.findings || (c.errors || []).map((m) => ({ severity: "error", message: m, examples: [] }))
+    .concat((c.warnings || []).map((m) => ({ severity: "warning", message: m, examples: [] })));
+  const group = (severity, title, cls) => {
+    const items = findings.filter((x) => x.severity === severity);
+    return [el("h3", { class: cls }, `${title} (${items.length})`), el("ul", {}, items.map((x) => el("li", { class: cls },
+      `${x.message} `, x.check ? el("span", { class: "hint" }, `(${x.check}, ${x.rows} row${x.rows === 1 ? "" : "s"})`) : "",
+      x.examples.length ? el("ul", { class: "examples" }, x.examples.map((e) => el("li", {}, el("span", { class: "hint" }, `row ${e.row}: `), el("code", {}, e.text)))) : "")))];
+  };
+  const fixes = c.fixes;
   box.append(el("h2", {}, `Data card: ${f.filename}`), el("div", { class: "card", id: "data-card" },
     el("p", {}, `Format ${c.format}, task ${c.task}, ${c.rows} rows, quality score ${fmt(c.quality_score, 3)}.`),
-    el("h3", { class: "sev-error" }, `Errors (${(c.errors || []).length})`), list(c.errors || [], "sev-error"),
-    el("h3", { class: "sev-warn" }, `Warnings (${(c.warnings || []).length})`), list(c.warnings || [], "sev-warn"),
-    el("p", { class: "hint" }, (c.errors || []).length
-      ? "A job refuses a file with errors. Fix it with `tunesmith data check FILE --fix CLEAN.jsonl` and upload the cleaned file, or set the advanced option force."
+    fixes ? el("p", { class: "sev-ok", id: "fix-summary" }, `Cleaned copy of ${c.fixed_from}: ${fixes.rows_in} rows in, ${fixes.rows_out} kept; `
+      + `${fixes.dropped} dropped, ${fixes.redacted} redacted, ${fixes.changed} changed.`) : "",
+    fixes && fixes.log.length ? el("details", {}, el("summary", {}, "What the fixes did, row by row"),
+      table(["row", "action", "why"], fixes.log.map((l) => el("tr", {}, el("td", {}, l.row), el("td", {}, l.action), el("td", {}, l.reason))))) : "",
+    group("error", "Errors", "sev-error"), group("warning", "Warnings", "sev-warn"),
+    el("p", { class: "hint" }, errors
+      ? "A job refuses a file with errors. Apply the safe fixes below, or fix the file by hand and upload it again, or set the advanced option force."
       : "The file passed the gate's quick checks; a job also runs the embedding-based label check."),
+    el("p", { class: "hint" }, "Safe fixes drop exact duplicates and rows without an answer, strip control characters and HTML, and redact personal data into a new file; the original stays. Conflicting answers and label problems need you."),
+    errors + warnings ? action("Apply safe fixes", async () => {
+      const fixed = await api(`/tunesmith/files/${f.id}/fix`, { method: "POST" });
+      location.hash = `#/datasets/${fixed.id}`;
+    }) : "", " ",
     action("Download", async () => {
       const a = el("a", { href: await fileURL(f.id, "application/octet-stream"), download: f.filename });
       document.body.append(a); a.click(); a.remove();
     }, "secondary"), " ",
+    el("a", { class: "button secondary", href: `#/new/${f.id}` }, "Fine-tune on it"), " ",
     action("Delete", async () => { await api(`/files/${f.id}`, { method: "DELETE" }); location.hash = "#/datasets"; }, "danger")));
 }
 
@@ -200,24 +219,54 @@ async function newJob(main, fileId) {
   const epochs = number("n_epochs", "auto"), lr = number("learning_rate_multiplier", "auto"), batch = number("batch_size", "auto");
   const suffix = el("input", { type: "text", id: "suffix", placeholder: "e.g. support-v1" });
   const advanced = el("textarea", { id: "advanced", placeholder: '{"max_steps": 200, "lora_r": 32, "force": false}' });
-  main.append(el("form", { class: "card", onsubmit: async (e) => {
-    e.preventDefault();
-    showError(null);
+  // The job request the form describes, or [null, problem, input to fix] when it cannot be sent.
+  const request = () => {
     const hp = {};
     for (const [name, input] of [["n_epochs", epochs], ["learning_rate_multiplier", lr], ["batch_size", batch]]) {
       const v = input.value.trim();
       if (v && v !== "auto") {
-        if (Number.isNaN(Number(v))) { showError(`${name} must be a number or auto.`); input.focus(); return; }
+        if (Number.isNaN(Number(v))) return [null, `${name} must be a number or auto.`, input];
         hp[name] = Number(v);
       }
     }
     if (adapterSel.value !== "lora") hp.adapter = adapterSel.value;
     if (advanced.value.trim()) {
-      try { Object.assign(hp, JSON.parse(advanced.value)); } catch (err) { showError("The advanced options are not valid JSON: write them as {\"name\": value}."); advanced.focus(); return; }
+      let extra;
+      try { extra = JSON.parse(advanced.value); } catch (err) { extra = null; }
+      if (!extra || typeof extra !== "object" || Array.isArray(extra)) return [null, "The advanced options are not valid JSON: write them as {\"name\": value}.", advanced];
+      Object.assign(hp, extra);
     }
     const type = methodSel.value;
     const body = { model: modelSel.value, training_file: fileSel.value, method: { type, [type]: { hyperparameters: hp } } };
     if (suffix.value.trim()) body.suffix = suffix.value.trim();
+    return [body];
+  };
+  // What "auto" resolves to for this request, and why: refreshed shortly after every change.
+  const preview = el("div", { id: "preview", "aria-live": "polite" });
+  let pending = 0;
+  const refresh = async () => {
+    const ticket = ++pending;
+    const [body, problem] = request();
+    if (!body) { preview.replaceChildren(el("p", { class: "sev-error" }, problem)); return; }
+    preview.replaceChildren(el("p", { class: "muted" }, "Resolving the automatic values..."));
+    try {
+      const p = await api("/tunesmith/fine_tuning/preview", { method: "POST", json: body });
+      if (ticket !== pending) return;
+      const r = p.resolved, reasons = r.reasons || {};
+      preview.replaceChildren(table(["setting", "value", "why"], Object.entries(r).filter(([k]) => k !== "reasons").map(([k, v]) =>
+        el("tr", {}, el("td", {}, k), el("td", {}, fmt(v)), el("td", { class: "hint" }, reasons[k] || "as you set it")))),
+      el("p", { class: "hint" }, `Resolved on this server's hardware (${p.hardware}); a worker on other hardware resolves the hardware-dependent values again when it starts.`));
+    } catch (err) {
+      if (ticket === pending) preview.replaceChildren(el("p", { class: "sev-error", id: "preview-error" }, err.message));
+    }
+  };
+  let debounce;
+  const changed = () => { clearTimeout(debounce); debounce = setTimeout(refresh, 400); };
+  main.append(el("form", { class: "card", oninput: changed, onchange: changed, onsubmit: async (e) => {
+    e.preventDefault();
+    showError(null);
+    const [body, problem, input] = request();
+    if (!body) { showError(problem); input.focus(); return; }
     try {
       const job = await api("/fine_tuning/jobs", { method: "POST", json: body });
       location.hash = `#/job/${job.id}`;
@@ -228,12 +277,14 @@ async function newJob(main, fileId) {
       field("method", "Method", methodSel), explain, field("adapter", "What is trained", adapterSel), adapterHint,
       field("suffix", "Name suffix", suffix, "(optional; part of the model's name)")),
     el("div", {}, el("h2", {}, "Hyperparameters"),
-      el("p", { class: "hint" }, "Leave a value at auto and tunesmith picks it from the data, the model and the hardware; the job page shows what each resolved to, and why."),
+      el("p", { class: "hint" }, "Leave a value at auto and tunesmith picks it from the data, the model and the hardware; below is what each resolves to, and why."),
       field("n_epochs", "Epochs", epochs), field("learning_rate_multiplier", "Learning rate multiplier", lr, "(x the automatic rate)"),
       field("batch_size", "Batch size", batch),
       el("details", {}, el("summary", {}, "Advanced options"),
-        field("advanced", "Any tunesmith setting, as JSON", advanced, "(max_steps, lora_r, lora_alpha, max_length, eval_steps, validation_split, system_prompt, force, ...)")))),
+        field("advanced", "Any tunesmith setting, as JSON", advanced, "(max_steps, lora_r, lora_alpha, max_length, eval_steps, validation_split, system_prompt, force, ...)")),
+      el("h3", {}, "What auto resolves to"), preview)),
   el("p", {}, el("button", { type: "submit", id: "launch" }, "Launch fine-tune"))));
+  refresh();
 }
 
 // ------------------------------------------------------------------ jobs
@@ -292,7 +343,11 @@ function chart(title, series) {
     svg.append(n);
   };
   add("text", { x: L, y: 14, "font-weight": "bold" }, title);
-  if (!all.length) { add("text", { x: W / 2 - 40, y: H / 2 }, "no data yet"); return svg; }
+  // The legend sits under the plot as text, so long names never cover a line.
+  const legend = el("div", { class: "legend" }, series.map((s, i) => el("span", { style: `color: ${s.colour || COLOURS[i % COLOURS.length]}` },
+    `${s.dashed ? "- - " : "— "}${s.name}`)));
+  const figure = el("figure", { class: "chart" }, svg, legend);
+  if (!all.length) { add("text", { x: W / 2 - 40, y: H / 2 }, "no data yet"); return figure; }
   const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
   const [x0, x1] = [Math.min(...xs), Math.max(...xs) || 1], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
   const sx = (x) => L + ((x - x0) / (x1 - x0 || 1)) * (W - L - R);
@@ -307,9 +362,8 @@ function chart(title, series) {
     const colour = s.colour || COLOURS[i % COLOURS.length];
     add("polyline", { points: s.points.map(([x, y]) => `${sx(x)},${sy(y)}`).join(" "), fill: "none", stroke: colour,
       "stroke-width": 2, "stroke-dasharray": s.dashed ? "5 4" : "" });
-    add("text", { x: W - R - 150, y: T + 12 + 13 * i, fill: colour }, s.name);
   });
-  return svg;
+  return figure;
 }
 
 async function job(main, jobId) {
@@ -388,11 +442,15 @@ async function compare(main, ids) {
     const differs = new Set(values).size > 1;
     return el("tr", {}, el("td", {}, k), values.map((v) => el("td", { class: differs ? "diff" : "" }, v.replace(/^"|"$/g, ""))));
   })));
-  const allCurves = await Promise.all(picked.map((j) => allEvents(j.id).then(curves)));
+  const [allCurves, tuned] = await Promise.all([Promise.all(picked.map((j) => allEvents(j.id).then(curves))), api("/tunesmith/models")]);
   const finalLoss = (c) => (c.valid.length ? c.valid[c.valid.length - 1][1] : null);
-  main.append(el("h2", {}, "Metrics"), table(["job", "status", "steps", "last validation loss", "best validation loss"], picked.map((j, i) =>
+  // The test-set metrics of each run's model (before -> after), from its evaluation.
+  const evaluation = Object.fromEntries(tuned.data.filter((m) => m.metrics).map((m) => [m.job, m.metrics]));
+  const names = [...new Set(picked.flatMap((j) => Object.keys((evaluation[j.id] || {}).tuned || {})))].slice(0, 3);
+  main.append(el("h2", {}, "Metrics"), table(["job", "status", "steps", "last validation loss", "best validation loss", ...names.map((n) => `${n.replace(/_/g, " ")} (base → tuned)`)], picked.map((j, i) =>
     el("tr", {}, el("td", {}, j.id), el("td", {}, j.status), el("td", {}, allCurves[i].train.length ? allCurves[i].train[allCurves[i].train.length - 1][0] : "-"),
-      el("td", {}, fmt(finalLoss(allCurves[i]))), el("td", {}, fmt(allCurves[i].valid.length ? Math.min(...allCurves[i].valid.map((p) => p[1])) : null))))),
+      el("td", {}, fmt(finalLoss(allCurves[i]))), el("td", {}, fmt(allCurves[i].valid.length ? Math.min(...allCurves[i].valid.map((p) => p[1])) : null)),
+      names.map((n) => { const e = evaluation[j.id]; return el("td", {}, e && n in e.tuned ? `${fmt(e.base[n], 3)} → ${fmt(e.tuned[n], 3)}` : "-"); })))),
   el("div", { class: "row" }, chart("training loss", picked.map((j, i) => ({ name: j.id, points: allCurves[i].train }))),
     chart("validation loss", picked.map((j, i) => ({ name: j.id, points: allCurves[i].valid })))));
 }
@@ -430,21 +488,38 @@ async function playground(main, modelId) {
 
 // ------------------------------------------------------------------ models
 
+const WEIGHTS = { adapter: "Adapter", merged: "Merged model", full: "Full weights" };
+
 async function models(main) {
   main.append(el("h1", {}, "Models"));
-  const [all, jobsList] = await Promise.all([api("/models"), api("/fine_tuning/jobs?limit=100")]);
-  const byModel = Object.fromEntries(jobsList.data.filter((j) => j.fine_tuned_model).map((j) => [j.fine_tuned_model, j]));
-  const tuned = all.data.filter((m) => m.owned_by !== "tunesmith");
-  main.append(table(["model", "job", "created", ""], tuned.map((m) => {
-    const j = byModel[m.id];
-    return el("tr", {}, el("td", {}, el("code", {}, m.id)), el("td", {}, j ? el("a", { href: `#/job/${j.id}` }, j.id) : "-"), el("td", {}, when(m.created)),
-      el("td", {}, el("a", { class: "button secondary", href: `#/playground/${encodeURIComponent(m.id)}` }, "Chat"), " ",
-        action("Delete", async () => {
-          if (!confirm(`Delete ${m.id}? Its weights are removed.`)) return;
-          await api(`/models/${encodeURIComponent(m.id)}`, { method: "DELETE" });
-          route();
-        }, "danger")));
-  })), el("h2", {}, "Base models"), table(["model"], all.data.filter((m) => m.owned_by === "tunesmith").map((m) => el("tr", {}, el("td", {}, m.id)))));
+  const [tuned, all] = await Promise.all([api("/tunesmith/models"), api("/models")]);
+  // The first two measured metrics, base -> tuned (the report has all of them).
+  const metrics = (m) => {
+    if (!m.metrics) return el("span", { class: "muted" }, "not evaluated");
+    return Object.keys(m.metrics.tuned).slice(0, 2).map((k) => el("div", {}, `${k.replace(/_/g, " ")}: ${fmt(m.metrics.base[k], 3)} → `,
+      el("strong", {}, fmt(m.metrics.tuned[k], 3))));
+  };
+  // The zip is built on the server first (merging takes a while), then fetched by a signed link,
+  // so the browser downloads it straight to disk rather than through memory.
+  const download = (m, weights) => action(WEIGHTS[weights], async () => {
+    const link = await api(`/tunesmith/models/download_link?model=${encodeURIComponent(m.id)}&weights=${weights}`, { method: "POST" });
+    const a = el("a", { href: link.url, download: "" });
+    document.body.append(a); a.click(); a.remove();
+  }, "secondary");
+  main.append(table(["model", "method", "before → after", "alarms", "download", ""], tuned.data.map((m) => el("tr", {},
+    el("td", {}, el("code", {}, m.id), el("div", { class: "hint" }, `from ${m.base}, `, m.job ? el("a", { href: `#/job/${m.job}` }, m.job) : "", `, ${when(m.created)}`)),
+    el("td", {}, `${m.method || "-"} (${m.adapter || "-"})`),
+    el("td", {}, metrics(m), m.test_rows ? el("div", { class: "hint" }, `${m.test_rows} test rows`) : ""),
+    el("td", {}, m.alarms.length ? el("ul", { class: "sev-warn" }, m.alarms.map((a) => el("li", {}, a))) : el("span", { class: "sev-ok" }, m.metrics ? "none" : "-")),
+    el("td", { class: "downloads" }, m.weights.map((w) => download(m, w))),
+    el("td", {}, ["classify", "reward"].includes(m.method) ? "" : el("a", { class: "button secondary", href: `#/playground/${encodeURIComponent(m.id)}` }, "Chat"), " ",
+      action("Delete", async () => {
+        if (!confirm(`Delete ${m.id}? Its weights are removed.`)) return;
+        await api(`/models/${encodeURIComponent(m.id)}`, { method: "DELETE" });
+        route();
+      }, "danger"))))),
+  el("p", { class: "hint" }, "Adapter: the small trained file to load on top of the base model (PEFT). Merged model: the adapter folded into the base, a plain model folder any tool loads. Each download is a zip with the model card as README.md."),
+  el("h2", {}, "Base models"), table(["model"], all.data.filter((m) => m.owned_by === "tunesmith").map((m) => el("tr", {}, el("td", {}, m.id)))));
 }
 
 window.addEventListener("hashchange", route);
