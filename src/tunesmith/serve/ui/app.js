@@ -261,7 +261,8 @@ async function newJob(main, fileId) {
     }
   };
   let debounce;
-  const changed = () => { clearTimeout(debounce); debounce = setTimeout(refresh, 400); };
+  // An edit makes a launch error stale: the preview says what is wrong with the form now.
+  const changed = () => { showError(null); clearTimeout(debounce); debounce = setTimeout(refresh, 400); };
   main.append(el("form", { class: "card", oninput: changed, onchange: changed, onsubmit: async (e) => {
     e.preventDefault();
     showError(null);
@@ -385,7 +386,7 @@ async function job(main, jobId) {
       j.error ? el("p", { class: "sev-error" }, j.error.message) : "",
       j.fine_tuned_model ? el("p", {}, "Model: ", el("code", {}, j.fine_tuned_model), " ", el("a", { href: `#/playground/${encodeURIComponent(j.fine_tuned_model)}` }, "try it in the playground")) : "",
       table(["setting", "value", "why"], Object.entries(j.hyperparameters).concat(Object.entries(resolved).filter(([k]) => k !== "reasons" && !(k in j.hyperparameters)))
-        .map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, fmt(resolved[k] ?? v)), el("td", { class: "hint" }, reasons[k] || (v === "auto" ? "resolved when training starts" : ""))))),
+        .map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, fmt(resolved[k] ?? v)), el("td", { class: "hint" }, reasons[k] || (v !== "auto" ? "as you set it" : resolved.reasons ? "" : "resolved when training starts"))))),
       el("p", {}, buttons)));
     const c = curves(events);
     charts.replaceChildren(chart("loss", [{ name: "training loss", points: c.train }, { name: "validation loss", points: c.valid, dashed: true }]),
