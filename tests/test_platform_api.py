@@ -202,3 +202,36 @@ def test_download_the_adapter_and_the_merged_model(service, evaluated_job, tmp_p
     assert error(call(service, "POST", "/tunesmith/models/download_link", "globex", params={"model": model_id}), 404)
     full = error(call(service, "GET", "/tunesmith/models/download", params={"model": model_id, "weights": "full"}), 400)
     assert full["message"] == f"{model_id} has no full weights to download; it has: adapter, merged."
+
+
+def test_preview_resolves_each_kind_of_stage_as_its_recipe_would(tmp_path, tiny_model_dir):
+    """No server: `stages.preview` reads the data the way each stage reads it."""
+    import csv
+
+    from conftest import banking_rows
+    from tunesmith.config import RunConfig
+    from tunesmith.errors import DataError
+    from tunesmith.train.stages import preview
+
+    labelled = tmp_path / "intents.csv"
+    with labelled.open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *banking_rows(250)])
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"A kind answer {i}.", "rejected": "No."}) + "\n"
+                             for i in range(30)))
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(f"Clause {i}: the supplier shall deliver within {i} days." for i in range(40)))
+
+    def run(stage, data):
+        return preview(RunConfig.model_validate({"model": {"name": str(tiny_model_dir)}, "data": {"train": str(data)},
+                                                 "method": {"stages": [stage]}}))
+
+    classify = run("classify", labelled)
+    assert classify.train.best_metric == "accuracy" and classify.data.test_split == 0.1  # 250 rows: 25 held out
+    assert "225 rows" in classify.reasons["data.validation_split"]  # the split is of the rows left to train on
+    dpo = run("dpo", pairs)
+    assert dpo.method.beta == 0.1 and "30 pairs" in dpo.reasons["train.epochs"]
+    pretrain = run("pretrain", text)
+    assert "tokens of text" in pretrain.reasons["train.epochs"] and pretrain.train.best_metric == "loss"
+    with pytest.raises(DataError, match="classification needs text\\+label rows"):
+        run("classify", pairs)
