@@ -25,14 +25,20 @@ def test_default_search_space_follows_the_method(tiny_model_dir):
     assert tuned.method.lora_alpha == 64 and tuned.train.learning_rate == 1e-3
 
 
-def test_study_of_three_trials_prunes_the_bad_one_and_resumes(tmp_path, tiny_model_dir):
+def three_trials(tmp_path, tiny_model_dir):
+    """(config, storage, space, enqueue) of a 3-trial study: two good learning rates, then one
+    too small to move the loss, which the median pruner stops at its first evaluation, where
+    its loss is above the median of the two others."""
     data = write_chat_file(tmp_path / "chat.jsonl", n=40)
     config = tiny_run_config(tiny_model_dir, data, max_steps=8, eval_steps=2)
     storage = f"sqlite:///{tmp_path / 'project.db'}"
     space = [Param("train.learning_rate", 1e-7, 1e-2, log=True)]
-    # Two good learning rates, then one too small to move the loss: the median pruner stops
-    # it at its first evaluation, where its loss is above the median of the two others.
     enqueue = [{"train.learning_rate": 5e-3}, {"train.learning_rate": 3e-3}, {"train.learning_rate": 1e-7}]
+    return config, storage, space, enqueue
+
+
+def test_study_of_three_trials_prunes_the_bad_one_and_resumes(tmp_path, tiny_model_dir):
+    config, storage, space, enqueue = three_trials(tmp_path, tiny_model_dir)
     summary = run_study(config, tmp_path / "study", 3, "eval_loss", storage, space=space, enqueue=enqueue)
     states = [t["state"] for t in summary["trials"]]
     assert states == ["complete", "complete", "pruned"]
@@ -77,11 +83,7 @@ def test_tune_command_runs_a_study_and_evaluates_the_best_trial(tmp_path, tiny_m
 
 
 def test_ray_backend_runs_the_same_study_on_a_local_ray_instance(tmp_path, tiny_model_dir):
-    data = write_chat_file(tmp_path / "chat.jsonl", n=40)
-    config = tiny_run_config(tiny_model_dir, data, max_steps=8, eval_steps=2)
-    storage = f"sqlite:///{tmp_path / 'project.db'}"
-    space = [Param("train.learning_rate", 1e-7, 1e-2, log=True)]
-    enqueue = [{"train.learning_rate": 5e-3}, {"train.learning_rate": 3e-3}, {"train.learning_rate": 1e-7}]
+    config, storage, space, enqueue = three_trials(tmp_path, tiny_model_dir)
     seen = []
     # No address: tunesmith starts a Ray instance on this machine and stops it at the end.
     summary = run_study(config, tmp_path / "study", 3, "eval_loss", storage, space=space, enqueue=enqueue,

@@ -252,11 +252,10 @@ def base_models(request: Request) -> dict[str, str]:
 @jobs.post("/fine_tuning/jobs", response_model=JobPublic)
 def create_job(request: Request, caller: CallerDep, body: JobCreate) -> JobPublic:
     """Create a fine-tuning job: the files are checked now, and a worker trains it when one is free."""
-    method, training, validation, seed, _ = checked_job(request, caller, body)
-    bases = base_models(request)
+    method, training, validation, seed, config = checked_job(request, caller, body)
     job_id = store.new_id("ftjob")
     fine_tuned = ":".join(["ft", body.model.replace(":", "-").replace("/", "-"), caller.project, body.suffix or "", job_id[6:14]])
-    job = Job(id=job_id, project=caller.project, model=body.model, source=bases[body.model],
+    job = Job(id=job_id, project=caller.project, model=body.model, source=config.model.name,
               training_file=training.id, validation_file=validation.id if validation else None, suffix=body.suffix,
               seed=seed, method=method, metadata_=body.metadata, status=VALIDATING, fine_tuned_model=fine_tuned,
               run_dir=str(request.app.state.settings.data_dir / "runs" / job_id))

@@ -212,8 +212,9 @@ def weights_archive(model: Model, weights: str) -> Path:
     from tunesmith.serve.engine import save_merged
     from tunesmith.train.common import ADAPTER_DIR, MODEL_DIR
 
-    if weights not in _weights(model):
-        have = ", ".join(_weights(model)) or "nothing yet"
+    available = _weights(model)
+    if weights not in available:
+        have = ", ".join(available) or "nothing yet"
         raise APIError(400, f"{model.id} has no {weights} weights to download; it has: {have}.", param="weights")
     final = _final(model)
     out = Path(model.run_dir) / "exports" / f"{weights}.zip"
