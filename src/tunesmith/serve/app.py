@@ -40,6 +40,27 @@ class Settings:
     """Fine-tuned adapters kept loaded next to their base model (least recently used ones are dropped)."""
     max_batch: int = 16
     """Most prompts generated together in one batch."""
+    max_tokens: int = 2048
+    """Most tokens one completion may generate; a request asking more (or more than its model's
+    context leaves after the prompt) is clamped."""
+    max_concurrent_per_key: int = 4
+    """Generation requests one API key may have in flight; more get 429 with Retry-After."""
+    max_queue: int = 64
+    """Generation requests waiting for the model at most, over all keys; more get 429 with Retry-After."""
+    max_body_mb: float = 4.0
+    """Largest JSON request body (file uploads have `max_upload_mb`)."""
+    gate_timeout_s: float = 300.0
+    """Longest the data gate may spend on one uploaded file before the upload is refused."""
+    shutdown_s: float = 5.0
+    """On shutdown, in-flight requests get this long to finish before they are cancelled."""
+    reward_functions: dict[str, str] = field(default_factory=dict)
+    """Reward functions jobs may name, name -> `FILE.py` or `FILE.py:FUNCTION` on this server
+    (the built-in exact_match, contains_answer and length are always offered)."""
+    reward_models: dict[str, str] = field(default_factory=dict)
+    """Reward models jobs may name, name -> a reward-model run folder on this server."""
+    judges: dict[str, dict] = field(default_factory=dict)
+    """LLM judges jobs may name, name -> {url, model, key_env}: the key is read from the
+    environment variable `key_env` and is only ever sent to `url`."""
 
     @property
     def url(self) -> str:
