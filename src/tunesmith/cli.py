@@ -1078,37 +1078,43 @@ def serve_cmd(
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
     workers: Annotated[int, typer.Option(min=0, help="Training workers to start beside the server (0: run `tunesmith worker` elsewhere).")] = 1,
+    config: Annotated[Optional[Path], typer.Option(help="Server settings as YAML (models, limits, reward functions, reward models, judges); options given here win.")] = None,
     model: Annotated[Optional[list[str]], typer.Option(help="Offer a local base model as NAME=FOLDER (repeatable).")] = None,
-    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest data file an upload may be.")] = 512.0,
-    max_adapters: Annotated[int, typer.Option(min=1, help="Fine-tuned adapters kept loaded beside their base model.")] = 8,
-    max_batch: Annotated[int, typer.Option(min=1, help="Most concurrent requests generated together in one batch (1: one at a time).")] = 16,
+    reward_fn: Annotated[Optional[list[str]], typer.Option(help="Offer an RL reward function as NAME=FILE.py[:FUNCTION] (repeatable); jobs name it, never the file.")] = None,
+    reward_model: Annotated[Optional[list[str]], typer.Option(help="Offer a reward-model run as NAME=RUN_FOLDER (repeatable).")] = None,
+    judge: Annotated[Optional[list[str]], typer.Option(help="Offer an LLM judge as NAME=URL[,MODEL[,KEY_ENV]] (repeatable); its key is read from $KEY_ENV and sent only to URL.")] = None,
+    max_upload_mb: Annotated[Optional[float], typer.Option(min=0.001, help="Largest data file an upload may be [default: 512].")] = None,
+    max_adapters: Annotated[Optional[int], typer.Option(min=1, help="Fine-tuned adapters kept loaded beside their base model [default: 8].")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(min=1, help="Most concurrent requests generated together in one batch (1: one at a time) [default: 16].")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(min=1, help="Most tokens one completion may generate [default: 2048].")] = None,
+    max_concurrent_per_key: Annotated[Optional[int], typer.Option(min=1, help="Generation requests one API key may have in flight [default: 4].")] = None,
 ) -> None:
-    """Serve the OpenAI-compatible API (files, fine-tuning jobs, models, chat) and train its jobs."""
+    """Serve the OpenAI-compatible API (files, fine-tuning jobs, models, chat) and train its jobs.
+
+    Jobs refer to server-side resources (base models, reward functions, reward models, LLM
+    judges) only by the names given here or in --config; never by a path or URL."""
     import subprocess
 
     import uvicorn
     from sqlalchemy import select
 
     from tunesmith.jobs.store import Key, default_database_url
-    from tunesmith.models import is_model_dir
-    from tunesmith.serve.app import Settings, create_app
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.config import judges_from_options, pairs, server_settings
 
     data_dir = data_dir or _data_dir()
-    extra = {}
-    for spec in model or []:
-        name, _, folder = spec.partition("=")
-        if not name or not folder or any(c in name for c in ":/ "):
-            raise TunesmithError(f"--model {spec}: write NAME=FOLDER, with no ':', '/' or space in NAME.")
-        if not is_model_dir(Path(folder).expanduser()):
-            raise TunesmithError(f"--model {spec}: {folder} is not a Hugging Face model folder (no config.json).")
-        extra[name] = str(Path(folder).expanduser().resolve())
+    url = database_url or default_database_url(data_dir)
+    settings = server_settings(
+        data_dir, url, config, models=pairs("--model", model, "FOLDER"),
+        reward_functions=pairs("--reward-fn", reward_fn, "FILE.py[:FUNCTION]"),
+        reward_models=pairs("--reward-model", reward_model, "RUN_FOLDER"), judges=judges_from_options(judge),
+        max_upload_mb=max_upload_mb, max_adapters=max_adapters, max_batch=max_batch, max_tokens=max_tokens,
+        max_concurrent_per_key=max_concurrent_per_key,
+    )  # fmt: skip
     sessions = _sessions(data_dir, database_url)
     with sessions() as s:
         if s.scalar(select(Key.id).limit(1)) is None:
             err.print("[yellow]no API keys yet:[/yellow] create one with `tunesmith keys create --project NAME`.")
-    url = database_url or default_database_url(data_dir)
-    settings = Settings(data_dir=data_dir, database_url=url, max_upload_mb=max_upload_mb, models=extra,
-                        max_adapters=max_adapters, max_batch=max_batch)
     procs = [subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "worker", "--data-dir", str(data_dir),
                                "--database-url", url, "--name", f"worker-{i + 1}-{os.getpid()}"])
              for i in range(workers)]

@@ -5,7 +5,7 @@ resolved config is saved as `config.yaml` in the run directory so a run can be r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -13,6 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunesmith.errors import ConfigError
 
 Auto = Literal["auto"]
+# Bounds on every number a run takes (the CLI, YAML files and the API's job requests alike): a
+# value outside them is a typo or an attack, never a run that could finish. NaN and infinity are refused.
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+LearningRate = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+Epochs = Annotated[float, Field(gt=0.0, le=1000.0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=1, le=1_000_000)]
+Tokens = Annotated[int, Field(ge=8, le=1_048_576)]
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; transformers seeds numpy with it
 Stage = Literal["pretrain", "sft", "classify", "reward", "dpo", "orpo", "simpo", "kto", "grpo", "rloo"]
 PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "kto")  # offline: learn from preference data
 RL_STAGES = ("grpo", "rloo")  # online: sample answers and learn from their rewards
@@ -46,16 +54,16 @@ class DataConfig(_Section):
     """Training data file (JSONL, JSON, CSV, TSV, Parquet, TXT or a saved `datasets` folder)."""
     validation: str | None = None
     """Validation data file; when empty, a split of the training data is held out."""
-    validation_split: float | Auto = "auto"
+    validation_split: Fraction | Auto = "auto"
     """Fraction of the training data held out for validation when no validation file is given."""
     test: str | None = None
     """Test file for the before/after evaluation (`tunesmith eval`); when empty, `test_split` of the training data."""
-    test_split: float | Auto = "auto"
+    test_split: Fraction | Auto = "auto"
     """Fraction of the training data held out, never trained on, as the test set when no test file is given
     (auto: 10%, at most 500 rows, when there are at least 200 rows; 0 = none)."""
     columns: dict[str, str] | None = None
     """Override format detection: canonical field -> column name, e.g. {text: query, label: intent}."""
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(None, max_length=32_000)
     """System message added to every conversation that has none (text+label data becomes chat)."""
     force: bool = False
     """Train even when the data gate finds errors (the data card records that you did)."""
@@ -82,25 +90,25 @@ class MethodConfig(_Section):
     `loha`, `lokr`, `ia3`, `prompt` or `prefix` tuning, or `full` (every weight). `qlora` = lora + quantize 4bit."""
     quantize: Literal["none", "4bit", "8bit"] = "none"
     """Load the frozen base model in 4 or 8 bits (QLoRA); needs a CUDA GPU and bitsandbytes."""
-    lora_r: int = Field(16, ge=1)
+    lora_r: int = Field(16, ge=1, le=4096)
     """LoRA rank: 16 is enough for one task on a small model and keeps adapters a few MB."""
-    lora_alpha: int = Field(32, ge=1)
-    """LoRA scaling; 2 x rank is the common default."""
+    lora_alpha: int = Field(32, ge=1, le=65_536)
+    """LoRA scaling; when not set, 2 x `lora_r` (the common default)."""
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA input: light regularisation against overfitting small data sets."""
     target_modules: str | list[str] = "all-linear"
     """Modules that get adapters; `all-linear` (every linear layer but the output head) matches QLoRA's finding."""
-    num_virtual_tokens: int = Field(20, ge=1)
+    num_virtual_tokens: int = Field(20, ge=1, le=4096)
     """Learned virtual tokens for `prompt` and `prefix` tuning."""
-    freeze_layers: int = Field(0, ge=0)
+    freeze_layers: int = Field(0, ge=0, le=10_000)
     """With `full`: keep the embeddings and the bottom N layers frozen (less memory, less forgetting)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
-    neftune_alpha: float = Field(0.0, ge=0.0)
+    neftune_alpha: float = Field(0.0, ge=0.0, le=1000.0, allow_inf_nan=False)
     """NEFTune: uniform noise of this scale on input embeddings during training (5 is the paper's value; 0 = off)."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     """Label smoothing of the training loss (0.1 is common; 0 = off)."""
-    beta: float | None = Field(None, ge=0.0)
+    beta: float | None = Field(None, ge=0.0, le=1000.0, allow_inf_nan=False)
     """Preference/RL strength: DPO/KTO/IPO pull to the reference model, ORPO's odds-ratio weight, SimPO's
     reward scale, GRPO/RLOO's KL penalty. Empty: the method's published default, filled in when it trains."""
     dpo_loss: Literal["sigmoid", "ipo", "robust"] = "sigmoid"
@@ -108,7 +116,7 @@ class MethodConfig(_Section):
     a share `label_noise` of the pairs is labelled the wrong way round)."""
     label_noise: float = Field(0.1, ge=0.0, lt=0.5)
     """Robust DPO: the share of preference pairs assumed flipped (0.1 is the paper's suggestion)."""
-    simpo_gamma: float = Field(0.5, ge=0.0)
+    simpo_gamma: float = Field(0.5, ge=0.0, le=1000.0, allow_inf_nan=False)
     """SimPO target reward margin, as a share of beta (gamma/beta; 0.5 is the paper's)."""
     reward_model: str | None = None
     """grpo/rloo: a reward-model run (`tunesmith train --method reward`). In `--stages ...,reward,grpo`
@@ -121,14 +129,16 @@ class MethodConfig(_Section):
     each answer 1-10; its key comes from TUNESMITH_JUDGE_KEY or OPENAI_API_KEY."""
     judge_model: str | None = None
     """The model name the judge endpoint should run."""
-    judge_rubric: str = "Is the answer helpful, correct and harmless for the user's request?"
+    judge_key_env: str | None = None
+    """Environment variable holding the judge endpoint's API key; empty: TUNESMITH_JUDGE_KEY, else OPENAI_API_KEY."""
+    judge_rubric: str = Field("Is the answer helpful, correct and harmless for the user's request?", max_length=4000)
     """What the judge scores the answers on."""
-    num_generations: int = Field(4, ge=2)
+    num_generations: int = Field(4, ge=2, le=256)
     """grpo/rloo: answers sampled per prompt; each is rewarded against the others of its group."""
-    max_completion_length: int | None = Field(None, ge=1)
+    max_completion_length: int | None = Field(None, ge=1, le=1_048_576)
     """grpo/rloo: longest sampled answer in tokens. Empty: from the reference answers in the data, filled in
     when it trains."""
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(1.0, gt=0.0, le=100.0, allow_inf_nan=False)
     """grpo/rloo: sampling temperature of the answers (1.0 keeps the groups diverse)."""
 
     @model_validator(mode="before")
@@ -139,6 +149,9 @@ class MethodConfig(_Section):
         if data.get("method") in ("lora", "full") and "adapter" not in data:
             # Runs written before stages existed said `method: lora|full`; they still load.
             data = {k: v for k, v in data.items() if k != "method"} | {"adapter": data["method"]}
+        if "lora_r" in data and "lora_alpha" not in data and isinstance(data["lora_r"], int):
+            # alpha = 2 x rank unless set: the common rule, for every caller (CLI, YAML, API, HPO).
+            data = {**data, "lora_alpha": 2 * data["lora_r"]}
         if data.get("adapter") == "qlora":
             # "qlora" is what users call LoRA on a 4-bit base; store it as its two parts.
             quantize = data.get("quantize") if data.get("quantize") not in (None, "none") else "4bit"
@@ -178,33 +191,33 @@ class MethodConfig(_Section):
 
 
 class TrainConfig(_Section):
-    learning_rate: float | Auto = "auto"
+    learning_rate: LearningRate | Auto = "auto"
     """Peak learning rate (cosine decay after a short warm-up)."""
-    epochs: float | Auto = "auto"
+    epochs: Epochs | Auto = "auto"
     """Passes over the training data (the early-stopping rule may end the run sooner)."""
-    max_steps: int | None = None
+    max_steps: Count | None = None
     """Stop after this many optimizer steps, overriding `epochs`."""
-    batch_size: int | Auto = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] | Auto = "auto"
     """Packed sequences per device per step."""
-    gradient_accumulation: int | Auto = "auto"
+    gradient_accumulation: Annotated[int, Field(ge=1, le=65_536)] | Auto = "auto"
     """Steps of gradients summed before each optimizer update."""
-    max_length: int | Auto = "auto"
+    max_length: Tokens | Auto = "auto"
     """Longest example in tokens; longer ones are cut (the data inspector says how many)."""
-    pack_length: int | Auto = "auto"
+    pack_length: Tokens | Auto = "auto"
     """Length of one packed training sequence: several short examples share one row, no padding."""
-    weight_decay: float = 0.01
+    weight_decay: float = Field(0.01, ge=0.0, le=100.0, allow_inf_nan=False)
     """AdamW weight decay: mild regularisation, on by default."""
-    warmup_ratio: float = 0.05
+    warmup_ratio: Fraction = 0.05
     """Share of steps spent warming the learning rate up from zero."""
-    eval_steps: int | Auto = "auto"
+    eval_steps: Count | Auto = "auto"
     """Evaluate on the validation set every N optimizer steps."""
-    early_stopping_patience: int = 3
+    early_stopping_patience: Count = 3
     """Stop when validation loss has not improved for this many evaluations; the best checkpoint is kept."""
-    save_total_limit: int = 2
+    save_total_limit: Annotated[int, Field(ge=1, le=1000)] = 2
     """Checkpoints kept on disk (the best one is always kept as well)."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     """Random seed for data order, the validation split and initialisation."""
-    logging_steps: int = 1
+    logging_steps: Count = 1
     """Write a line to metrics.jsonl every N optimizer steps."""
     best_metric: Literal["loss", "accuracy", "macro_f1", "reward"] | Auto = "auto"
     """Validation metric for early stopping and the best checkpoint: auto = accuracy for classify and

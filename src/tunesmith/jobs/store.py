@@ -84,7 +84,12 @@ class Job(Base):
     run_dir: Mapped[str] = mapped_column(String(1024))
     worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
     heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Runs of the job that did not end by handing it back cleanly (a pause or a worker's
+    # shutdown gives its attempt back): when a worker dies on the job this many times, it fails.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Config values the server resolved from the names a client gave (a registered reward
+    # function's file, a judge's URL): server-side only, never shown to the client.
+    overrides: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Event(Base):
@@ -122,13 +127,43 @@ def default_database_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir) / 'tunesmith.db'}"
 
 
+def safe_url(url: str) -> str:
+    """`url` as it may be printed or logged: the password masked (`postgresql://ts:***@db/ts`)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # unparseable: show no part of it, it may hold a password
+        return "(an unreadable database URL)"
+
+
 def connect(url: str) -> sessionmaker[Session]:
     """Open (and create) the database at `url`; returns a session factory."""
-    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
-    if url.startswith("sqlite"):
+    sqlite = url.startswith("sqlite")
+    # pre_ping: a server-side database that restarted leaves dead pooled connections; each
+    # checkout tests its connection and replaces a dead one instead of failing the caller.
+    engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {}, pool_pre_ping=not sqlite)
+    if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _add_missing_columns(engine) -> None:
+    """Add the nullable columns newer versions define to a database an older version made
+    (create_all makes missing tables only), so upgrading keeps every job."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -170,10 +205,14 @@ def add_event(s: Session, job_id: str, message: str, level: str = "info", type: 
 # ---- the job queue ------------------------------------------------------------------------
 
 
-def claim_job(sessions: sessionmaker[Session], worker: str, stale_after_s: float) -> Job | None:
+def claim_job(sessions: sessionmaker[Session], worker: str, stale_after_s: float, max_attempts: int = 3) -> Job | None:
     """Take the oldest queued job, or a running one whose worker stopped sending heartbeats
     for `stale_after_s` (it died: the job resumes from its last checkpoint). The UPDATE only
-    succeeds if the row is still as we read it, so two workers never both win."""
+    succeeds if the row is still as we read it, so two workers never both win.
+
+    A stalled job whose worker died on it `max_attempts` times is failed instead: a job that
+    kills its worker (out of memory, a crash in a library) would otherwise take down every
+    worker that picks it up, forever."""
     while True:
         with sessions() as s:
             cutoff = now() - stale_after_s
@@ -185,16 +224,28 @@ def claim_job(sessions: sessionmaker[Session], worker: str, stale_after_s: float
             )
             if job is None:
                 return None
-            was, previous_worker = job.status, job.worker  # the UPDATE below refreshes `job`
+            was, previous_worker, attempts = job.status, job.worker, job.attempts  # the UPDATE below refreshes `job`
+            unchanged = (Job.id == job.id, Job.status == was, _same(Job.heartbeat_at, job.heartbeat_at))
+            if was == RUNNING and attempts >= max_attempts:
+                message = (f"The job stopped its worker {attempts} times (the worker died or stopped responding while "
+                           "running it), so it is not retried; check the worker log, and if it ran out of memory "
+                           "lower batch_size or max_length.")
+                error = {"code": "worker_lost", "message": message, "param": None}
+                if s.execute(update(Job).where(*unchanged).values(status=FAILED, error=error, finished_at=now(),
+                                                                   heartbeat_at=None, control=None)).rowcount:
+                    add_event(s, job.id, f"Fine-tuning failed: {message}", level="error")
+                    s.commit()
+                else:
+                    s.rollback()
+                continue  # look for a job that can run
             won = s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.status == was, _same(Job.heartbeat_at, job.heartbeat_at))
-                .values(status=RUNNING, worker=worker, heartbeat_at=now(), attempts=Job.attempts + 1)
+                update(Job).where(*unchanged).values(status=RUNNING, worker=worker, heartbeat_at=now(),
+                                                     attempts=Job.attempts + 1)
             ).rowcount
             if won:
                 if was == RUNNING:
                     add_event(s, job.id, f"Worker {previous_worker} stopped responding; {worker} resumes the job "
-                              "from its last checkpoint.", level="warn")
+                              f"from its last checkpoint (attempt {attempts + 1} of {max_attempts}).", level="warn")
                 s.commit()
                 return s.get(Job, job.id, populate_existing=True)
             s.rollback()  # another worker took it: look again
@@ -204,14 +255,23 @@ def _same(column, value):
     return column.is_(None) if value is None else column == value
 
 
+def hold(s: Session, job_id: str, worker: str) -> bool:
+    """Whether `job_id` is still running on `worker`, checked inside the caller's transaction
+    and locking the job's row until it commits: a worker writes its job's events, checkpoints
+    and results only in the same transaction as this check, so once another worker has taken
+    the job over, the old one cannot write any more. Also counts as a heartbeat."""
+    return bool(
+        s.execute(
+            update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == RUNNING).values(heartbeat_at=now())
+        ).rowcount
+    )
+
+
 def heartbeat(sessions: sessionmaker[Session], job_id: str, worker: str) -> Job | None:
     """Record that `worker` is alive on `job_id`; returns the job as it now is, or None when
     the job is no longer this worker's (cancelled, or taken over after a stall)."""
     with sessions.begin() as s:
-        done = s.execute(
-            update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == RUNNING).values(heartbeat_at=now())
-        ).rowcount
-        return s.get(Job, job_id) if done else None
+        return s.get(Job, job_id, populate_existing=True) if hold(s, job_id, worker) else None
 
 
 def finish_job(s: Session, job_id: str, worker: str, status: str, **values) -> bool:

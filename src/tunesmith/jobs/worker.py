@@ -153,7 +153,8 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
         if job.source != job.model:
             names[job.source] = job.model
         config = build_config(job.source, job.method, paths[job.training_file],
-                              paths.get(job.validation_file) if job.validation_file else None, job.seed)
+                              paths.get(job.validation_file) if job.validation_file else None, job.seed,
+                              overrides=job.overrides)
         resume = (run_dir / "config.yaml").exists() and any(
             complete_checkpoints(d.parent) for d in run_dir.rglob("checkpoints"))
         if not resume and run_dir.exists():

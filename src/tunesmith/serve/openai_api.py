@@ -17,13 +17,21 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
 
 from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.jobs import store
-from tunesmith.jobs.spec import build_config, check_data_fits, hyperparameters_of, stage_of
+from tunesmith.jobs.spec import (
+    Judge,
+    Resources,
+    build_config,
+    check_data_fits,
+    hyperparameters_of,
+    server_overrides,
+    stage_of,
+)
 from tunesmith.jobs.store import CANCELLED, FINISHED, PAUSED, QUEUED, RUNNING, VALIDATING, Checkpoint, Event, File, Job, Model
 from tunesmith.serve.app import APIError, Caller, CallerDep, error_body, not_found
 
@@ -186,18 +194,31 @@ def delete_file(request: Request, caller: CallerDep, file_id: str) -> dict:
 jobs = APIRouter(tags=["fine-tuning"])
 
 
+MAX_JOB_SEED = 2**31 - 1  # the job's seed column is a 32-bit integer on PostgreSQL
+
+
 class JobCreate(BaseModel):
-    model: str
+    model: str = Field(max_length=255)
     """Base model: a built-in name or one the server was started with (GET /v1/models)."""
-    training_file: str
-    validation_file: str | None = None
+    training_file: str = Field(max_length=64)
+    validation_file: str | None = Field(None, max_length=64)
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_JOB_SEED)
     hyperparameters: dict[str, Any] | None = None
     """Deprecated by OpenAI in favour of method; still honoured (for method.type supervised)."""
     method: dict[str, Any] | None = None
+    """`{"type": ..., "<type>": {"hyperparameters": {...}}}`; GET /v1/tunesmith/base_models lists the
+    reward functions, reward models and judges an RL job may name."""
     metadata: dict[str, str] | None = None
+    """Up to 16 pairs, keys up to 64 characters, values up to 512 (as OpenAI)."""
     integrations: list[dict] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
+        if metadata is not None and (len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())):
+            raise ValueError("metadata takes up to 16 pairs, keys up to 64 characters and values up to 512")
+        return metadata
 
 
 class JobPublic(BaseModel):
@@ -252,13 +273,13 @@ def base_models(request: Request) -> dict[str, str]:
 @jobs.post("/fine_tuning/jobs", response_model=JobPublic)
 def create_job(request: Request, caller: CallerDep, body: JobCreate) -> JobPublic:
     """Create a fine-tuning job: the files are checked now, and a worker trains it when one is free."""
-    method, training, validation, seed, config = checked_job(request, caller, body)
+    method, training, validation, seed, config, overrides = checked_job(request, caller, body)
     job_id = store.new_id("ftjob")
     fine_tuned = ":".join(["ft", body.model.replace(":", "-").replace("/", "-"), caller.project, body.suffix or "", job_id[6:14]])
     job = Job(id=job_id, project=caller.project, model=body.model, source=config.model.name,
               training_file=training.id, validation_file=validation.id if validation else None, suffix=body.suffix,
               seed=seed, method=method, metadata_=body.metadata, status=VALIDATING, fine_tuned_model=fine_tuned,
-              run_dir=str(request.app.state.settings.data_dir / "runs" / job_id))
+              overrides=overrides or None, run_dir=str(request.app.state.settings.data_dir / "runs" / job_id))
     with _sessions(request).begin() as s:
         s.add(job)
         s.flush()  # the job row first: its events refer to it
@@ -272,9 +293,33 @@ def create_job(request: Request, caller: CallerDep, body: JobCreate) -> JobPubli
     return job_public(job)
 
 
-def checked_job(request: Request, caller: Caller, body: JobCreate) -> tuple[dict, File, File | None, int, RunConfig]:
-    """(method, training file, validation file, seed, run config) of a job request, every
-    part checked as creating the job checks it; APIError names the first thing wrong."""
+def resources(request: Request) -> Resources:
+    """The reward functions, reward models and judges the operator registered for jobs."""
+    s = request.app.state.settings
+    return Resources(dict(s.reward_functions), dict(s.reward_models), {n: Judge(**j) for n, j in s.judges.items()})
+
+
+def _own_reward_model(request: Request, caller: Caller):
+    """`id -> run folder` of the caller's own fine-tuned reward models (None for anything else)."""
+    from tunesmith.config import load_config
+    from tunesmith.serve.engine import final_stage_dir
+
+    def find(model_id: str) -> str | None:
+        with _sessions(request)() as s:
+            m = s.scalar(select(Model).where(Model.id == model_id, Model.project == caller.project))
+        if m is None or not (Path(m.run_dir) / "config.yaml").exists():
+            return None
+        final = final_stage_dir(Path(m.run_dir))
+        return str(final) if load_config(final / "config.yaml").method.stages[-1] == "reward" else None
+
+    return find
+
+
+def checked_job(request: Request, caller: Caller, body: JobCreate) -> tuple[dict, File, File | None, int, RunConfig, dict]:
+    """(method, training file, validation file, seed, run config, server overrides) of a job
+    request, every part checked as creating the job checks it; APIError names the first
+    thing wrong. Only allow-listed hyperparameters are taken, and server resources only by
+    the names the operator registered."""
     bases = base_models(request)
     if body.model not in bases:
         raise APIError(400, f"Unknown base model '{body.model}': choose one of {', '.join(bases)} (GET /v1/models).",
@@ -283,6 +328,9 @@ def checked_job(request: Request, caller: Caller, body: JobCreate) -> tuple[dict
         raise APIError(400, "integrations are not supported; leave the parameter out.", param="integrations")
     method = dict(body.method or {"type": "supervised"})
     method.setdefault("type", "supervised")
+    extra = set(method) - {"type", str(method["type"])}
+    if extra:
+        raise APIError(400, f"method takes 'type' and '{method['type']}' only, not '{sorted(extra)[0][:64]}'.", param="method")
     if body.hyperparameters:
         if body.method:
             raise APIError(400, "Give hyperparameters inside method, not both at the top level and in method.",
@@ -293,7 +341,9 @@ def checked_job(request: Request, caller: Caller, body: JobCreate) -> tuple[dict
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     try:
         stage = stage_of(method)
-        config = build_config(bases[body.model], method, training.path, validation.path if validation else None, seed)
+        overrides = server_overrides(method, resources(request), _own_reward_model(request, caller))
+        config = build_config(bases[body.model], method, training.path, validation.path if validation else None, seed,
+                              overrides=overrides)
         for f, param in ((training, "training_file"), (validation, "validation_file")):
             if f is None:
                 continue
@@ -307,7 +357,7 @@ def checked_job(request: Request, caller: Caller, body: JobCreate) -> tuple[dict
                            "hyperparameter force=true to train anyway.", param="training_file", code="invalid_training_file")
     except ConfigError as exc:
         raise APIError(400, str(exc), param="method") from None
-    return method, training, validation, seed, config
+    return method, training, validation, seed, config, overrides
 
 
 def _get_job(request: Request, caller: Caller, job_id: str) -> Job:

@@ -77,7 +77,10 @@ def base_models_info(request: Request, caller: CallerDep) -> dict:
         data.append({"id": name, "description": info.description if info else f"local model ({name})",
                      "params": info.params if info else None, "licence": info.licence if info else "see the model folder",
                      "builtin": info is not None})
-    return {"object": "list", "data": data, "methods": METHODS, "adapters": ADAPTERS}
+    from tunesmith.serve.openai_api import resources
+
+    # Names only: what an RL job may name as reward_functions, reward_model and judge.
+    return {"object": "list", "data": data, "methods": METHODS, "adapters": ADAPTERS, "rewards": resources(request).names()}
 
 
 # --------------------------------------------------------------------------- safe fixes
@@ -136,7 +139,7 @@ def preview_job(request: Request, caller: CallerDep, body: JobCreate) -> dict:
     from tunesmith.train.auto import hardware
     from tunesmith.train.stages import preview
 
-    *_, config = checked_job(request, caller, body)
+    *_, config, _overrides = checked_job(request, caller, body)
     try:
         resolved = preview(config)
     except TunesmithError as exc:

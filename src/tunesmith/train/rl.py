@@ -159,13 +159,19 @@ def reward_model_function(run: str):
     return reward_model
 
 
-def judge_function(url: str, model: str | None, rubric: str):
+def judge_function(url: str, model: str | None, rubric: str, key_env: str | None = None):
     """A reward function asking an LLM judge behind an OpenAI-compatible endpoint for a 1-10
-    score, scaled to 0-1 (None, which TRL skips, when it gives no number)."""
+    score, scaled to 0-1 (None, which TRL skips, when it gives no number). Its key comes from
+    the environment variable `key_env`, else TUNESMITH_JUDGE_KEY, else OPENAI_API_KEY."""
     from tunesmith.data.synth import parse_score
     from tunesmith.data.teacher import make_teacher
 
-    key = os.environ.get("TUNESMITH_JUDGE_KEY") or os.environ.get("OPENAI_API_KEY")
+    if key_env:
+        key = os.environ.get(key_env)
+        if not key:
+            raise ConfigError(f"The judge's key variable {key_env} is not set in this worker's environment; set it.")
+    else:
+        key = os.environ.get("TUNESMITH_JUDGE_KEY") or os.environ.get("OPENAI_API_KEY")
     judge = make_teacher(url=url, endpoint_model=model, key=key, what="judge")
 
     def llm_judge(prompts, completions, **kwargs) -> list[float | None]:
@@ -189,7 +195,7 @@ def build_rewards(config: RunConfig) -> list:
     if m.reward_model:
         rewards.append(reward_model_function(m.reward_model))
     if m.judge_url:
-        rewards.append(judge_function(m.judge_url, m.judge_model, m.judge_rubric))
+        rewards.append(judge_function(m.judge_url, m.judge_model, m.judge_rubric, m.judge_key_env))
     if not rewards:
         raise ConfigError(
             f"{m.stages[-1]} needs a reward: --reward-model RUN (a reward-model run), --reward-fn "
