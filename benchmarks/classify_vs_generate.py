@@ -35,6 +35,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "banking77"
 
 
+def accuracy(run: str, prompts, labels) -> tuple[float, list[str]]:
+    """Exact-match accuracy of the run's greedy answers (intent names are a few tokens, so 24
+    new tokens are plenty)."""
+    from tunesmith.evaluate.metrics import exact_match
+    from tunesmith.serve.engine import generate, load_for_inference
+
+    answers = generate(load_for_inference(run), prompts, max_new_tokens=24, batch_size=32)
+    return exact_match(answers, labels), answers
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--examples", type=int, default=4800, help="training examples seen by each arm")
@@ -98,7 +108,7 @@ def run_generate(args, out: Path, rows: list[dict]) -> dict:
     from tunesmith.config import RunConfig
     from tunesmith.data.formats import token_lengths
     from tunesmith.models import load_tokenizer
-    from tunesmith.quickstart import SYSTEM_PROMPT, accuracy
+    from tunesmith.quickstart import SYSTEM_PROMPT
     from tunesmith.serve.engine import write_jsonl
     from tunesmith.train.auto import resolve
     from tunesmith.train.sft import load_chat_rows
@@ -123,7 +133,7 @@ def run_generate(args, out: Path, rows: list[dict]) -> dict:
     prompts = [[{"role": "user", "content": r["text"]}] for r in rows]
     labels = [r["label"] for r in rows]
     start = time.perf_counter()
-    acc, answers = accuracy(str(out / "generate"), False, prompts, labels)
+    acc, answers = accuracy(str(out / "generate"), prompts, labels)
     eval_s = time.perf_counter() - start
     write_jsonl(out / "generate" / "test_answers.jsonl",
                 [{"text": r["text"], "label": r["label"], "answer": a} for r, a in zip(rows, answers)])

@@ -300,7 +300,8 @@ def run_tunesmith(args, train_rows: list[dict], pack_length: int, workdir: Path)
 
     from tunesmith.config import RunConfig
     from tunesmith.models import load_model
-    from tunesmith.train.sft import ADAPTER_DIR, train_sft
+    from tunesmith.train.common import ADAPTER_DIR
+    from tunesmith.train.sft import train_sft
 
     train_file = workdir / "train.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in train_rows))

@@ -70,9 +70,19 @@ def write_rows(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False) + "\n")
 
 
+def accuracy(run: str, prompts, labels) -> tuple[float, list[str]]:
+    """Exact-match accuracy of the run's greedy answers (intent names are a few tokens, so 24
+    new tokens are plenty)."""
+    from tunesmith.evaluate.metrics import exact_match
+    from tunesmith.serve.engine import generate, load_for_inference
+
+    answers = generate(load_for_inference(run), prompts, max_new_tokens=24, batch_size=32)
+    return exact_match(answers, labels), answers
+
+
 def train_and_test(name: str, train_file: Path, out: Path, steps: int, prompts, labels, seed: int) -> dict:
     from tunesmith.config import RunConfig
-    from tunesmith.quickstart import SYSTEM_PROMPT, accuracy
+    from tunesmith.quickstart import SYSTEM_PROMPT
     from tunesmith.serve.engine import write_jsonl
     from tunesmith.train.sft import train_sft
 
@@ -88,7 +98,7 @@ def train_and_test(name: str, train_file: Path, out: Path, steps: int, prompts, 
     start = time.perf_counter()
     summary = train_sft(config, run_dir)
     train_s = time.perf_counter() - start
-    acc, answers = accuracy(str(run_dir), False, prompts, labels)
+    acc, answers = accuracy(str(run_dir), prompts, labels)
     write_jsonl(run_dir / "test_answers.jsonl",
                 [{"text": p[-1]["content"], "label": y, "answer": a} for p, y, a in zip(prompts, labels, answers)])
     result = {"arm": name, "train_rows": summary["train_rows"], "steps": summary["global_step"],
