@@ -91,3 +91,39 @@ def test_keys_are_stored_hashed(db):
     with sessions.begin() as s:
         s.get(store.Key, key.id).revoked = True
     assert store.find_key(sessions, secret) is None
+
+
+def stall(sessions, job_id):
+    with sessions.begin() as s:
+        s.get(Job, job_id).heartbeat_at = time.time() - 100  # its worker died: no heartbeat for 100 s
+
+
+def test_a_job_that_stopped_its_worker_max_attempts_times_fails_instead_of_running_again(db):
+    add_job(db, "ftjob-doomed", created_at=1000.0)
+    add_job(db, "ftjob-next", created_at=2000.0)
+    sessions = store.connect(db)
+    for attempt in (1, 2, 3):
+        job = store.claim_job(sessions, f"w{attempt}", stale_after_s=60, max_attempts=3)
+        assert (job.id, job.attempts) == ("ftjob-doomed", attempt)
+        stall(sessions, job.id)
+    assert store.claim_job(sessions, "w4", stale_after_s=60, max_attempts=3).id == "ftjob-next"  # not the doomed one
+    with sessions() as s:
+        job = s.get(Job, "ftjob-doomed")
+        last = s.query(store.Event).filter_by(job_id="ftjob-doomed").order_by(store.Event.seq.desc()).first()
+    assert job.status == "failed" and job.finished_at and job.heartbeat_at is None and job.attempts == 3
+    assert job.error["code"] == "worker_lost" and job.error["message"].startswith("The job stopped its worker 3 times")
+    assert last.level == "error" and last.message == "Fine-tuning failed: " + job.error["message"]
+    with sessions.begin() as s:
+        assert not store.hold(s, "ftjob-doomed", "w3")  # its last worker cannot write to it
+
+
+def test_hold_is_true_only_for_the_jobs_current_worker(db):
+    add_job(db, "ftjob-hold")
+    sessions = store.connect(db)
+    store.claim_job(sessions, "old", 60)
+    with sessions.begin() as s:
+        assert store.hold(s, "ftjob-hold", "old") and not store.hold(s, "ftjob-hold", "other")
+    stall(sessions, "ftjob-hold")
+    store.claim_job(sessions, "new", 60)
+    with sessions.begin() as s:
+        assert not store.hold(s, "ftjob-hold", "old") and store.hold(s, "ftjob-hold", "new")

@@ -981,18 +981,27 @@ def _data_dir() -> Path:
 
 DataDirOpt = Annotated[Optional[Path], typer.Option(help="Where the service keeps uploaded files, runs and its SQLite database "
                                                     "(default: $TUNESMITH_DATA, else ~/.tunesmith).")]
-DatabaseOpt = Annotated[Optional[str], typer.Option(help="SQLAlchemy database URL (e.g. postgresql://...); default SQLite in --data-dir.")]
+# Read from the environment too: a URL with a password on the command line is visible to every
+# user of the machine in `ps`, so `tunesmith serve` hands it to its workers this way.
+DatabaseOpt = Annotated[Optional[str], typer.Option(envvar="TUNESMITH_DATABASE_URL", show_envvar=True,
+                                                    help="SQLAlchemy database URL (e.g. postgresql://...); default SQLite in --data-dir. "
+                                                    "Prefer the environment variable when the URL holds a password.")]
 
 
 def _sessions(data_dir: Path | None, database_url: str | None):
     from tunesmith.jobs import store
 
+    # The service's files (uploads, runs, the SQLite database and its -wal/-shm) hold other
+    # people's data and the key hashes: everything it creates from here on is owner-only.
+    os.umask(0o077)
     data_dir = data_dir or _data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
+    url = database_url or store.default_database_url(data_dir)
     try:
-        return store.connect(database_url or store.default_database_url(data_dir))
+        return store.connect(url)
     except Exception as exc:  # a bad URL or an unreachable server: one sentence, not a traceback
-        raise TunesmithError(f"Cannot open the database {database_url or data_dir}: {type(exc).__name__}; check --database-url.") from None
+        raise TunesmithError(f"Cannot open the database {store.safe_url(url)}: {type(exc).__name__}; "
+                             "check --database-url.") from None
 
 
 @keys_app.command("create")
@@ -1056,7 +1065,9 @@ def worker_cmd(
     poll: Annotated[float, typer.Option(help="Seconds between looks at an empty queue.")] = 1.0,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats while a job runs.")] = 5.0,
     stale_after: Annotated[float, typer.Option(help="A running job whose worker sent no heartbeat for this long is taken over.")] = 60.0,
+    max_attempts: Annotated[int, typer.Option(min=1, help="A job whose worker died on it this many times fails instead of being taken over again.")] = 3,
     once: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False,
+    parent_pid: Annotated[Optional[int], typer.Option(hidden=True, help="Stop (handing the running job back) when this process is gone; `tunesmith serve` passes its own.")] = None,
 ) -> None:
     """Run fine-tuning jobs from the service's queue (any number of workers may share one database)."""
     _quiet_libraries()
@@ -1067,7 +1078,8 @@ def worker_cmd(
     from tunesmith.jobs.store import default_database_url
 
     run_worker(database_url or default_database_url(data_dir), data_dir, name, poll, heartbeat, stale_after, once,
-               log=lambda line: err.print(line))
+               log=lambda line: err.print(line, markup=False, highlight=False), max_attempts=max_attempts,
+               parent_pid=parent_pid)
 
 
 @app.command("serve")
@@ -1093,6 +1105,7 @@ def serve_cmd(
 
     Jobs refer to server-side resources (base models, reward functions, reward models, LLM
     judges) only by the names given here or in --config; never by a path or URL."""
+    import signal
     import subprocess
 
     import uvicorn
@@ -1115,17 +1128,56 @@ def serve_cmd(
     with sessions() as s:
         if s.scalar(select(Key.id).limit(1)) is None:
             err.print("[yellow]no API keys yet:[/yellow] create one with `tunesmith keys create --project NAME`.")
-    procs = [subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "worker", "--data-dir", str(data_dir),
-                               "--database-url", url, "--name", f"worker-{i + 1}-{os.getpid()}"])
-             for i in range(workers)]
-    err.print(f"OpenAI-compatible API at http://{host}:{port}/v1 with {workers} worker(s); data in {data_dir}")
+
+    def stop(_signum, _frame):
+        # uvicorn catches SIGTERM/SIGINT itself, shuts down, then raises the signal again with
+        # the handler it found: the default SIGTERM handler killed the process right there,
+        # before the `finally` below, and the workers were left running. This handler ends
+        # serve through the `finally` instead.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # The URL goes through the environment, not the arguments (`ps` shows those to everyone);
+    # --parent-pid: a worker stops by itself when serve is gone, even killed by SIGKILL.
+    env = dict(os.environ, TUNESMITH_DATABASE_URL=url)
+    procs: list[subprocess.Popen] = []
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        for i in range(workers):
+            procs.append(subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "worker", "--data-dir", str(data_dir),
+                                           "--name", f"worker-{i + 1}-{os.getpid()}", "--parent-pid", str(os.getpid())],
+                                          env=env))
+        err.print(f"OpenAI-compatible API at http://{host}:{port}/v1 with {workers} worker(s); data in {data_dir}")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+                    timeout_graceful_shutdown=settings.shutdown_s)
     finally:
-        for proc in procs:  # SIGTERM: each worker hands its running job back to the queue
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the workers' stop short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _stop_workers(procs, WORKER_STOP_S)
+
+
+# A worker stops at the end of its current training step (or evaluation batch) and hands its
+# job back; one that takes longer is killed, and its job resumes from its last checkpoint.
+WORKER_STOP_S = 30.0
+
+
+def _stop_workers(procs: list, grace_s: float) -> None:
+    """SIGTERM each worker (each hands its running job back to the queue), wait up to `grace_s`
+    for all of them, then kill the ones still running."""
+    import subprocess
+
+    for proc in procs:
+        if proc.poll() is None:
             proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=60)
+    end = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            err.print(f"worker {proc.pid} did not stop within {grace_s:.0f} s; killing it (its job resumes from its "
+                      "last checkpoint)")
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -121,6 +121,10 @@ def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resum
         config = load_config(run_dir / "config.yaml")
     stages = config.method.stages
     if len(stages) == 1:
+        if resume and (run_dir / RUN_INFO).exists():
+            # Trained to the end before an interruption (during the evaluation): resuming the
+            # trainer would run one step past max_steps.
+            return json.loads((run_dir / RUN_INFO).read_text())
         if not config.data.train and stage_data(config, stages[0]):
             config = config.model_copy(deep=True)
             config.data.train = stage_data(config, stages[0])
