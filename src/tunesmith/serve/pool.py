@@ -8,6 +8,12 @@ All torch work happens in one background thread that the `Engine` owns; the asyn
 of a server await its results. Requests that arrive together and can share a `generate` call
 are batched, including requests for different LoRA adapters of the same base (peft's
 mixed-adapter inference, `adapter_names=[...]`).
+
+No request can pin the engine: a request whose caller has gone is skipped, or stops at its
+next token while the rest of its batch goes on; answers are clamped to the context the model
+has left after the prompt; the next batch starts with the oldest request of the caller served
+least recently, so one caller's flood does not hold up the others; `close` stops the running
+batch within a token.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import json
 import queue
@@ -25,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.errors import ConfigError, ModelError
+from tunesmith.errors import ConfigError, ModelError, TunesmithError
 
 BASE_ROW = "__base__"  # peft's adapter name for "no adapter" in a mixed-adapter batch
 NOT_TEXT_STAGES = {
@@ -33,6 +40,21 @@ NOT_TEXT_STAGES = {
     "reward": "a reward model, which scores answers",
 }
 MAX_STOP = 4  # as in the OpenAI API
+# Stop strings are markers ("\n\n", "User:"); every generation step decodes this many characters
+# (in tokens) of each row's tail to look for them, so the bound is the per-step cost of a batch.
+MAX_STOP_CHARS = 128
+# Each choice is a generation row of its own: a batch of max_batch prompts holds up to
+# max_batch x 8 rows (their KV caches), enough for best-of-n and self-consistency sampling.
+MAX_N = 8
+NO_LIMIT = 10**9  # a tokenizer without a length limit reports about 1e30 as its model_max_length
+
+
+class EngineClosed(RuntimeError):
+    """The engine shut down before the request was answered."""
+
+
+class PromptTooLong(TunesmithError):
+    """The prompt leaves its model no room to answer."""
 
 
 # --------------------------------------------------------------------------- public types
@@ -71,8 +93,10 @@ class Sampling:
             raise ValueError("top_p must be above 0 and at most 1.")
         if len(self.stop) > MAX_STOP:
             raise ValueError(f"At most {MAX_STOP} stop strings are allowed.")
-        if self.n < 1:
-            raise ValueError("n must be at least 1.")
+        if any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise ValueError(f"A stop string may be at most {MAX_STOP_CHARS} characters long.")
+        if not 1 <= self.n <= MAX_N:
+            raise ValueError(f"n must be between 1 and {MAX_N}.")
 
 
 @dataclass
@@ -192,12 +216,20 @@ class _Request:
     sampling: Sampling
     future: concurrent.futures.Future | None = None  # complete()
     sink: _Sink | None = None  # stream()
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=threading.Event)  # set when the caller has gone
+    owner: str = ""  # who asked (an API key): the next batch starts with the owner served least recently
     plan: _Plan | None = None
+    ids: list[int] | None = None  # the prompt's token ids, once its tokenizer is known
+    limit: int = 0  # tokens it may generate: max_tokens, clamped to the context left after the prompt
 
     @property
     def batchable(self) -> bool:
         return self.sink is None and self.sampling.seed is None
+
+    @property
+    def gone(self) -> bool:
+        """Whether its caller has given up on it."""
+        return self.cancel.is_set() or (self.future is not None and self.future.cancelled())
 
     @property
     def batch_key(self) -> tuple:
@@ -206,9 +238,13 @@ class _Request:
 
     def start(self) -> bool:
         """Mark the request as running; False when its caller has given up on it."""
+        if self.cancel.is_set():
+            if self.future is not None:
+                self.future.cancel()
+            return False
         if self.future is not None:
             return self.future.set_running_or_notify_cancel()
-        return not self.cancel.is_set()
+        return True
 
     def fail(self, exc: BaseException) -> None:
         if self.future is not None:
@@ -239,30 +275,43 @@ class Engine:
         self._models: OrderedDict[str, _BaseEntry | _ModelEntry] = OrderedDict()  # LRU, oldest first
         self._adapters: OrderedDict[str, _AdapterEntry] = OrderedDict()  # LRU, oldest first
         self._names = itertools.count()  # adapter names must be identifiers; model ids are not
-        self._lock = threading.Lock()  # guards the caches and counters that stats() reads
+        self._lock = threading.Lock()  # guards the caches and counters that stats() reads, and submit/close
         self._batches = 0
         self._batched_requests = 0
+        self._cancelled = 0
+        self._running = 0
+        self._pending: deque[_Request] = deque()  # requests the worker has taken off the queue, not yet started
+        self._turns = itertools.count()
+        self._last_served: dict[str, int] = {}  # owner -> the turn its last batch started
         self._closed = False
+        self._closing = threading.Event()  # every running generate stops at its next token
         self._device = None
         self._thread = threading.Thread(target=self._work, name="tunesmith-engine", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ public API
 
-    async def complete(self, target: Target, prompt: list[dict] | str, sampling: Sampling) -> Completion:
+    async def complete(self, target: Target, prompt: list[dict] | str, sampling: Sampling, owner: str = "") -> Completion:
         """Generate `sampling.n` answers to `prompt`: a list of chat messages (rendered with
-        the chat template, after the run's system prompt) or a plain string (raw text)."""
+        the chat template, after the run's system prompt) or a plain string (raw text).
+        Cancelling the awaiting task cancels the generation: skipped if it has not started,
+        stopped at its next token if it has (the rest of its batch goes on). Raises
+        PromptTooLong when the prompt fills the model's context, EngineClosed on close."""
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._submit(_Request(target, _check_prompt(prompt), sampling, future=future))
-        return await asyncio.wrap_future(future)
+        request = _Request(target, _check_prompt(prompt), sampling, future=future, owner=owner)
+        self._submit(request)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            request.cancel.set()  # a no-op once answered; otherwise the caller has gone
 
-    async def stream(self, target: Target, prompt: list[dict] | str, sampling: Sampling) -> AsyncIterator[Chunk]:
+    async def stream(self, target: Target, prompt: list[dict] | str, sampling: Sampling, owner: str = "") -> AsyncIterator[Chunk]:
         """Generate one answer to `prompt` piece by piece. The pieces add up to the text that
         `complete` would return; the last chunk carries finish_reason and the token counts.
         Closing the iterator early stops the generation."""
         if sampling.n != 1:
             raise ValueError("Streaming returns one choice: n must be 1.")
-        request = _Request(target, _check_prompt(prompt), sampling, sink=_Sink(asyncio.get_running_loop()))
+        request = _Request(target, _check_prompt(prompt), sampling, sink=_Sink(asyncio.get_running_loop()), owner=owner)
         self._submit(request)
         try:
             while True:
@@ -288,9 +337,15 @@ class Engine:
         if not self._closed:
             self._queue.put(lambda: self._drop(key))
 
+    def waiting(self) -> int:
+        """Requests submitted and not yet started (a server refuses more past its queue limit)."""
+        return len(self._pending) + self._queue.qsize()
+
     def stats(self) -> dict:
         """What is loaded (LRU order, oldest first) and how much batching happened:
-        `batches` counts generate calls, `batched_requests` the requests that shared one."""
+        `batches` counts generate calls, `batched_requests` the requests that shared one;
+        `waiting` and `running` count requests now, `cancelled` those whose caller left
+        before their answer (skipped, or stopped mid-generation)."""
         with self._lock:
             return {
                 "bases": [g.removeprefix("base:") for g, e in self._models.items() if isinstance(e, _BaseEntry)],
@@ -298,46 +353,59 @@ class Engine:
                 "models": [g.removeprefix("model:") for g, e in self._models.items() if isinstance(e, _ModelEntry)],
                 "batches": self._batches,
                 "batched_requests": self._batched_requests,
+                "waiting": self.waiting(),
+                "running": self._running,
+                "cancelled": self._cancelled,
             }
 
-    def close(self) -> None:
-        """Stop the worker thread (after the batch it is running) and free the models;
-        requests still waiting fail with RuntimeError."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join()
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Stop the worker thread and free the models: the running generation stops at its
+        next token, and its requests and those still waiting fail with EngineClosed. Waits at
+        most `timeout` seconds for the worker (a model being loaded cannot be interrupted; the
+        thread is a daemon and ends when it is done)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._closing.set()
+            self._queue.put(_STOP)  # under the lock: no request can be queued behind it
+        self._thread.join(timeout)
 
     # ------------------------------------------------------------------ worker loop
 
     def _submit(self, request: _Request) -> None:
-        if self._closed:
-            raise RuntimeError("The engine is closed.")
-        self._queue.put(request)
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("The engine is closed.")
+            self._queue.put(request)
 
     def _work(self) -> None:
-        pending: deque[_Request] = deque()
+        pending = self._pending
         running = True
-        while running:
+        while running and not self._closing.is_set():
             if not pending:
                 running = self._take(self._queue.get(), pending)
                 wait = self.batch_wait_s  # a fresh request waits briefly for company
             else:
                 wait = 0.0  # leftovers have waited already; take only what has arrived
             deadline = time.monotonic() + wait
-            while running and len(pending) < self.max_batch:
+            while running:
                 try:
                     left = deadline - time.monotonic()
-                    item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                    # Wait for company only while a batch could still grow; then take everything
+                    # that has arrived, so the next head is chosen among all waiting requests.
+                    if left > 0 and len(pending) < self.max_batch:
+                        item = self._queue.get(timeout=left)
+                    else:
+                        item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 running = self._take(item, pending)
-            if running and pending:
+            if running and pending and not self._closing.is_set():
                 self._step(pending)
-        closed = RuntimeError("The engine is closed.")
-        for request in pending:
-            request.fail(closed)
+        closed = EngineClosed("The engine is closed.")
+        while pending:
+            pending.popleft().fail(closed)
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -364,12 +432,20 @@ class Engine:
         return True
 
     def _step(self, pending: deque) -> None:
-        """Run the oldest pending request, with every later one that can share its batch."""
-        head = pending.popleft()
+        """Run the next head (see _next_head), with every later request that can share its batch."""
+        for request in [r for r in pending if r.gone]:  # callers that left while waiting: skip them
+            pending.remove(request)
+            request.start()
+            self._count_cancelled()
+        if not pending:
+            return
+        head = self._next_head(pending)
         if not head.start():
+            self._count_cancelled()
             return
         try:
             slot = self._acquire(self._plan_of(head), pinned=set())
+            self._prepare(head, slot)
         except Exception as exc:  # noqa: BLE001 - the caller gets the error, the worker goes on
             head.fail(exc)
             return
@@ -377,6 +453,8 @@ class Engine:
         try:
             if head.batchable:
                 self._add_companions(batch, pending)
+            with self._lock:
+                self._running = len(batch)
             if head.sink is not None:
                 self._stream_one(head, slot)
             else:
@@ -384,6 +462,38 @@ class Engine:
         except Exception as exc:  # noqa: BLE001
             for request, _ in batch:
                 request.fail(exc)
+        finally:
+            with self._lock:
+                self._running = 0
+
+    def _next_head(self, pending: deque) -> _Request:
+        """The oldest request of the owner served least recently (owners never served first):
+        round-robin over callers, so one caller that floods the queue does not delay the rest.
+        Its batch companions still join in arrival order, whoever owns them."""
+        head = min(pending, key=lambda r: self._last_served.get(r.owner, -1))  # min keeps the first of equals
+        pending.remove(head)
+        self._last_served[head.owner] = next(self._turns)
+        return head
+
+    def _prepare(self, request: _Request, slot: _Slot) -> None:
+        """Tokenize the prompt and work out how many tokens the request may generate: its
+        max_tokens, clamped to what the model's context leaves after the prompt."""
+        if request.ids is None:
+            request.ids = _encode(slot.tokenizer, request.prompt, slot.system)
+        context = _context_length(slot.entry.runner, slot.tokenizer)
+        if context is None:
+            request.limit = request.sampling.max_tokens
+            return
+        if len(request.ids) >= context:
+            raise PromptTooLong(
+                f"The prompt is {len(request.ids)} tokens but {request.target.key} reads at most {context} tokens, "
+                "prompt and answer together; shorten the prompt."
+            )
+        request.limit = min(request.sampling.max_tokens, context - len(request.ids))
+
+    def _count_cancelled(self) -> None:
+        with self._lock:
+            self._cancelled += 1
 
     def _add_companions(self, batch: list[tuple[_Request, _Slot]], pending: deque) -> None:
         """Move later requests that can join the head's batch from `pending` into `batch`, in
@@ -414,11 +524,22 @@ class Engine:
                 continue
             if other.entry is not slot.entry or other.signature != slot.signature:
                 continue  # (a failed adapter load may have restarted the base under us)
+            try:
+                self._prepare(request, other)
+            except Exception as exc:  # noqa: BLE001
+                pending.remove(request)
+                request.fail(exc)
+                continue
+            if request.limit != head.limit:
+                # One generate call has one length, and a row must not run past its own context.
+                continue
             pending.remove(request)
             if request.start():
                 batch.append((request, other))
                 if other.adapter_key:
                     pinned.add(other.adapter_key)
+            else:
+                self._count_cancelled()
 
     # ------------------------------------------------------------------ loading
 
@@ -605,10 +726,11 @@ class Engine:
     # ------------------------------------------------------------------ generation
 
     def _generate(self, batch: list[tuple[_Request, _Slot]]) -> None:
-        """One batch of complete() requests: all rows share a model and sampling settings."""
-        sampling = batch[0][0].sampling
+        """One batch of complete() requests: all rows share a model, sampling settings and length limit."""
+        head = batch[0][0]
+        sampling = dataclasses.replace(head.sampling, max_tokens=head.limit)
         n = sampling.n
-        prompts = [_encode(slot.tokenizer, request.prompt, slot.system) for request, slot in batch]
+        prompts = [request.ids for request, _ in batch]
         rows = [ids for ids in prompts for _ in range(n)]  # n choices = the prompt repeated n times
         names = [slot.adapter or BASE_ROW for _, slot in batch for _ in range(n)]
         owners = [i for i in range(len(batch)) for _ in range(n)]
@@ -617,21 +739,28 @@ class Engine:
             import torch
 
             torch.manual_seed(sampling.seed)
-        outputs = self._run_rows(entry, tokenizer, sampling, rows, names, owners)
+        outputs = self._run_rows(entry, tokenizer, sampling, rows, names, owners, [r.cancel for r, _ in batch])
+        if self._closing.is_set():
+            raise EngineClosed("The engine closed before the answer was complete.")
         for i, (request, slot) in enumerate(batch):
+            if request.cancel.is_set():  # its caller left: its row stopped early, nobody waits for it
+                self._count_cancelled()
+                request.fail(concurrent.futures.CancelledError())
+                continue
             choices = [_choice(outputs[i * n + j], slot.tokenizer, sampling) for j in range(n)]
             future = request.future
             if not future.done():
                 future.set_result(Completion(choices, len(prompts[i])))
 
-    def _run_rows(self, entry, tokenizer, sampling, rows, names, owners, **extra) -> list[list[int]]:
+    def _run_rows(self, entry, tokenizer, sampling, rows, names, owners, cancels, **extra) -> list[list[int]]:
         """Generate for every row; returns each row's new tokens. Rows for different adapters
         of one base (and the base itself) share one mixed-adapter call; adapters peft cannot
-        mix (DoRA) get a call each, as does every adapter when peft refuses a mix."""
+        mix (DoRA) get a call each, as does every adapter when peft refuses a mix. `owners[i]`
+        is row i's request, an index into `cancels` (set when that request's caller leaves)."""
         peft = getattr(entry, "peft", None)
         distinct = list(dict.fromkeys(names))
         if peft is None or len(distinct) == 1:
-            return self._call(entry, peft, distinct[0], tokenizer, sampling, rows, owners, **extra)
+            return self._call(entry, peft, distinct[0], tokenizer, sampling, rows, owners, cancels, **extra)
         mixable = [name for name in distinct if _mixable(peft, name)]
         groups = ([mixable] if mixable else []) + [[name] for name in distinct if name not in mixable]
         out: list = [None] * len(rows)
@@ -639,29 +768,30 @@ class Engine:
             idx = [i for i, name in enumerate(names) if name in group]
             part_rows, part_owners = [rows[i] for i in idx], [owners[i] for i in idx]
             if len(group) == 1:
-                part = self._call(entry, peft, group[0], tokenizer, sampling, part_rows, part_owners, **extra)
+                part = self._call(entry, peft, group[0], tokenizer, sampling, part_rows, part_owners, cancels, **extra)
             else:
                 try:
-                    part = self._call(entry, peft, [names[i] for i in idx], tokenizer, sampling, part_rows, part_owners, **extra)
+                    part = self._call(entry, peft, [names[i] for i in idx], tokenizer, sampling, part_rows, part_owners, cancels, **extra)
                 except (ValueError, TypeError, NotImplementedError):
                     # peft refused this mix: run each adapter's rows apart.
                     part = [None] * len(idx)
                     for name in group:
                         sub = [j for j, i in enumerate(idx) if names[i] == name]
-                        tokens = self._call(entry, peft, name, tokenizer, sampling, [part_rows[j] for j in sub], [part_owners[j] for j in sub], **extra)
+                        tokens = self._call(entry, peft, name, tokenizer, sampling, [part_rows[j] for j in sub], [part_owners[j] for j in sub], cancels, **extra)
                         for j, t in zip(sub, tokens):
                             part[j] = t
             for i, tokens in zip(idx, part):
                 out[i] = tokens
         return out
 
-    def _call(self, entry, peft, adapter, tokenizer, sampling, rows, owners, **extra) -> list[list[int]]:
+    def _call(self, entry, peft, adapter, tokenizer, sampling, rows, owners, cancels, **extra) -> list[list[int]]:
         """One generate call. `adapter`: a list of per-row names (mixed batch), one name, or
         `BASE_ROW` (the base with its adapters disabled); ignored for a model without adapters."""
         import torch
 
         input_ids, attention_mask = _left_pad(rows, tokenizer.pad_token_id, self._torch_device())
-        kwargs = _generate_kwargs(sampling, tokenizer) | extra
+        stopping = _stopping([cancels[o] for o in owners], self._closing, sampling.stop, tokenizer, input_ids.shape[1])
+        kwargs = _generate_kwargs(sampling, tokenizer) | {"stopping_criteria": stopping} | extra
         context = contextlib.nullcontext()
         if peft is not None:
             if isinstance(adapter, list):
@@ -686,28 +816,19 @@ class Engine:
 
     def _stream_one(self, request: _Request, slot: _Slot) -> None:
         """A streamed request, alone: a streamer pushes text pieces to the caller as they form."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        sampling, tokenizer = request.sampling, slot.tokenizer
-        prompt = _encode(tokenizer, request.prompt, slot.system)
+        sampling, tokenizer = dataclasses.replace(request.sampling, max_tokens=request.limit), slot.tokenizer
+        prompt = request.ids
         streamer = _TextStreamer(tokenizer, sampling.stop, lambda text: request.sink.put(Chunk(text)))
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                import torch
-
-                return torch.full((input_ids.shape[0],), request.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
         if sampling.seed is not None:
             import torch
 
             torch.manual_seed(sampling.seed)
         names = [slot.adapter or BASE_ROW]
-        (tokens,) = self._run_rows(
-            slot.entry, tokenizer, sampling, [prompt], names, [0],
-            streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
-        )  # fmt: skip
-        if request.cancel.is_set():
+        (tokens,) = self._run_rows(slot.entry, tokenizer, sampling, [prompt], names, [0], [request.cancel], streamer=streamer)
+        if self._closing.is_set():
+            raise EngineClosed("The engine closed before the answer was complete.")
+        if request.cancel.is_set():  # the caller stopped reading
+            self._count_cancelled()
             return
         choice = _choice(tokens, tokenizer, sampling)
         # The final text decides; the streamer only ever sent a prefix of it.
@@ -843,9 +964,47 @@ def _generate_kwargs(sampling: Sampling, tokenizer) -> dict:
         kwargs |= {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
     else:
         kwargs["do_sample"] = False
-    if sampling.stop:
-        kwargs |= {"stop_strings": list(sampling.stop), "tokenizer": tokenizer}
     return kwargs
+
+
+def _stopping(cancels: list[threading.Event], closing: threading.Event, stop: tuple[str, ...], tokenizer, width: int):
+    """Stopping criteria for one generate call over rows `width` tokens wide: a row ends when
+    its caller has gone (`cancels`, one per row), every row when the engine closes, and a row
+    whose new text contains a stop string. Stop strings are matched on each row's decoded tail
+    rather than with transformers' `stop_strings`, whose set-up loops in Python over the
+    vocabulary times the stop string's length and builds a vocabulary x length table (and each
+    step a batch x length^2 one): one long stop string took the server's time and memory."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    # Almost every token decodes to one character or more; a rare miss only stops the row later,
+    # and _choice cuts the text at the stop string all the same.
+    tail = max((len(s) for s in stop), default=0) + 8
+
+    class Rows(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            if closing.is_set():
+                return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            done = [cancel.is_set() for cancel in cancels]
+            if stop:
+                texts = tokenizer.batch_decode(input_ids[:, width:][:, -tail:].tolist(), skip_special_tokens=True)
+                done = [d or _first_stop(text, stop) is not None for d, text in zip(done, texts)]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Rows()])
+
+
+def _context_length(model, tokenizer) -> int | None:
+    """Tokens the model reads at most, prompt and answer together: its config's position
+    limit, else its tokenizer's model_max_length; None when neither sets one."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    return value if isinstance(value, int) and 0 < value < NO_LIMIT else None
 
 
 def _first_stop(text: str, stop: tuple[str, ...]) -> int | None:
