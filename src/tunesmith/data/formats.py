@@ -461,15 +461,22 @@ def _turn(turn, number: int, column: str) -> dict:
     sharegpt = "role" not in turn and "from" in turn
     role = turn.get("from" if sharegpt else "role")
     content = turn.get("value" if sharegpt else "content")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:  # a list or object as role is not hashable
         raise _RowError(
-            f"has {where} with the unknown role {role!r}; use system, user or assistant (human or gpt in ShareGPT)"
+            f"has {where} with the unknown role {_short_repr(role)}; use system, user or assistant "
+            "(human or gpt in ShareGPT)"
         )
     if content is None:
         raise _RowError(f'has {where} with no content; give every turn a "content" string')
     if not isinstance(content, str):
         raise _RowError(f"has {where} whose content is a {type(content).__name__}, not text; make the content a string")
     return {"role": ROLES[role], "content": content}
+
+
+def _short_repr(value) -> str:
+    """A value from the file for an error message: its repr, cut to keep the sentence short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _prompt(value, column: str) -> list[dict]:
@@ -506,7 +513,9 @@ def _kto_label(row: dict, cols: dict) -> bool:
         return True
     if isinstance(value, (int, str)) and str(value).strip().lower() in ("false", "0"):
         return False
-    raise _RowError(f"has the label {value!r} in the column '{cols['label']}'; use true or false (or 1 or 0)")
+    raise _RowError(
+        f"has the label {_short_repr(value)} in the column '{cols['label']}'; use true or false (or 1 or 0)"
+    )
 
 
 def _convert_chat(row, cols):

@@ -10,6 +10,9 @@ Row numbers are 1-based and mean:
 
 Nothing here changes the file, and nothing is skipped silently: blank lines are the only
 thing left out, and a row that cannot be read is a ``DataError`` naming file, row and reason.
+That holds for hostile files too (uploads reach this module): nesting deeper than
+``MAX_DEPTH``, numbers too long for Python, text that is not valid Unicode and files too
+large for memory are each one such sentence, never a traceback.
 """
 
 from __future__ import annotations
@@ -18,13 +21,24 @@ import csv
 import gzip
 import io
 import json
+import re
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet")
+
+# 64 levels: real records nest a handful (a conversation is 3: row, message list, message);
+# deeper rows only serve to exhaust the stack of whatever walks them later.
+MAX_DEPTH = 64
+# Python refuses to turn longer digit strings into an int (CVE-2020-10735 limit).
+MAX_INT_DIGITS = 4300
+# One UTF-16 half of a character without its other half: JSON's "\ud83d" escape alone. It
+# cannot be written as UTF-8, so every later step (tokenizer, JSON output) would fail on it.
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -45,12 +59,17 @@ def read_records(path: str | Path, notes: list[str] | None = None) -> list[Recor
     """
     path = Path(path)
     notes = notes if notes is not None else []
-    if path.is_dir():
-        records = _read_dataset_folder(path, notes)
-    elif not path.exists():
-        raise DataError(f"{path}: file not found; check the path.")
-    else:
-        records = _read_file(path, notes)
+    try:
+        if path.is_dir():
+            records = _read_dataset_folder(path, notes)
+        elif not path.exists():
+            raise DataError(f"{path}: file not found; check the path.")
+        else:
+            records = _read_file(path, notes)
+    except MemoryError:
+        raise DataError(
+            f"{path}: the file is too large to read into this machine's memory; split it into smaller files."
+        ) from None
     if not records:
         raise DataError(f"{path}: the file holds no records; add at least one row of data.")
     return records
@@ -86,7 +105,7 @@ def _read_bytes(path: Path, gzipped: bool) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a bad block is zlib.error
         raise DataError(f"{path}: cannot read the file ({e}); check that it is intact and readable.") from None
 
 
@@ -113,23 +132,95 @@ def _parse_jsonl(text: str, path: Path) -> list[Record]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = _json_loads(line)
         except json.JSONDecodeError as e:
             raise DataError(
                 f"{path}: line {number} is not valid JSON ({e.msg} at column {e.colno}); fix or remove that line."
             ) from None
+        except RecursionError:
+            raise DataError(f"{path}: line {number} {_TOO_DEEP}.") from None
         if not isinstance(value, dict):
             raise DataError(
                 f"{path}: line {number} holds a JSON {_json_kind(value)}, not an object; "
                 'each line must be one object like {"text": "..."}.'
             )
+        if _may_fail_check(line):
+            _check_value(value, path, f"line {number}")
         records.append(Record(number, value))
     return records
 
 
+_TOO_DEEP = f"nests lists or objects more than {MAX_DEPTH} levels deep; flatten that row"
+
+
+class _HugeInt(str):
+    """A JSON integer too long for Python's int(); _check_value names its row."""
+
+
+def _parse_int(digits: str) -> int | _HugeInt:
+    # int() raises a bare ValueError past the limit, which json.loads would pass on with no
+    # line; keep the digits and let _check_value report the row.
+    return _HugeInt(digits) if len(digits.lstrip("-")) > MAX_INT_DIGITS else int(digits)
+
+
+# One decoder, built once: json.loads(..., parse_int=) would build one per line.
+_DECODER = json.JSONDecoder(parse_int=_parse_int)
+
+
+def _json_loads(text: str):
+    return _DECODER.decode(text)
+
+
+_LONG_DIGITS = re.compile(rf"(?<!\d)\d{{{MAX_INT_DIGITS + 1}}}")
+
+
+def _may_fail_check(line: str) -> bool:
+    """False when a JSON line surely passes _check_value: no \\u escape (the only way to
+    write a lone surrogate), fewer brackets than MAX_DEPTH and no long digit run. These
+    scans run at C speed; the walk they spare would double the time to read a large file."""
+    return (
+        "\\u" in line
+        or line.count("[") + line.count("{") >= MAX_DEPTH
+        or _LONG_DIGITS.search(line) is not None
+    )
+
+
+def _check_value(value, path: Path, where: str) -> None:
+    """Refuse a row that later steps cannot handle: deeper than MAX_DEPTH, an integer
+    too long for Python, or a string (key or value) holding a lone surrogate.
+
+    ``where`` is "line N" or "row N". Iterative, so a deep row cannot exhaust the stack here.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, _HugeInt):
+            raise DataError(
+                f"{path}: {where} holds a number with more than {MAX_INT_DIGITS} digits; write it as a string."
+            )
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                raise DataError(
+                    f"{path}: {where} holds half of a UTF-16 surrogate pair (an escape like \\ud83d without "
+                    "its partner), which is not valid text; write the character itself or its full pair."
+                )
+            continue
+        if isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple)):
+            children = list(item)
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise DataError(f"{path}: {where} {_TOO_DEEP}.")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (str, dict, list, tuple)))
+
+
 def _parse_json(text: str, path: Path, notes: list[str]) -> list[Record]:
     try:
-        value = json.loads(text)
+        value = _json_loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: line {_deep_line(text)} {_TOO_DEEP}.") from None
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":
             # Many ".json" files are really JSON Lines (one object per line); read them as such.
@@ -153,8 +244,34 @@ def _parse_json(text: str, path: Path, notes: list[str]) -> list[Record]:
                 f"{path}: row {number} (item {number} of the list) is a JSON {_json_kind(item)}, "
                 "not an object; make every item an object with named fields."
             )
+        _check_value(item, path, f"row {number}")
         records.append(Record(number, item))
     return records
+
+
+# What matters for nesting: brackets, quotes, escapes (a backslash and the character it
+# escapes, as one token) and line ends.
+_JSON_SYNTAX = re.compile(r'\\[\s\S]|[\[\]{}"\n]')
+
+
+def _deep_line(text: str) -> int:
+    """The line where ``text``'s JSON first nests deeper than MAX_DEPTH (1 if it never does).
+
+    Only used after json.loads ran out of stack; it steps over string contents so brackets
+    inside strings do not count.
+    """
+    depth, line, in_string = 0, 1, False
+    for m in _JSON_SYNTAX.finditer(text):
+        token = m.group()
+        if token[-1] == "\n":
+            line += 1
+        elif token == '"':
+            in_string = not in_string
+        elif not in_string and len(token) == 1:
+            depth += 1 if token in "[{" else -1
+            if depth > MAX_DEPTH + 1:  # the top-level list is one level more than a row
+                return line
+    return 1
 
 
 def _list_inside(obj: dict, path: Path, notes: list[str]) -> list:
@@ -243,12 +360,40 @@ def _read_parquet(path: Path) -> list[Record]:
     import pyarrow.parquet as pq  # imported here: only Parquet files need it
 
     try:
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
+        names = table.column_names
+        rows = table.to_pylist()
+    except MemoryError:
+        raise
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(
-            f"{path}: cannot read the Parquet file ({e}); check that it is a complete Parquet file."
+            f"{path}: cannot read the Parquet file ({_one_line(e)}); check that it is a complete Parquet file."
         ) from None
-    return [Record(n, row) for n, row in enumerate(rows, start=1)]
+    _check_columns(names, path)
+    return _checked_rows(rows, path)
+
+
+def _one_line(error: Exception) -> str:
+    """An error's message on one line, cut short: pyarrow's can span many lines."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _check_columns(names: list[str], path: Path) -> None:
+    # Rows become dicts, so a second column of the same name would silently replace the first.
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}: the table has two columns named '{name}'; rename one of them.")
+        seen.add(name)
+
+
+def _checked_rows(rows: list[dict], path: Path) -> list[Record]:
+    records = []
+    for number, row in enumerate(rows, start=1):
+        _check_value(row, path, f"row {number}")
+        records.append(Record(number, row))
+    return records
 
 
 def _read_dataset_folder(path: Path, notes: list[str]) -> list[Record]:
@@ -262,20 +407,34 @@ def _read_dataset_folder(path: Path, notes: list[str]) -> list[Record]:
     try:
         dataset = datasets.load_from_disk(str(path))
     except Exception as e:
-        raise DataError(f"{path}: cannot load the saved dataset ({e}); save it again with save_to_disk.") from None
+        raise DataError(
+            f"{path}: cannot load the saved dataset ({_one_line(e)}); save it again with save_to_disk."
+        ) from None
     if isinstance(dataset, datasets.DatasetDict):
         dataset = _pick_split(dataset, path, notes)
 
-    rows = dataset.to_list()
+    try:
+        rows = dataset.to_list()
+    except MemoryError:
+        raise
+    except Exception as e:  # the Arrow files under the folder are damaged
+        raise DataError(
+            f"{path}: cannot read the saved dataset's rows ({_one_line(e)}); save it again with save_to_disk."
+        ) from None
     # Class-label columns are stored as ids; give the user's label names instead.
     for column, feature in dataset.features.items():
         if isinstance(feature, datasets.ClassLabel):
             notes.append(f"column '{column}' holds class ids; using their names.")
-            for row in rows:
+            for number, row in enumerate(rows, start=1):
                 class_id = row[column]
                 # -1 is how datasets marks a missing label; None makes it an error later.
+                if class_id is not None and class_id >= feature.num_classes:
+                    raise DataError(
+                        f"{path}: row {number} has the class id {class_id} in the column '{column}', which has only "
+                        f"{feature.num_classes} classes; fix the id or the column's class names."
+                    )
                 row[column] = feature.int2str(class_id) if class_id is not None and class_id >= 0 else None
-    return [Record(n, row) for n, row in enumerate(rows, start=1)]
+    return _checked_rows(rows, path)
 
 
 def _pick_split(dataset_dict, path: Path, notes: list[str]):

@@ -5,8 +5,10 @@ and, with ``--fix``, replaces each hit by a typed placeholder such as ``[EMAIL]`
 
 Every detector is a precompiled regex followed, where a checksum or a range exists, by a
 validation step (Luhn for cards, mod-97 for IBANs, area/group/serial rules for SSNs,
-``ipaddress`` for IPs). The regexes are written without nested ambiguous quantifiers so
-they run in linear time, and the costlier ones are skipped by cheap pre-checks (no ``@``
+``ipaddress`` for IPs). The regexes are written without nested ambiguous quantifiers, the
+two whose every start could rescan the rest of the text (JWT, PEM key) are driven by small
+loops that skip what cannot match, and hits are masked in one pass, so a row of any shape
+is scanned in linear time; the costlier detectors are skipped by cheap pre-checks (no ``@``
 means no email, fewer than 9 digits means no card or phone). The detectors lean towards
 missing an odd format rather than flagging ordinary text: a quality gate that cries wolf
 on every amount and date gets switched off.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -99,15 +102,20 @@ _SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,250}"),  # Slack
     re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"),  # Google API key
     re.compile(r"\bsk_(?:live|test)_[A-Za-z0-9]{16,250}"),  # Stripe
-    # JWT: header and payload are base64url JSON, so the header starts with "eyJ" ('{"').
-    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{4,}"),
-    # PEM private key: the whole block when it is closed, else the header and the base64
-    # lines after it (a truncated key is still a leaked key).
-    re.compile(
-        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
-        r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|(?:\s+[A-Za-z0-9+/=]{16,})*)"
-    ),
 )
+# JWT: header and payload are base64url JSON, so the header starts with "eyJ" ('{"'). Found
+# by _jwts, not finditer: "\b" lets a match start after every "-" of one long run, and each
+# start would scan to the end of that run (quadratic on "eyJ-eyJ-...").
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{4,}")
+_JWT_START = re.compile(r"\beyJ")
+_BASE64URL_RUN = re.compile(r"[A-Za-z0-9_-]*")
+# PEM private key: the whole block when it is closed, else the header and the base64 lines
+# after it (a truncated key is still a leaked key). Found by _pem_keys: one regex with a
+# lazy "anything up to END" scanned to the end of the text from every header when no END
+# follows (quadratic on a text of repeated headers).
+_PEM_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+_PEM_BODY = re.compile(r"(?:\s+[A-Za-z0-9+/=]{16,})*")
 # OpenAI-style "sk-..." keys; validated to mix letters and digits so slugs do not count.
 _OPENAI_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{20,250}")
 # name = value / name: value. The name is bounded so a long hyphenated word cannot make
@@ -135,14 +143,18 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+_IBAN_LETTERS = {ord(c): str(int(c, 36)) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"}
+
+
 def _iban_ok(compact: str) -> bool:
     """Return True when ``compact`` (no spaces) passes the ISO 13616 mod-97 check."""
     if not 15 <= len(compact) <= 34:
         return False
     rearranged = compact[4:] + compact[:4]
-    # Letters become 10..35; int() on the joined string is exact and fast for <= 70 digits.
-    numeric = "".join(str(int(ch, 36)) for ch in rearranged)
-    return int(numeric) % 97 == 1
+    # Letters become 10..35 (one C-level translate: a row of IBAN-like groups has many
+    # candidates); int() on the joined string is exact and fast for <= 70 digits.
+    numeric = rearranged.translate(_IBAN_LETTERS)
+    return numeric.isdecimal() and int(numeric) % 97 == 1
 
 
 def _ssn_ok(area: str, group: str, serial: str) -> bool:
@@ -269,10 +281,48 @@ def _secret_name(name: str) -> bool:
     return lowered.replace("_", "").replace("-", "").endswith(_SECRET_NAME_ENDINGS)
 
 
+def _jwts(text: str) -> Iterator[PiiMatch]:
+    """The matches of ``_JWT.finditer(text)``, in linear time.
+
+    Every start inside one run of base64url characters extends its first part to the end
+    of that run, so when the leftmost start of a run fails, every later one fails too:
+    skip to the end of the run instead of trying them all.
+    """
+    pos = 0
+    while (start := _JWT_START.search(text, pos)) is not None:
+        if (m := _JWT.match(text, start.start())) is not None:
+            yield PiiMatch("secret", m.start(), m.end(), m.group())
+            pos = m.end()
+        else:
+            pos = max(_BASE64URL_RUN.match(text, start.start()).end(), start.start() + 1)
+
+
+def _pem_keys(text: str) -> Iterator[PiiMatch]:
+    """PEM private keys: header to the first END after it, else header and base64 lines.
+
+    The same matches as one ``BEGIN(?:[\\s\\S]*?END|(?:\\s+BASE64)*)`` regex, but the search
+    for END is shared between headers (headers come in order, so the first END after one
+    header is also the first after the next, unless it comes before that header).
+    """
+    pos, end, no_end_after = 0, None, None
+    while (begin := _PEM_BEGIN.search(text, pos)) is not None:
+        if no_end_after is None and (end is None or end.start() < begin.end()):
+            end = _PEM_END.search(text, begin.end())
+            if end is None:
+                no_end_after = begin.end()
+        stop = end.end() if no_end_after is None else _PEM_BODY.match(text, begin.end()).end()
+        yield PiiMatch("secret", begin.start(), stop, text[begin.start() : stop])
+        pos = stop
+
+
 def _secrets(text: str) -> Iterator[PiiMatch]:
     for pattern in _SECRET_PATTERNS:
         for m in pattern.finditer(text):
             yield PiiMatch("secret", m.start(), m.end(), m.group())
+    if "eyJ" in text:
+        yield from _jwts(text)
+    if "-----BEGIN " in text:
+        yield from _pem_keys(text)
     if "sk-" in text:
         for m in _OPENAI_KEY.finditer(text):
             body = m.group()[3:]
@@ -308,11 +358,27 @@ _DETECTORS: tuple[tuple[Callable[[str], Iterator[PiiMatch]], bool], ...] = (
 )
 
 
-def _mask(text: str, start: int, end: int) -> str:
-    # Same length, so spans stay valid; bracketed like a placeholder, so later detectors
-    # see what they would see in the redacted text ("+44 20 7946 0958 [CARD]" still holds
-    # a phone number even though a greedy phone match first ran into the card).
-    return text[:start] + "[" + "X" * (end - start - 2) + "]" + text[end:]
+def _masked(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each span replaced by ``[XX...X]`` of the same length.
+
+    Same length, so spans stay valid; bracketed like a placeholder, so later detectors see
+    what they would see in the redacted text ("+44 20 7946 0958 [CARD]" still holds a phone
+    number even though a greedy phone match first ran into the card). Built in one pass:
+    masking hit by hit copied the whole text per hit (quadratic on a row of many hits).
+    """
+    parts: list[str] = []
+    pos = 0
+    for start, end in sorted(spans):
+        parts += [text[pos:start], "[", "X" * (end - start - 2), "]"]
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _is_free(starts: list[int], ends: list[int], start: int, end: int) -> bool:
+    """True when ``[start, end)`` overlaps none of the sorted, disjoint spans given."""
+    i = bisect_right(starts, start)
+    return (i == 0 or ends[i - 1] <= start) and (i == len(starts) or starts[i] >= end)
 
 
 def find_pii(text: str) -> list[PiiMatch]:
@@ -325,18 +391,22 @@ def find_pii(text: str) -> list[PiiMatch]:
     many_digits = _count_digits(text) >= 9  # cards, IBANs and phones all need 9+
     masked = text
     kept: list[PiiMatch] = []
+    starts: list[int] = []  # the spans of ``kept``, sorted (they never overlap)
+    ends: list[int] = []
     for detect, needs_digits in _DETECTORS:
         if needs_digits and not many_digits:
             continue
         found = sorted(detect(masked), key=lambda c: (c.start - c.end, c.start))
-        new: list[PiiMatch] = []
+        new: list[tuple[int, int]] = []
         for c in found:
-            # Quadratic in the number of hits, which is tiny per row.
-            if all(c.end <= k.start or c.start >= k.end for k in new + kept):
-                new.append(PiiMatch(c.kind, c.start, c.end, text[c.start : c.end]))
-        for c in new:
-            masked = _mask(masked, c.start, c.end)
-        kept.extend(new)
+            if _is_free(starts, ends, c.start, c.end):
+                kept.append(PiiMatch(c.kind, c.start, c.end, text[c.start : c.end]))
+                i = bisect_right(starts, c.start)
+                starts.insert(i, c.start)
+                ends.insert(i, c.end)
+                new.append((c.start, c.end))
+        if new:
+            masked = _masked(masked, new)
     kept.sort(key=lambda c: c.start)
     return kept
 

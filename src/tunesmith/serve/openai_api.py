@@ -12,6 +12,7 @@ import json
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,7 +34,9 @@ from tunesmith.jobs.spec import (
     stage_of,
 )
 from tunesmith.jobs.store import CANCELLED, FINISHED, PAUSED, QUEUED, RUNNING, VALIDATING, Checkpoint, Event, File, Job, Model
+from tunesmith.serve import gate
 from tunesmith.serve.app import APIError, Caller, CallerDep, error_body, not_found
+from tunesmith.serve.pool import MAX_N, MAX_STOP, MAX_STOP_CHARS, Engine, EngineClosed, PromptTooLong, Sampling, Target
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 
@@ -105,48 +108,39 @@ async def create_file(request: Request, caller: CallerDep, file: UploadFile, pur
         raise APIError(400, f"{filename}: unsupported file type; upload one of {', '.join(DATA_SUFFIXES)}.", param="file")
     file_id = store.new_id("file")
     path = settings.data_dir / "files" / f"{file_id}{suffix}"
-    limit = int(settings.max_upload_mb * 1024 * 1024)
-    size = 0
-    with path.open("wb") as out:
-        while chunk := await file.read(1 << 20):
-            size += len(chunk)
-            if size > limit:
-                out.close()
-                path.unlink()
-                raise APIError(413, f"{filename} is larger than the server's limit of {settings.max_upload_mb:g} MB "
-                               "(tunesmith serve --max-upload-mb).", param="file", code="file_too_large")
-            out.write(chunk)
+    stored = False
     try:
-        info = _check_file(path, filename)
-    except TunesmithError as exc:
-        path.unlink()
-        raise APIError(400, str(exc).replace(str(path), filename), param="file", code="invalid_file") from None
-    f = File(id=file_id, project=caller.project, filename=filename, purpose=purpose, bytes=size, path=str(path), info=info)
-    with _sessions(request).begin() as s:
-        s.add(f)
+        # In a thread: copying a large upload to disk on the event loop would stall every other request.
+        size = await asyncio.to_thread(_save_upload, file.file, path, int(settings.max_upload_mb * 1024 * 1024))
+        if size is None:  # the body limit (serve/limits.py) allows for multipart framing; this is the exact check
+            raise APIError(413, f"{filename} is larger than the server's limit of {settings.max_upload_mb:g} MB "
+                           "(tunesmith serve --max-upload-mb).", param="file", code="file_too_large")
+        try:
+            info = await gate.check_upload(request.app, path, filename)
+        except TunesmithError as exc:
+            code = "file_check_timeout" if isinstance(exc, gate.GateTimeout) else "invalid_file"
+            raise APIError(400, str(exc).replace(str(path), filename), param="file", code=code) from None
+        f = File(id=file_id, project=caller.project, filename=filename, purpose=purpose, bytes=size, path=str(path),
+                 info=info)
+        with _sessions(request).begin() as s:
+            s.add(f)
+        stored = True
+    finally:
+        if not stored:  # whatever went wrong (refused, timed out, crashed, cancelled): no orphan file
+            path.unlink(missing_ok=True)
     return file_public(f)
 
 
-def _check_file(path: Path, filename: str) -> dict:
-    """Parse the file and run the data gate's quick checks (the embedding-based label check
-    runs when a job trains on it)."""
-    from tunesmith.data.quality import check_data
-
-    card = check_data(path, label_check=False)
-    name = lambda text: text.replace(str(path), filename)  # noqa: E731 - never show our storage path
-    findings = sorted(card.findings, key=lambda f: f.severity != "error")
-    return {
-        "format": card.format,
-        "task": card.task,
-        "rows": card.rows,
-        "quality_score": card.score(),
-        "errors": [name(f.message) for f in card.errors()],
-        "warnings": [name(f.message) for f in card.warnings()],
-        # Each finding with a few of its rows, for people deciding what to fix.
-        "findings": [{"check": f.check, "severity": f.severity, "message": name(f.message), "rows": f.count,
-                      "examples": [{"row": e["row"], "text": str(e.get("text", ""))[:300]} for e in f.examples[:3]]}
-                     for f in findings],
-    }
+def _save_upload(source, path: Path, limit: int) -> int | None:
+    """Copy an upload to `path` and return its size, or None (and stop reading) once it passes `limit` bytes."""
+    size = 0
+    with path.open("wb") as out:
+        while chunk := source.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                return None
+            out.write(chunk)
+    return size
 
 
 @files.get("/files")
@@ -523,6 +517,19 @@ def delete_model(request: Request, caller: CallerDep, model_id: str) -> dict:
 
 inference = APIRouter(tags=["inference"])
 
+# What one generation request may ask for, so that no single request pins the engine (the body
+# itself is capped by the server's max_body_mb; max_tokens by Settings.max_tokens and the context).
+MAX_MESSAGES = 1024  # chat turns in one request
+MAX_PROMPTS = 64  # prompts in one /v1/completions request: each is a request to the engine
+MAX_CHOICES = 128  # prompts x n: the generation rows one request may ask for
+# Prompt characters per request: about 250k tokens, past any context served (a longer prompt is
+# refused after tokenizing anyway), and tokenized in the engine's thread in well under a second.
+MAX_PROMPT_CHARS = 1_000_000
+DEFAULT_MAX_TOKENS = 256  # a chat completion without max_tokens; clamped like any other
+RETRY_AFTER_S = 2  # a 429's Retry-After: many generation steps, and it spreads the clients' retries
+DISCONNECT_POLL_S = 0.25  # how soon a non-streamed generation stops after its client has gone
+SHUTTING_DOWN = "The server is shutting down; retry the request in a moment."
+
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -535,10 +542,10 @@ class _SamplingFields(BaseModel):
     model: str
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=16)
-    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=1)  # clamped to the server's max_tokens and the context left
+    stop: str | list[str] | None = None  # at most MAX_STOP of at most MAX_STOP_CHARS each (_sampling)
+    n: int = Field(1, ge=1, le=MAX_N)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch takes 64-bit seeds
     stream: bool = False
     stream_options: dict | None = None
 
@@ -553,18 +560,55 @@ class CompletionCreate(_SamplingFields):
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
 
 
-def _engine(request: Request):
+def _engine(request: Request) -> Engine:
     if request.app.state.engine is None:
-        from tunesmith.serve.pool import Engine
-
         s = request.app.state.settings
         request.app.state.engine = Engine(max_adapters=s.max_adapters, max_batch=s.max_batch)
     return request.app.state.engine
 
 
-def _target(request: Request, caller: Caller, model_id: str):
-    from tunesmith.serve.pool import Target
+class Admission:
+    """Generation requests in flight per API key: the one place that decides whether a request
+    may reach the engine. Handlers run on the event loop, so the counts need no lock."""
 
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+
+    def enter(self, key: str, per_key: int, waiting: int, max_queue: int) -> Callable[[], None]:
+        """Take one of `key`'s slots, or answer 429 (with Retry-After, as OpenAI does) when the key
+        has `per_key` requests in flight or the engine already holds `max_queue` waiting ones.
+        Returns the function that gives the slot back (once, however often it is called)."""
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        if self.in_flight.get(key, 0) >= per_key:
+            raise APIError(429, f"This API key already has {per_key} generation requests in flight, the server's limit "
+                           "per key; retry when one has finished.", code="rate_limit_exceeded", type="requests", headers=retry)
+        if waiting >= max_queue:
+            raise APIError(429, f"The server already has {max_queue} generation requests waiting, its limit; retry in a "
+                           "few seconds.", code="server_overloaded", type="server_error", headers=retry)
+        self.in_flight[key] = self.in_flight.get(key, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight[key] -= 1
+                if not self.in_flight[key]:
+                    del self.in_flight[key]
+
+        return release
+
+
+def _admit(request: Request, caller: Caller, engine: Engine) -> Callable[[], None]:
+    """Admit one generation request for the caller's key (429 past its limits); returns its release."""
+    state, s = request.app.state, request.app.state.settings
+    admission = getattr(state, "admission", None)
+    if admission is None:
+        admission = state.admission = Admission()
+    return admission.enter(caller.key_id or caller.project, s.max_concurrent_per_key, engine.waiting(), s.max_queue)
+
+
+def _target(request: Request, caller: Caller, model_id: str) -> Target:
     bases = base_models(request)
     if model_id in bases:
         return Target(key=model_id, base=bases[model_id])
@@ -572,22 +616,31 @@ def _target(request: Request, caller: Caller, model_id: str):
     return Target(key=m.id, base=m.base, run_dir=Path(m.run_dir))
 
 
-def _sampling(body: _SamplingFields, max_tokens: int | None):
-    from tunesmith.serve.pool import Sampling
-
+def _sampling(request: Request, body: _SamplingFields, max_tokens: int | None) -> Sampling:
+    """The request's sampling settings, max_tokens clamped to the server's limit (the engine
+    clamps it further to the context the model has left after the prompt)."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > 4:
-        raise APIError(400, "stop takes at most 4 sequences.", param="stop")
+    if len(stop) > MAX_STOP:
+        raise APIError(400, f"stop takes at most {MAX_STOP} sequences; send fewer.", param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise APIError(400, f"Each stop sequence may be at most {MAX_STOP_CHARS} characters long; shorten it.", param="stop")
     if body.stream and body.n > 1:
         raise APIError(400, "Streaming returns one choice: set n to 1 or stream to false.", param="n")
-    return Sampling(max_tokens=max_tokens or 256, temperature=body.temperature, top_p=body.top_p,
+    limit = max(1, min(max_tokens or DEFAULT_MAX_TOKENS, request.app.state.settings.max_tokens))
+    return Sampling(max_tokens=limit, temperature=body.temperature, top_p=body.top_p,
                     stop=tuple(s for s in stop if s), n=body.n, seed=body.seed)
+
+
+def _check_size(chars: int, param: str) -> None:
+    if chars > MAX_PROMPT_CHARS:
+        raise APIError(400, f"'{param}' holds {chars} characters, more than the {MAX_PROMPT_CHARS} one request may send; "
+                       "shorten it.", param=param)
 
 
 def _text(content) -> str:
     if isinstance(content, list):  # content parts: only text parts are understood
-        if any(part.get("type") != "text" for part in content):
-            raise APIError(400, "Only text content parts are supported.", param="messages")
+        if any(not isinstance(part.get("text", ""), str) or part.get("type") != "text" for part in content):
+            raise APIError(400, "Only text content parts ({'type': 'text', 'text': '...'}) are supported.", param="messages")
         return "".join(part.get("text", "") for part in content)
     return content or ""
 
@@ -602,12 +655,19 @@ def _sse(obj) -> str:
 
 @inference.post("/chat/completions")
 async def create_chat_completion(request: Request, caller: CallerDep, body: ChatCompletionCreate):
-    """Answer a conversation with a base or fine-tuned model; `stream=true` sends server-sent events."""
+    """Answer a conversation with a base or fine-tuned model; `stream=true` sends server-sent events.
+    max_tokens is clamped to the server's limit and to the context left after the prompt; a key
+    with too many requests in flight, or a full queue, gets 429 with Retry-After."""
     target = _target(request, caller, body.model)
-    sampling = _sampling(body, body.max_completion_tokens or body.max_tokens)
+    sampling = _sampling(request, body, body.max_completion_tokens or body.max_tokens)
+    if len(body.messages) > MAX_MESSAGES:
+        raise APIError(400, f"'messages' has {len(body.messages)} entries, more than the {MAX_MESSAGES} one request may "
+                       "send; shorten the conversation.", param="messages")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)} for m in body.messages]
+    _check_size(sum(len(m["content"]) for m in messages), "messages")
     engine, ident, created = _engine(request), f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     head = {"id": ident, "created": created, "model": body.model, "system_fingerprint": None}
+    release = _admit(request, caller, engine)
     if body.stream:
         def deltas(piece):
             if piece.text:
@@ -616,43 +676,118 @@ async def create_chat_completion(request: Request, caller: CallerDep, body: Chat
                 yield {"choices": [{"index": 0, "delta": {}, "finish_reason": piece.finish_reason}]}
 
         opening = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-        return _event_stream(engine, target, messages, sampling, body, head | {"object": "chat.completion.chunk"},
-                             deltas, opening)
-    result = await _complete(engine, target, messages, sampling)
+        return await _event_stream(request, caller, engine, target, messages, sampling, body,
+                                   head | {"object": "chat.completion.chunk"}, deltas, release, "messages", opening)
+    try:
+        result = await _answer(request, _complete(engine, target, messages, sampling, caller, "messages"))
+    finally:
+        release()
     choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
                 "logprobs": None} for i, c in enumerate(result.choices)]
     return head | {"object": "chat.completion", "choices": choices,
                    "usage": _usage(result.prompt_tokens, sum(c.tokens for c in result.choices))}
 
 
-async def _complete(engine, target, prompt, sampling):
+def _engine_error(exc: Exception, param: str) -> APIError:
+    """The answer to an error the engine raised for one request; `param` names the prompt field."""
+    if isinstance(exc, PromptTooLong):
+        return APIError(400, str(exc), param=param, code="context_length_exceeded")
+    if isinstance(exc, EngineClosed):
+        return APIError(503, SHUTTING_DOWN, type="server_error", code="server_shutting_down")
+    return APIError(400, str(exc), param="model")  # a model that cannot be loaded or cannot write text
+
+
+async def _complete(engine: Engine, target: Target, prompt, sampling: Sampling, caller: Caller, param: str):
     try:
-        return await engine.complete(target, prompt, sampling)
-    except TunesmithError as exc:
-        raise APIError(400, str(exc), param="model") from None
+        return await engine.complete(target, prompt, sampling, owner=caller.key_id or caller.project)
+    except (TunesmithError, EngineClosed) as exc:
+        raise _engine_error(exc, param) from None
 
 
-def _event_stream(engine, target, prompt, sampling, body: _SamplingFields, chunk: dict, chunks_of, opening=None):
+async def _answer(request: Request, work):
+    """Await the engine's answer (`work`) while watching the client: when it disconnects, the
+    work is cancelled, so a request not yet started is skipped and a running one stops at its
+    next token. When the server stops and uvicorn cancels this handler (its graceful-shutdown
+    time is up), the client gets a 503 rather than a dropped connection."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                # Nobody reads this answer; the status marks the request in the access log.
+                raise APIError(499, "The client closed the connection before the answer was ready.",
+                               code="client_closed_request")
+    except asyncio.CancelledError:
+        asyncio.current_task().uncancel()
+        raise APIError(503, SHUTTING_DOWN, type="server_error", code="server_shutting_down") from None
+    finally:
+        task.cancel()  # a no-op once it is done
+
+
+async def _first_piece(pieces, param: str):
+    try:
+        return await anext(pieces)
+    except (TunesmithError, EngineClosed) as exc:
+        raise _engine_error(exc, param) from None
+
+
+class _EventStream(StreamingResponse):
+    """An event stream that, however it ends (finished, client gone, server stopping), stops its
+    generation and gives the caller's admission slot back."""
+
+    def __init__(self, events, pieces, release: Callable[[], None]):
+        super().__init__(events, media_type="text/event-stream")
+        self.pieces, self.release = pieces, release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.pieces.aclose()  # stops the generation, also when the events never began
+            finally:
+                self.release()
+
+
+async def _event_stream(request: Request, caller: Caller, engine: Engine, target: Target, prompt, sampling: Sampling,
+                        body: _SamplingFields, chunk: dict, chunks_of, release: Callable[[], None], param: str,
+                        opening: dict | None = None) -> StreamingResponse:
     """Server-sent events: `opening`, then the chunks `chunks_of(piece)` makes of each
     generated piece (each merged into `chunk`, which carries id, object and model), a usage
-    chunk when `stream_options.include_usage` asks for one, then `[DONE]`."""
-    _check(engine, target)
+    chunk when `stream_options.include_usage` asks for one, then `[DONE]`. The answer begins
+    with the first generated piece, so a model that cannot write text, a prompt too long for it
+    or a server shutting down is a plain HTTP error; the caller's admission slot (`release`) is
+    held until the stream ends."""
     include_usage = bool((body.stream_options or {}).get("include_usage"))
+    try:
+        _check(engine, target)
+        pieces = engine.stream(target, prompt, sampling, owner=caller.key_id or caller.project)
+        first = await _answer(request, _first_piece(pieces, param))
+    except BaseException:
+        release()
+        raise
 
     async def events():
         if opening:
             yield _sse(chunk | opening)
+        piece = first
         try:
-            async for piece in engine.stream(target, prompt, sampling):
+            while True:
                 for part in chunks_of(piece):
                     yield _sse(chunk | part)
-                if piece.finish_reason and include_usage:
-                    yield _sse(chunk | {"choices": [], "usage": _usage(piece.prompt_tokens, piece.completion_tokens)})
-        except TunesmithError as exc:  # a model that failed to load after the stream began
-            yield _sse(error_body(str(exc), param="model"))
+                if piece.finish_reason:
+                    if include_usage:
+                        yield _sse(chunk | {"choices": [], "usage": _usage(piece.prompt_tokens, piece.completion_tokens)})
+                    break
+                piece = await anext(pieces)
+        except (TunesmithError, EngineClosed) as exc:  # the server stopped mid-stream
+            error = _engine_error(exc, param)
+            yield _sse(error_body(error.message, error.type, error.param, error.code))
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return _EventStream(events(), pieces, release)
 
 
 def _check(engine, target) -> None:
@@ -666,24 +801,36 @@ def _check(engine, target) -> None:
 
 @inference.post("/completions")
 async def create_completion(request: Request, caller: CallerDep, body: CompletionCreate):
-    """Continue raw text (no chat template) with a base or fine-tuned model."""
+    """Continue raw text (no chat template) with a base or fine-tuned model: one prompt or a
+    list of up to 64. Limits as for chat completions."""
     target = _target(request, caller, body.model)
-    sampling = _sampling(body, body.max_tokens)
+    sampling = _sampling(request, body, body.max_tokens)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
         raise APIError(400, "prompt must not be empty.", param="prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise APIError(400, f"'prompt' is a list of {len(prompts)} prompts, more than the {MAX_PROMPTS} one request may "
+                       "send; split it into several requests.", param="prompt")
+    if len(prompts) * body.n > MAX_CHOICES:
+        raise APIError(400, f"{len(prompts)} prompts with n={body.n} ask for {len(prompts) * body.n} choices, more than the "
+                       f"{MAX_CHOICES} one request may ask for; lower n or send fewer prompts.", param="n")
+    _check_size(sum(len(p) for p in prompts), "prompt")
+    if body.stream and len(prompts) > 1:
+        raise APIError(400, "Streaming takes one prompt: send a string, not a list.", param="prompt")
     engine, ident, created = _engine(request), f"cmpl-{secrets.token_hex(12)}", int(time.time())
     head = {"id": ident, "created": created, "model": body.model, "system_fingerprint": None}
+    release = _admit(request, caller, engine)
     if body.stream:
-        if len(prompts) > 1:
-            raise APIError(400, "Streaming takes one prompt: send a string, not a list.", param="prompt")
-
         def pieces(piece):
             if piece.text or piece.finish_reason:
                 yield {"choices": [{"index": 0, "text": piece.text, "finish_reason": piece.finish_reason, "logprobs": None}]}
 
-        return _event_stream(engine, target, prompts[0], sampling, body, head | {"object": "text_completion"}, pieces)
-    results = await asyncio.gather(*(_complete(engine, target, p, sampling) for p in prompts))
+        return await _event_stream(request, caller, engine, target, prompts[0], sampling, body,
+                                   head | {"object": "text_completion"}, pieces, release, "prompt")
+    try:
+        results = await _answer(request, _complete_all(engine, target, prompts, sampling, caller))
+    finally:
+        release()
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for result in results:
         prompt_tokens += result.prompt_tokens
@@ -691,6 +838,16 @@ async def create_completion(request: Request, caller: CallerDep, body: Completio
             choices.append({"index": len(choices), "text": c.text, "finish_reason": c.finish_reason, "logprobs": None})
             completion_tokens += c.tokens
     return head | {"object": "text_completion", "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}
+
+
+async def _complete_all(engine: Engine, target: Target, prompts: list[str], sampling: Sampling, caller: Caller) -> list:
+    """Every prompt's completion; when one fails or the caller goes, the others are cancelled too."""
+    tasks = [asyncio.ensure_future(_complete(engine, target, p, sampling, caller, "prompt")) for p in prompts]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 routers = [files, jobs, models, inference]

@@ -25,10 +25,10 @@ from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.jobs import store
 from tunesmith.jobs.spec import resolved_settings
 from tunesmith.jobs.store import File, Model
+from tunesmith.serve import gate
 from tunesmith.serve.app import APIError, Caller, CallerDep, authenticate
 from tunesmith.serve.openai_api import (
     JobCreate,
-    _check_file,
     _get_file,
     _get_model,
     _scoped,
@@ -113,18 +113,24 @@ def fix_file(request: Request, caller: CallerDep, file_id: str) -> dict:
         log = [json.loads(line) for line in Path(result.log_path).read_text().splitlines()[:200]]
         shutil.move(result.out_path, path)
     filename = f"{Path(f.filename).stem}.clean.jsonl"
+    stored = False
     try:
-        info = _check_file(path, filename)
-    except TunesmithError as exc:
-        path.unlink()
-        raise APIError(400, str(exc).replace(str(path), filename), param="file_id") from None
-    info["fixed_from"] = f.id
-    info["fixes"] = {"rows_in": result.rows_in, "rows_out": result.rows_out, "dropped": result.dropped,
-                     "redacted": result.redacted, "changed": result.changed, "log": log}
-    new = File(id=new_id, project=caller.project, filename=filename, purpose="fine-tune", bytes=path.stat().st_size,
-               path=str(path), info=info)
-    with _sessions(request).begin() as s:
-        s.add(new)
+        try:
+            # In the gate's process, with its time limit, as an upload is checked.
+            info = gate.check_upload_blocking(request.app, path, filename)
+        except TunesmithError as exc:
+            raise APIError(400, str(exc).replace(str(path), filename), param="file_id") from None
+        info["fixed_from"] = f.id
+        info["fixes"] = {"rows_in": result.rows_in, "rows_out": result.rows_out, "dropped": result.dropped,
+                         "redacted": result.redacted, "changed": result.changed, "log": log}
+        new = File(id=new_id, project=caller.project, filename=filename, purpose="fine-tune",
+                   bytes=path.stat().st_size, path=str(path), info=info)
+        with _sessions(request).begin() as s:
+            s.add(new)
+        stored = True
+    finally:
+        if not stored:  # refused, timed out or failed: no orphan file
+            path.unlink(missing_ok=True)
     return file_public(new).model_dump()
 
 
