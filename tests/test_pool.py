@@ -309,3 +309,15 @@ def test_closing_a_stream_early_and_closing_the_engine(targets):
     engine.close()
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(engine.complete(targets["a"], CONVS[0], GREEDY))
+
+
+def test_a_vanishing_temperature_is_greedy_not_a_crash():
+    """1e-300 underflows to 0 in float32: sampling would divide the logits by it (a 500 that
+    schemathesis found); it generates greedily instead."""
+    from types import SimpleNamespace
+
+    from tunesmith.serve.pool import Sampling, _generate_kwargs
+
+    tokenizer = SimpleNamespace(eos_token_id=2, pad_token_id=0)
+    assert _generate_kwargs(Sampling(temperature=1e-300), tokenizer)["do_sample"] is False
+    assert _generate_kwargs(Sampling(temperature=0.7), tokenizer)["do_sample"] is True

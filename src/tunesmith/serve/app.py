@@ -129,7 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         gate.close_gate(app.state)  # a check in progress is abandoned, not waited for
         if app.state.engine is not None:
-            app.state.engine.close()
+            app.state.engine.close(timeout=app.state.settings.shutdown_s)
 
     # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, and nothing on the
     # API's origin may run third-party code. The spec stays at /openapi.json for any viewer.

@@ -40,6 +40,9 @@ NOT_TEXT_STAGES = {
     "reward": "a reward model, which scores answers",
 }
 MAX_STOP = 4  # as in the OpenAI API
+# A temperature this close to 0 is greedy (as vLLM treats it): dividing float32 logits by it
+# overflows to inf and sampling fails on NaN probabilities.
+GREEDY_BELOW = 1e-5
 # Stop strings are markers ("\n\n", "User:"); every generation step decodes this many characters
 # (in tokens) of each row's tail to look for them, so the bound is the per-step cost of a batch.
 MAX_STOP_CHARS = 128
@@ -960,7 +963,7 @@ def _generate_kwargs(sampling: Sampling, tokenizer) -> dict:
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    if sampling.temperature > 0:
+    if sampling.temperature >= GREEDY_BELOW:
         kwargs |= {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
     else:
         kwargs["do_sample"] = False
