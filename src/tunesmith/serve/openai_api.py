@@ -720,7 +720,9 @@ async def _answer(request: Request, work):
                 raise APIError(499, "The client closed the connection before the answer was ready.",
                                code="client_closed_request")
     except asyncio.CancelledError:
-        asyncio.current_task().uncancel()
+        current = asyncio.current_task()
+        if hasattr(current, "uncancel"):  # Python 3.11+: the handler may still answer
+            current.uncancel()
         raise APIError(503, SHUTTING_DOWN, type="server_error", code="server_shutting_down") from None
     finally:
         task.cancel()  # a no-op once it is done
