@@ -282,7 +282,7 @@ async function newJob(main, fileId) {
       field("n_epochs", "Epochs", epochs), field("learning_rate_multiplier", "Learning rate multiplier", lr, "(x the automatic rate)"),
       field("batch_size", "Batch size", batch),
       el("details", {}, el("summary", {}, "Advanced options"),
-        field("advanced", "Any tunesmith setting, as JSON", advanced, "(max_steps, lora_r, lora_alpha, max_length, eval_steps, validation_split, system_prompt, force, ...)")),
+        field("advanced", "More settings, as JSON (the allow-list is in the README)", advanced, "(max_steps, lora_r, lora_alpha, max_length, eval_steps, validation_split, system_prompt, force, ...)")),
       el("h3", {}, "What auto resolves to"), preview)),
   el("p", {}, el("button", { type: "submit", id: "launch" }, "Launch fine-tune"))));
   refresh();
