@@ -8,6 +8,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -249,3 +250,34 @@ class ScriptedTeacher:
     def complete(self, conversations, temperature=0.8, max_new_tokens=128):
         self.calls += len(conversations)
         return [self.reply(c) for c in conversations]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, **config):
+    """`app` served by uvicorn on a free localhost port in a daemon thread, for tests that
+    drive a live server; yields (server, thread, port) and stops the server afterwards.
+    `config` goes to uvicorn.Config (e.g. timeout_graceful_shutdown)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **({"log_level": "warning"} | config)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield server, thread, port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -4,10 +4,8 @@ server on localhost, with real worker processes training the tiny model."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import requests
@@ -17,24 +15,16 @@ import pytest
 from tunesmith.jobs import store
 from tunesmith.jobs.store import Job
 
-from conftest import write_chat_file
+from conftest import serve_in_thread, write_chat_file
 
 # Small, fully explicit settings so a job on the tiny model takes seconds.
 TINY = {"learning_rate": 5e-3, "batch_size": 1, "gradient_accumulation": 1, "pack_length": 128, "max_length": 128,
         "warmup_ratio": 0.0, "early_stopping_patience": 100, "best_metric": "loss", "lora_r": 8, "lora_alpha": 16}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_model_dir):
     """A live server (no worker of its own) with three keys: acme, globex and an admin."""
-    import uvicorn
-
     from tunesmith.serve.app import Settings, create_app
 
     data_dir = tmp_path_factory.mktemp("service")
@@ -45,15 +35,8 @@ def service(tmp_path_factory, tiny_model_dir):
     sessions = app.state.sessions
     keys = {p: store.create_key(sessions, p) for p in ("acme", "globex")}
     keys["admin"] = store.create_key(sessions, "ops", admin=True)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}/v1", "keys": keys, "data_dir": data_dir, "db": settings.url, "sessions": sessions}
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app) as (_, _, port):
+        yield {"url": f"http://127.0.0.1:{port}/v1", "keys": keys, "data_dir": data_dir, "db": settings.url, "sessions": sessions}
 
 
 def client(service, who="acme") -> openai.OpenAI:

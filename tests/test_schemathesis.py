@@ -18,10 +18,7 @@ that loads third-party assets, and a spec that documents the statuses really sen
 import json
 import os
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -36,7 +33,7 @@ from schemathesis.specs.openapi.checks import status_code_conformance
 
 from tunesmith.jobs import store
 
-from conftest import write_chat_file
+from conftest import serve_in_thread, write_chat_file
 
 # Examples per operation in each fuzzing phase (the coverage phase adds its own boundary
 # cases): about 1,800 requests over the 25 operations, under a minute on 2 busy cores.
@@ -49,56 +46,41 @@ BY_OPERATION: dict[str, Counter] = {}  # "METHOD /path" -> statuses
 SEEDED: dict[str, list[str]] = {}  # parameter name -> ids of seeded objects; the `live` fixture fills it
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, tiny_model_dir, tiny_run):
     """A live server on localhost with the tiny model, a key of project acme, and seeded
     objects: a chat data file, a queued job on it, and two fine-tuned models (one that the
     fuzzing may delete, one it never does, so chat keeps reaching an adapter)."""
-    import uvicorn
-
     from tunesmith.serve.app import Settings, create_app
 
     data_dir = tmp_path_factory.mktemp("schemathesis")
     app = create_app(Settings(data_dir=data_dir, models={"tiny": str(tiny_model_dir)}, max_tokens=8))
     key = store.create_key(app.state.sessions, "acme")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    auth = {"Authorization": f"Bearer {key}"}
+    with serve_in_thread(app) as (_, _, port):
+        url = f"http://127.0.0.1:{port}"
+        auth = {"Authorization": f"Bearer {key}"}
 
-    data = write_chat_file(data_dir / "seed.jsonl")
-    with data.open("rb") as f:
-        upload = requests.post(f"{url}/v1/files", headers=auth, files={"file": ("seed.jsonl", f)},
-                               data={"purpose": "fine-tune"}, timeout=120)
-    assert upload.status_code == 200, upload.text
-    file_id = upload.json()["id"]
-    job = requests.post(f"{url}/v1/fine_tuning/jobs", headers=auth, timeout=60, json={
-        "model": "tiny", "training_file": file_id, "hyperparameters": {"n_epochs": 1}})
-    assert job.status_code == 200, job.text
-    models = {}
-    for name in ("keep", "delete"):
-        run_dir = data_dir / "runs" / f"seeded-{name}"
-        shutil.copytree(tiny_run[0], run_dir)
-        models[name] = f"ft:tiny:acme:{name}:0000000{len(models)}"
-        with app.state.sessions.begin() as s:
-            s.add(store.Model(id=models[name], project="acme", base="tiny", job_id=job.json()["id"], run_dir=str(run_dir)))
+        data = write_chat_file(data_dir / "seed.jsonl")
+        with data.open("rb") as f:
+            upload = requests.post(f"{url}/v1/files", headers=auth, files={"file": ("seed.jsonl", f)},
+                                   data={"purpose": "fine-tune"}, timeout=120)
+        assert upload.status_code == 200, upload.text
+        file_id = upload.json()["id"]
+        job = requests.post(f"{url}/v1/fine_tuning/jobs", headers=auth, timeout=60, json={
+            "model": "tiny", "training_file": file_id, "hyperparameters": {"n_epochs": 1}})
+        assert job.status_code == 200, job.text
+        models = {}
+        for name in ("keep", "delete"):
+            run_dir = data_dir / "runs" / f"seeded-{name}"
+            shutil.copytree(tiny_run[0], run_dir)
+            models[name] = f"ft:tiny:acme:{name}:0000000{len(models)}"
+            with app.state.sessions.begin() as s:
+                s.add(store.Model(id=models[name], project="acme", base="tiny", job_id=job.json()["id"], run_dir=str(run_dir)))
 
-    SEEDED.update(file_id=[file_id], training_file=[file_id], validation_file=[file_id], job_id=[job.json()["id"]],
-                  model_id=[models["keep"], "tiny"], model=[models["keep"], "tiny"],
-                  deletable_model_id=[models["delete"], "tiny"])
-    yield {"url": url, "auth": auth, "data_dir": data_dir}
-    server.should_exit = True
-    thread.join(timeout=30)
+        SEEDED.update(file_id=[file_id], training_file=[file_id], validation_file=[file_id], job_id=[job.json()["id"]],
+                      model_id=[models["keep"], "tiny"], model=[models["keep"], "tiny"],
+                      deletable_model_id=[models["delete"], "tiny"])
+        yield {"url": url, "auth": auth, "data_dir": data_dir}
     print(f"\nschemathesis: {STATS['requests']} requests, {STATS['5xx']} answered 5xx, "
           f"{STATS['tracebacks']} with a traceback; by status {dict(sorted(BY_STATUS.items()))}")
     for operation, statuses in BY_OPERATION.items():

@@ -6,7 +6,6 @@ and a shutdown that stops mid-generation. Driven against a live uvicorn server o
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 import time
 
@@ -18,14 +17,10 @@ import torch
 from tunesmith.jobs import store
 from tunesmith.serve.pool import Engine, Sampling, Target
 
+from conftest import serve_in_thread
+
 HELLO = [{"role": "user", "content": "My card has not arrived yet."}]
 LONG = 100_000  # max_tokens for a generation that would run for minutes unless it is stopped
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_variant(src, dst, context: int):
@@ -56,27 +51,14 @@ def models(tmp_path_factory, tiny_model_dir):
 @contextlib.contextmanager
 def live_server(data_dir, models, graceful_s: float | None = None, **limits):
     """A uvicorn server on localhost with keys a1 and a2 (project acme) and g, i, u (others)."""
-    import uvicorn
-
     from tunesmith.serve.app import Settings, create_app
 
     settings = Settings(data_dir=data_dir, models=models, **limits)
     app = create_app(settings)
     keys = {name: store.create_key(app.state.sessions, project)
             for name, project in [("a1", "acme"), ("a2", "acme"), ("g", "globex"), ("i", "initech"), ("u", "umbrella")]}
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
-                                           timeout_graceful_shutdown=graceful_s))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    live = {"url": f"http://127.0.0.1:{port}/v1", "keys": keys, "app": app, "server": server, "thread": thread}
-    try:
-        yield live
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve_in_thread(app, log_level="critical", timeout_graceful_shutdown=graceful_s) as (server, thread, port):
+        yield {"url": f"http://127.0.0.1:{port}/v1", "keys": keys, "app": app, "server": server, "thread": thread}
 
 
 @pytest.fixture(scope="module")

@@ -20,37 +20,24 @@ import requests
 
 from tunesmith.jobs import store
 
+from conftest import serve_in_thread
+
 MB = 1024 * 1024
 ANSWER_WITHIN_S = 15  # a refusal that needs no body comes at once; this only bounds a hung test
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_model_dir):
     """A live server with a 1 MB upload limit and the default 4 MB body limit."""
-    import uvicorn
-
     from tunesmith.serve.app import Settings, create_app
 
     data_dir = tmp_path_factory.mktemp("uploads")
     settings = Settings(data_dir=data_dir, models={"tiny": str(tiny_model_dir)}, max_upload_mb=1)
     app = create_app(settings)
     key = store.create_key(app.state.sessions, "acme")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield {"port": port, "url": f"http://127.0.0.1:{port}/v1", "key": key, "files": data_dir / "files",
-           "settings": settings, "app": app}
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app) as (_, _, port):
+        yield {"port": port, "url": f"http://127.0.0.1:{port}/v1", "key": key, "files": data_dir / "files",
+               "settings": settings, "app": app}
 
 
 @contextlib.contextmanager

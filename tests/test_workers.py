@@ -22,8 +22,8 @@ from tunesmith.jobs import store
 from tunesmith.jobs import worker as jobs_worker
 from tunesmith.jobs.store import Job
 
-from conftest import write_chat_file
-from test_api import TINY, _free_port, client, service, upload, wait_for  # noqa: F401  (`service` is a fixture)
+from conftest import free_port, write_chat_file
+from test_api import TINY, client, service, upload, wait_for  # noqa: F401  (`service` is a fixture)
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -315,7 +315,7 @@ def children(pid: int) -> list[int]:
 def start_serve(tmp_path: Path) -> tuple[subprocess.Popen, int, int, Path]:
     """`tunesmith serve --workers 1` on a fresh data folder; returns it, its worker's pid, its
     port and its data folder once the API answers and the worker watches the queue."""
-    data_dir, port = tmp_path / "data", _free_port()
+    data_dir, port = tmp_path / "data", free_port()
     log = tmp_path / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "serve", "--port", str(port), "--workers", "1",
                              "--data-dir", str(data_dir)],
