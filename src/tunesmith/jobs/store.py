@@ -255,6 +255,12 @@ def _same(column, value):
     return column.is_(None) if value is None else column == value
 
 
+def status_of(sessions: sessionmaker[Session], job_id: str) -> str | None:
+    """The job's status as the database has it now."""
+    with sessions() as s:
+        return s.scalar(select(Job.status).where(Job.id == job_id))
+
+
 def hold(s: Session, job_id: str, worker: str) -> bool:
     """Whether `job_id` is still running on `worker`, checked inside the caller's transaction
     and locking the job's row until it commits: a worker writes its job's events, checkpoints

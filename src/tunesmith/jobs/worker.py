@@ -236,7 +236,7 @@ class Heartbeat(threading.Thread):
             last = time.monotonic()
             try:
                 job = store.heartbeat(self.sessions, self.job_id, self.worker)
-                status = job.status if job else self._status()
+                status = job.status if job else store.status_of(self.sessions, self.job_id)
             except Exception as exc:  # the database is briefly unreachable: try again next beat
                 print(f"heartbeat failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
@@ -244,10 +244,6 @@ class Heartbeat(threading.Thread):
                 self.flags.setdefault("stop", "cancel" if status == CANCELLED else "lost")
             elif job.control == "pause":
                 self.flags.setdefault("stop", "pause")
-
-    def _status(self) -> str:
-        with self.sessions() as s:
-            return s.scalar(select(Job.status).where(Job.id == self.job_id))
 
 
 def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float, flags: dict, *,
@@ -440,11 +436,7 @@ def _fail(lease: Lease, job: Job, error: dict) -> str:
 
 
 def _current_status(lease: Lease) -> str:
-    def read() -> str:
-        with lease.sessions() as s:
-            return s.scalar(select(Job.status).where(Job.id == lease.job_id))
-
-    return retry_db(read, lease.retry_s)
+    return retry_db(lambda: store.status_of(lease.sessions, lease.job_id), lease.retry_s)
 
 
 def run_worker(
