@@ -57,7 +57,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def train_stage(stage: str, out: Path, n_train: int, args) -> dict:
     """Train one stage on the training pairs (or reuse a finished one); its summary."""
     from tunesmith.config import RunConfig
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     run = out / stage
     if args.reuse and (run / "run.json").exists():
@@ -78,9 +78,9 @@ def main() -> None:
     from tunesmith.data.formats import load_data
     from tunesmith.data.quality import check_data, fix_data
     from tunesmith.models import ensure_builtin
-    from tunesmith.serve.engine import generate, load_for_inference
-    from tunesmith.train.common import split_validation
-    from tunesmith.train.reward import load_reward_model, score_file
+    from tunesmith.inference.generate import generate, load_for_inference
+    from tunesmith.data.splits import split_validation
+    from tunesmith.inference.reward import load_reward_model, score_file
 
     out = REPO / args.out
     if not args.reuse:

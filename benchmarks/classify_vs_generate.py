@@ -39,7 +39,7 @@ def accuracy(run: str, prompts, labels) -> tuple[float, list[str]]:
     """Exact-match accuracy of the run's greedy answers (intent names are a few tokens, so 24
     new tokens are plenty)."""
     from tunesmith.evaluate.metrics import exact_match
-    from tunesmith.serve.engine import generate, load_for_inference
+    from tunesmith.inference.generate import generate, load_for_inference
 
     answers = generate(load_for_inference(run), prompts, max_new_tokens=24, batch_size=32)
     return exact_match(answers, labels), answers
@@ -72,9 +72,9 @@ def macro_f1(predicted: list[str], labels: list[str]) -> float:
 
 def run_classify(args, out: Path, rows: list[dict]) -> dict:
     from tunesmith.config import RunConfig
-    from tunesmith.serve.engine import write_jsonl
-    from tunesmith.train.classify import load_classifier, predict
-    from tunesmith.train.stages import train
+    from tunesmith.inference.generate import write_jsonl
+    from tunesmith.inference.classifier import load_classifier, predict
+    from tunesmith.workflows.train_eval import train
 
     batch = 32
     config = RunConfig.model_validate(
@@ -108,11 +108,11 @@ def run_generate(args, out: Path, rows: list[dict]) -> dict:
     from tunesmith.config import RunConfig
     from tunesmith.data.formats import token_lengths
     from tunesmith.models import load_tokenizer
-    from tunesmith.quickstart import SYSTEM_PROMPT
-    from tunesmith.serve.engine import write_jsonl
+    from tunesmith.workflows.quickstart import SYSTEM_PROMPT
+    from tunesmith.inference.generate import write_jsonl
     from tunesmith.train.auto import resolve
-    from tunesmith.train.sft import load_chat_rows
-    from tunesmith.train.stages import train
+    from tunesmith.data.rows import load_chat_rows
+    from tunesmith.workflows.train_eval import train
 
     config = RunConfig.model_validate(
         {
@@ -160,7 +160,7 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from tunesmith.cli import _quiet_libraries
+    from tunesmith.runtime import quiet_libraries as _quiet_libraries
 
     _quiet_libraries()
     out = Path(args.out)

@@ -70,9 +70,9 @@ def main() -> None:
     import torch
     import yaml
 
-    from tunesmith.cli import _quiet_libraries
+    from tunesmith.runtime import quiet_libraries as _quiet_libraries
     from tunesmith.config import RunConfig
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     _quiet_libraries()
     out = Path(args.out)

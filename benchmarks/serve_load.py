@@ -51,7 +51,7 @@ def make_adapters(out: Path, n: int) -> list[Path]:
 
     from tunesmith.config import RunConfig, save_config
     from tunesmith.models import load_model, load_tokenizer
-    from tunesmith.train.common import ADAPTER_DIR
+    from tunesmith.runs import ADAPTER_DIR
 
     tokenizer = load_tokenizer(BASE)
     runs = []
@@ -148,7 +148,7 @@ def memory_child(kind: str, runs: list[str]) -> None:
         loaded = engine.stats()
         engine.close()
     else:
-        from tunesmith.serve.engine import load_for_inference
+        from tunesmith.inference.generate import load_for_inference
 
         models = [load_for_inference(run) for run in runs]
         loaded = {"models": len(models)}

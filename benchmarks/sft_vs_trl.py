@@ -69,7 +69,7 @@ def parse_args() -> argparse.Namespace:
 def load_rows(path: str, n: int, seed: int) -> list[dict]:
     """A seeded random sample of `n` CSV rows as chat conversations (the file is sorted by
     intent, so its first rows would all share one answer)."""
-    from tunesmith.quickstart import SYSTEM_PROMPT
+    from tunesmith.workflows.quickstart import SYSTEM_PROMPT
 
     with open(path, newline="") as f:
         records = list(csv.DictReader(f))
@@ -300,7 +300,7 @@ def run_tunesmith(args, train_rows: list[dict], pack_length: int, workdir: Path)
 
     from tunesmith.config import RunConfig
     from tunesmith.models import load_model
-    from tunesmith.train.common import ADAPTER_DIR
+    from tunesmith.runs import ADAPTER_DIR
     from tunesmith.train.sft import train_sft
 
     train_file = workdir / "train.jsonl"

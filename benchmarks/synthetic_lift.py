@@ -74,7 +74,7 @@ def accuracy(run: str, prompts, labels) -> tuple[float, list[str]]:
     """Exact-match accuracy of the run's greedy answers (intent names are a few tokens, so 24
     new tokens are plenty)."""
     from tunesmith.evaluate.metrics import exact_match
-    from tunesmith.serve.engine import generate, load_for_inference
+    from tunesmith.inference.generate import generate, load_for_inference
 
     answers = generate(load_for_inference(run), prompts, max_new_tokens=24, batch_size=32)
     return exact_match(answers, labels), answers
@@ -82,8 +82,8 @@ def accuracy(run: str, prompts, labels) -> tuple[float, list[str]]:
 
 def train_and_test(name: str, train_file: Path, out: Path, steps: int, prompts, labels, seed: int) -> dict:
     from tunesmith.config import RunConfig
-    from tunesmith.quickstart import SYSTEM_PROMPT
-    from tunesmith.serve.engine import write_jsonl
+    from tunesmith.workflows.quickstart import SYSTEM_PROMPT
+    from tunesmith.inference.generate import write_jsonl
     from tunesmith.train.sft import train_sft
 
     run_dir = out / f"run-{name}"
@@ -133,10 +133,10 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from tunesmith.cli import _quiet_libraries
+    from tunesmith.runtime import quiet_libraries as _quiet_libraries
     from tunesmith.data.augment import augment, parse_methods
     from tunesmith.data.synth import SynthOptions, synthesize
-    from tunesmith.data.teacher import make_teacher
+    from tunesmith.inference.teacher import make_teacher
 
     _quiet_libraries()
     torch.manual_seed(args.seed)

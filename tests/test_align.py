@@ -51,7 +51,7 @@ def rises(values, k=3):
 
 @pytest.mark.parametrize("method", ["dpo", "orpo", "simpo", "kto"])
 def test_preference_method_raises_the_margin(method, tmp_path, tiny_model_dir):
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     data = write_preference_file(tmp_path / "pairs.jsonl")
     summary = train(align_config(tiny_model_dir, data, method), tmp_path / "run")
@@ -66,7 +66,7 @@ def test_preference_method_raises_the_margin(method, tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("loss", ["ipo", "robust"])
 def test_dpo_losses(loss, tmp_path, tiny_model_dir):
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     data = write_preference_file(tmp_path / "pairs.jsonl")
     config = align_config(tiny_model_dir, data, "dpo", max_steps=8)
@@ -98,7 +98,7 @@ def test_dpo_reference_is_the_adapter_switched_off(tmp_path, tiny_model_dir):
 
 def test_kto_reads_unpaired_feedback_and_balances_it(tmp_path, tiny_model_dir):
     from tunesmith.train.preference import kto_weights, unpaired
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     path = tmp_path / "feedback.jsonl"
     with path.open("w") as f:
@@ -116,7 +116,7 @@ def test_kto_reads_unpaired_feedback_and_balances_it(tmp_path, tiny_model_dir):
 
 
 def test_dpo_on_chat_data_is_one_sentence(tmp_path, tiny_model_dir, tiny_chat_file):
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     with pytest.raises(DataError, match="needs prompt/chosen/rejected pairs"):
         train(align_config(tiny_model_dir, tiny_chat_file, "dpo"), tmp_path / "run")
@@ -124,7 +124,7 @@ def test_dpo_on_chat_data_is_one_sentence(tmp_path, tiny_model_dir, tiny_chat_fi
 
 
 def test_long_prompts_lose_their_earliest_turns(tiny_tokenizer):
-    from tunesmith.train.common import chat_tokens, fit_prompt
+    from tunesmith.data.rows import chat_tokens, fit_prompt
 
     turns = []
     for text, label in banking_rows(12):
@@ -141,8 +141,8 @@ def test_long_prompts_lose_their_earliest_turns(tiny_tokenizer):
 
 
 def test_reward_model_learns_the_preference_and_scores(tmp_path, tiny_model_dir):
-    from tunesmith.train.reward import load_reward_model, score_file
-    from tunesmith.train.stages import train
+    from tunesmith.inference.reward import load_reward_model, score_file
+    from tunesmith.workflows.train_eval import train
 
     data = write_preference_file(tmp_path / "pairs.jsonl", n=80)
     config = align_config(tiny_model_dir, data, "reward", max_steps=20)
@@ -159,7 +159,7 @@ def test_reward_model_learns_the_preference_and_scores(tmp_path, tiny_model_dir)
 
 
 def test_score_cli(tmp_path, tiny_model_dir):
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     data = write_preference_file(tmp_path / "pairs.jsonl", n=40)
     train(align_config(tiny_model_dir, data, "reward", max_steps=4), tmp_path / "rm")
@@ -193,7 +193,7 @@ def helper():
 def test_rl_with_a_python_reward_raises_the_mean_reward(method, tmp_path, tiny_model_dir, tiny_chat_file):
     """Full weights: a random 2-layer model's output distribution moves visibly only through
     its embeddings (LoRA GRPO is exercised by the sft,reward,grpo test and the benchmark)."""
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     rewards = tmp_path / "rewards.py"
     rewards.write_text(E_REWARD)
@@ -242,7 +242,7 @@ def test_reward_function_specs_fail_in_one_sentence(tmp_path):
 
 
 def test_rl_without_a_reward_is_config_error(tmp_path, tiny_model_dir, tiny_chat_file):
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     with pytest.raises(ConfigError, match="needs a reward"):
         train(align_config(tiny_model_dir, tiny_chat_file, "grpo"), tmp_path / "run")
@@ -262,7 +262,7 @@ def test_llm_judge_reward(stub_openai):
 
 def test_prompts_come_from_any_conversational_data(tmp_path):
     from tunesmith.config import RunConfig
-    from tunesmith.train.rl import load_prompts
+    from tunesmith.data.rows import load_prompts
 
     config = RunConfig()
     pairs = write_preference_file(tmp_path / "pairs.jsonl", n=3)
@@ -283,8 +283,8 @@ def test_sft_reward_grpo_in_one_config(tmp_path, tiny_model_dir):
     """One preference file drives all three stages: SFT on the chosen answers, a reward model
     on the pairs, then GRPO against that reward model, starting from the SFT weights."""
     from tunesmith.config import load_config
-    from tunesmith.serve.engine import load_for_inference
-    from tunesmith.train.stages import train
+    from tunesmith.inference.generate import load_for_inference
+    from tunesmith.workflows.train_eval import train
 
     data = write_preference_file(tmp_path / "pairs.jsonl", n=40)
     config = align_config(tiny_model_dir, data, "sft", max_steps=4, eval_steps=4)
@@ -333,8 +333,8 @@ def test_train_cli_runs_dpo(tmp_path, tiny_model_dir):
 def test_every_preference_format_trains_dpo(name, tmp_path, tiny_model_dir):
     from pathlib import Path
 
-    from tunesmith.train.common import load_pairs
-    from tunesmith.train.stages import train
+    from tunesmith.data.rows import load_pairs
+    from tunesmith.workflows.train_eval import train
 
     path = Path(__file__).parent / "data_files" / name
     rows = load_pairs(str(path))

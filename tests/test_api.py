@@ -25,7 +25,8 @@ TINY = {"learning_rate": 5e-3, "batch_size": 1, "gradient_accumulation": 1, "pac
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_model_dir):
     """A live server (no worker of its own) with three keys: acme, globex and an admin."""
-    from tunesmith.serve.app import Settings, create_app
+    from tunesmith.serve.deps import Settings
+    from tunesmith.serve.app import create_app
 
     data_dir = tmp_path_factory.mktemp("service")
     # TUNESMITH_TEST_DATABASE_URL runs the same tests on another database, e.g. PostgreSQL.

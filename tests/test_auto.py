@@ -4,16 +4,15 @@ import csv
 import json
 
 import pytest
+from conftest import banking_rows, write_chat_file
+from test_align import write_preference_file
+from test_cli import invoke
 
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, DataError, ModelError
 from tunesmith.jobs import store
-from tunesmith.pipeline import detect_task, parse_budget, run_auto
 from tunesmith.train.auto import plan_memory
-
-from conftest import banking_rows, write_chat_file
-from test_align import write_preference_file
-from test_cli import invoke
+from tunesmith.workflows.auto import detect_task, parse_budget, run_auto
 
 GB = 2**30
 
@@ -81,7 +80,8 @@ def test_auto_chat_with_a_test_file_and_a_budget(tmp_path, tiny_model_dir):
     said = []
     db = store.default_database_url(tmp_path)
     result = run_auto(str(data), tmp_path / "run", test=str(test), budget="3m", model=str(tiny_model_dir),
-                      project="acme", database_url=db, say=said.append)
+                      say=said.append)
+    model_id = store.register_run(db, tmp_path / "run", str(tiny_model_dir), "acme")
     config = load_config(tmp_path / "run" / "config.yaml")
     assert config.method.stages == ["sft"] and config.method.adapter == "lora"
     for key in ("auto.task", "auto.gate", "auto.memory", "auto.budget", "train.max_steps", "train.learning_rate"):
@@ -93,7 +93,7 @@ def test_auto_chat_with_a_test_file_and_a_budget(tmp_path, tiny_model_dir):
     assert 'id="decisions-table"' in html and "auto.memory" in html
     assert any("the data gate passed" in line for line in said)
     with store.connect(db)() as s:
-        model = s.get(store.Model, result.model_id)
+        model = s.get(store.Model, model_id)
     assert model.project == "acme" and model.run_dir == str((tmp_path / "run").resolve())
 
 
@@ -110,7 +110,7 @@ def test_auto_trains_each_task_type(kind, tmp_path, tiny_model_dir):
     stage = {"classify": "classify", "pretrain": "pretrain", "preference": "dpo"}[kind]
     assert load_config(tmp_path / "run" / "config.yaml").method.stages == [stage]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["global_step"] > 0
-    assert result.model_id is None and result.evaluation is None  # no database given; under 200 rows, no test split
+    assert result.model_id is None and result.evaluation is None  # not registered; under 200 rows, no test split
 
 
 def test_auto_applies_the_safe_fixes_or_stops_with_the_way_out(tmp_path, tiny_model_dir):

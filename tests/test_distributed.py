@@ -14,7 +14,7 @@ from tunesmith.config import RunConfig, save_config
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.train import distributed
 from tunesmith.train.distributed import Cluster, accelerate_config
-from tunesmith.train.stages import train
+from tunesmith.workflows.train_eval import train
 
 runner = CliRunner()
 QUALITY_CHAT = Path(__file__).parent / "data_files" / "quality" / "chat.jsonl"  # fails the data gate

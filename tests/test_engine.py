@@ -1,4 +1,4 @@
-"""Tests for tunesmith.serve.engine (generation, loading runs) and evaluate.metrics."""
+"""Tests for tunesmith.inference.generate (generation, loading runs) and evaluate.metrics."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 from tunesmith.config import save_config
 from tunesmith.errors import DataError, ModelError
 from tunesmith.evaluate.metrics import exact_match, normalize
-from tunesmith.serve.engine import generate, load_for_inference, read_prompts, with_system
+from tunesmith.inference.generate import generate, load_for_inference, read_prompts, with_system
 
 from conftest import tiny_run_config
 

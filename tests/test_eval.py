@@ -20,7 +20,7 @@ def _records(path):
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory, tiny_model_dir):
     """A tiny SFT run with a held-out test split; `train` evaluates it by itself."""
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     root = tmp_path_factory.mktemp("evaluated")
     data = root / "chat.jsonl"
@@ -39,7 +39,7 @@ def evaluated_run(tmp_path_factory, tiny_model_dir):
 
 
 def test_test_rows_are_held_out_of_every_training_read(tmp_path):
-    from tunesmith.train.common import held_out_test, training_data
+    from tunesmith.data.splits import held_out_test, training_data
 
     data = write_chat_file(tmp_path / "chat.jsonl", n=250)
     config = RunConfig.model_validate({"data": {"train": str(data)}})
@@ -106,7 +106,7 @@ def test_generation_metrics_and_position_fair_judge(tiny_model_dir, tmp_path, st
     """Free-text answers get generation metrics; a judge that always prefers the first
     answer it is shown wins nothing for either side once both orders are asked."""
     from tunesmith.evaluate.run import evaluate_run
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     data = tmp_path / "qa.jsonl"
     with data.open("w") as f:
@@ -150,7 +150,7 @@ def test_classifier_run_is_compared_with_its_base_asked_for_a_label(tiny_model_d
     import csv
 
     from tunesmith.evaluate.run import evaluate_run
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     path = tmp_path / "labels.csv"
     rows = [r for r in banking_rows(200) if r[1] in ("card_arrival", "age_limit", "atm_support")][:30]
@@ -175,7 +175,7 @@ def test_eval_errors_are_one_sentence(evaluated_run, tmp_path, tiny_model_dir):
     assert_one_sentence_error(invoke("eval", tmp_path / "nothing"), "not a run directory")
     assert_one_sentence_error(invoke("eval", run, "--test", tmp_path / "missing.jsonl"), "missing.jsonl does not exist")
     assert_one_sentence_error(invoke("eval", run, "--judge-url", "http://x/v1"), "--judge-url needs --judge-model")
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     small = write_chat_file(tmp_path / "small.jsonl", n=30)
     train(tiny_run_config(tiny_model_dir, small, max_steps=1), tmp_path / "small_run")

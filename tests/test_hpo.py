@@ -1,15 +1,15 @@
-"""Hyperparameter search (train/hpo.py, `tunesmith tune`) on the tiny model."""
+"""Hyperparameter search (tune/study.py, `tunesmith tune`) on the tiny model."""
 
 import json
 
 import pytest
+from conftest import tiny_run_config, write_chat_file
+from test_cli import invoke
 
 from tunesmith.config import RunConfig, save_config
 from tunesmith.errors import ConfigError
-from tunesmith.train.hpo import Param, apply, run_study, search_space
-
-from conftest import tiny_run_config, write_chat_file
-from test_cli import invoke
+from tunesmith.tune.study import Param, run_study, search_space
+from tunesmith.tune.trial import apply
 
 
 def test_default_search_space_follows_the_method(tiny_model_dir):

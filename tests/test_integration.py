@@ -22,7 +22,7 @@ def _two_threads():
 def test_smollm2_lora_train_reload_generate_stops_at_eos(tmp_path):
     from tunesmith.config import RunConfig
     from tunesmith.models import load_tokenizer
-    from tunesmith.serve.engine import load_for_inference
+    from tunesmith.inference.generate import load_for_inference
     from tunesmith.train.sft import train_sft
 
     data = write_chat_file(tmp_path / "chat.jsonl", n=48)
@@ -58,7 +58,7 @@ def test_quickstart_end_to_end(tmp_path):
     """The main job, shortened: train, then the full evaluation on 8 test queries."""
     import json
 
-    import tunesmith.quickstart as qs
+    import tunesmith.workflows.quickstart as qs
 
     report = qs.run_quickstart(tmp_path / "qs", max_steps=2, max_test_rows=8)
     assert 0.0 <= report["base_accuracy"] <= 1.0 and 0.0 <= report["tuned_accuracy"] <= 1.0
@@ -77,7 +77,7 @@ def test_smollm2_teacher_writes_classification_rows(tmp_path):
     keep rows of the intended label."""
     from conftest import banking_rows
     from tunesmith.data.synth import SynthOptions, synthesize
-    from tunesmith.data.teacher import LocalTeacher
+    from tunesmith.inference.teacher import LocalTeacher
 
     rows = [r for r in banking_rows() if r[1] in ("card_arrival", "top_up_failed", "exchange_rate")]
     seed = tmp_path / "seed.jsonl"
@@ -97,9 +97,9 @@ def test_smollm2_classifier_head_learns_and_reloads(tmp_path):
     import csv
 
     from tunesmith.config import RunConfig
-    from tunesmith.quickstart import SAMPLE_TRAIN
-    from tunesmith.train.classify import load_classifier, predict
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.quickstart import SAMPLE_TRAIN
+    from tunesmith.inference.classifier import load_classifier, predict
+    from tunesmith.workflows.train_eval import train
 
     with open(SAMPLE_TRAIN, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -135,7 +135,7 @@ def test_smollm2_dpo_and_grpo_on_real_data(tmp_path):
 
     from tunesmith.config import RunConfig
     from tunesmith.data.formats import load_data
-    from tunesmith.train.stages import train
+    from tunesmith.workflows.train_eval import train
 
     hh = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "test.jsonl.gz"
     if not hh.exists():

@@ -176,7 +176,8 @@ def test_fuzzed_job_specs_give_a_config_or_one_config_error(kind, hp, block):
 
 @pytest.fixture
 def api(tmp_path, tiny_model_dir):
-    from tunesmith.serve.app import Settings, create_app
+    from tunesmith.serve.deps import Settings
+    from tunesmith.serve.app import create_app
 
     rewards = tmp_path / "rewards.py"
     rewards.write_text("def reward_short(completions, **kw):\n    return [1.0 for _ in completions]\n")

@@ -14,12 +14,13 @@ from transformers import TrainerCallback
 from conftest import tiny_run_config, write_chat_file
 from tunesmith.config import Adapter, RunConfig
 from tunesmith.errors import ConfigError, DataError, ModelError
-from tunesmith.serve.engine import generate, load_for_inference
-from tunesmith.train.classify import load_classifier, predict, train_classify
+from tunesmith.inference.generate import generate, load_for_inference
+from tunesmith.inference.classifier import load_classifier, predict
+from tunesmith.train.classify import train_classify
 from tunesmith.train.common import linear_module_names, peft_config
 from tunesmith.train.pretrain import replay_blocks, to_blocks, train_pretrain
 from tunesmith.train.sft import train_sft
-from tunesmith.train.stages import train as train_stages
+from tunesmith.workflows.train_eval import train as train_stages
 
 PROBE = [[5, 17, 42, 99, 7, 3]]  # a fixed token sequence to compare predictions on
 

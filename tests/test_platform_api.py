@@ -167,7 +167,7 @@ def test_download_the_adapter_and_the_merged_model(service, evaluated_job, tmp_p
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.serve.engine import load_for_inference
+    from tunesmith.inference.generate import load_for_inference
 
     model_id = evaluated_job["job"]["fine_tuned_model"]
     adapter = _zip(call(service, "GET", "/tunesmith/models/download", params={"model": model_id, "weights": "adapter"}))
@@ -211,7 +211,7 @@ def test_preview_resolves_each_kind_of_stage_as_its_recipe_would(tmp_path, tiny_
     from conftest import banking_rows
     from tunesmith.config import RunConfig
     from tunesmith.errors import DataError
-    from tunesmith.train.stages import preview
+    from tunesmith.workflows.train_eval import preview
 
     labelled = tmp_path / "intents.csv"
     with labelled.open("w", newline="") as f:

@@ -9,7 +9,7 @@ from conftest import banking_rows, tiny_run_config
 
 from tunesmith.config import save_config
 from tunesmith.errors import ModelError
-from tunesmith.serve import engine as engine_mod
+from tunesmith.inference import generate as engine_mod
 from tunesmith.serve import pool
 from tunesmith.serve.pool import Engine, Sampling, Target
 

@@ -51,7 +51,8 @@ def live(tmp_path_factory, tiny_model_dir, tiny_run):
     """A live server on localhost with the tiny model, a key of project acme, and seeded
     objects: a chat data file, a queued job on it, and two fine-tuned models (one that the
     fuzzing may delete, one it never does, so chat keeps reaching an adapter)."""
-    from tunesmith.serve.app import Settings, create_app
+    from tunesmith.serve.deps import Settings
+    from tunesmith.serve.app import create_app
 
     data_dir = tmp_path_factory.mktemp("schemathesis")
     app = create_app(Settings(data_dir=data_dir, models={"tiny": str(tiny_model_dir)}, max_tokens=8))
@@ -90,7 +91,8 @@ def live(tmp_path_factory, tiny_model_dir, tiny_run):
 def _spec() -> dict:
     """The spec the server serves at /openapi.json (it does not depend on the settings), read at
     import because Schemathesis makes one test per operation when pytest collects the module."""
-    from tunesmith.serve.app import Settings, create_app
+    from tunesmith.serve.deps import Settings
+    from tunesmith.serve.app import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(Settings(data_dir=Path(tmp)))
@@ -209,7 +211,8 @@ def test_answers_from_outside_the_routes_carry_them_too(tmp_path):
     """A 500 (answered by Starlette outside every middleware) and the body limit's 413."""
     from fastapi.testclient import TestClient
 
-    from tunesmith.serve.app import SECURITY_HEADERS, Settings, create_app
+    from tunesmith.serve.app import SECURITY_HEADERS, create_app
+    from tunesmith.serve.deps import Settings
 
     app = create_app(Settings(data_dir=tmp_path, max_body_mb=0.01))
 

@@ -51,7 +51,8 @@ def models(tmp_path_factory, tiny_model_dir):
 @contextlib.contextmanager
 def live_server(data_dir, models, graceful_s: float | None = None, **limits):
     """A uvicorn server on localhost with keys a1 and a2 (project acme) and g, i, u (others)."""
-    from tunesmith.serve.app import Settings, create_app
+    from tunesmith.serve.deps import Settings
+    from tunesmith.serve.app import create_app
 
     settings = Settings(data_dir=data_dir, models=models, **limits)
     app = create_app(settings)

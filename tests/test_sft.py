@@ -211,7 +211,7 @@ def test_full_fine_tune_writes_model(tmp_path, tiny_model_dir):
     assert (model_dir / "tokenizer_config.json").exists()
     assert not (tmp_path / "run" / "adapter").exists()
 
-    from tunesmith.serve.engine import generate, load_for_inference
+    from tunesmith.inference.generate import generate, load_for_inference
 
     loaded = load_for_inference(str(tmp_path / "run"))
     assert len(generate(loaded, [[{"role": "user", "content": "card lost"}]], max_new_tokens=3)) == 1
@@ -277,7 +277,7 @@ def test_resume_without_checkpoint_is_model_error(tmp_path, tiny_model_dir):
 def test_resume_skips_a_checkpoint_cut_short(tmp_path):
     """A process killed while saving leaves a checkpoint without (or with half of) its
     trainer_state.json, written last: resuming takes the newest complete one."""
-    from tunesmith.train.common import complete_checkpoints
+    from tunesmith.runs import complete_checkpoints
 
     for step, state in ((10, '{"global_step": 10}'), (20, '{"global_step": 20}'), (30, '{"global_st'), (40, None)):
         path = tmp_path / "checkpoints" / f"checkpoint-{step}"

@@ -338,7 +338,7 @@ def test_parse_score_and_degrade():
 
 
 def test_endpoint_teacher_end_to_end(tmp_path, seed_csv, stub_openai):
-    from tunesmith.data.teacher import EndpointTeacher
+    from tunesmith.inference.teacher import EndpointTeacher
 
     counter = iter(range(1000))
     stub_openai.reply = lambda m: f"Question {next(counter)} about {label_of(m).replace('_', ' ')} from a customer"
@@ -354,7 +354,7 @@ def test_endpoint_teacher_end_to_end(tmp_path, seed_csv, stub_openai):
 def test_tiny_local_teacher_runs_the_pipeline(tmp_path, seed_csv, tiny_model_dir):
     import torch
 
-    from tunesmith.data.teacher import LocalTeacher
+    from tunesmith.inference.teacher import LocalTeacher
 
     torch.manual_seed(0)
     report = synthesize(tmp_path / "l.jsonl", LocalTeacher(str(tiny_model_dir)), SynthOptions(n=2, max_candidates=4,

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from tunesmith.data.teacher import EndpointTeacher, LocalTeacher, RateLimiter, TeacherError, make_teacher
+from tunesmith.inference.teacher import EndpointTeacher, LocalTeacher, RateLimiter, TeacherError, make_teacher
 
 
 def convs(*texts):
@@ -105,7 +105,7 @@ def test_local_teacher_is_repeatable_and_continues_prefill(tiny_model_dir):
 
 
 def test_prefill_prompt_continues_the_assistant_turn(tiny_tokenizer):
-    from tunesmith.serve.engine import _chat_text
+    from tunesmith.inference.generate import _chat_text
 
     text = _chat_text(tiny_tokenizer, [{"role": "user", "content": "list"}, {"role": "assistant", "content": "- one\n-"}])
     assert text.endswith("<|im_start|>assistant\n- one\n-")

@@ -29,7 +29,8 @@ ANSWER_WITHIN_S = 15  # a refusal that needs no body comes at once; this only bo
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_model_dir):
     """A live server with a 1 MB upload limit and the default 4 MB body limit."""
-    from tunesmith.serve.app import Settings, create_app
+    from tunesmith.serve.deps import Settings
+    from tunesmith.serve.app import create_app
 
     data_dir = tmp_path_factory.mktemp("uploads")
     settings = Settings(data_dir=data_dir, models={"tiny": str(tiny_model_dir)}, max_upload_mb=1)

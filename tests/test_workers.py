@@ -429,7 +429,7 @@ def test_job_errors_show_no_server_path(tmp_path):
 def test_concurrent_merges_of_one_run_do_not_collide(tiny_run, tmp_path):
     import shutil
 
-    from tunesmith.serve.engine import save_merged
+    from tunesmith.export.merge import save_merged
 
     run_dir = shutil.copytree(tiny_run[0], tmp_path / "run")
     barrier, results, errors = threading.Barrier(3), [], []

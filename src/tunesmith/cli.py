@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.errors import TunesmithError
+from tunesmith.runtime import quiet_libraries
 
 app = typer.Typer(help="Turn a general-purpose LLM into a specialist for your task.", no_args_is_help=True)
 data_app = typer.Typer(help="Read, check, augment and synthesize data files.", no_args_is_help=True)
@@ -29,27 +30,12 @@ TeacherModelOpt = Annotated[Optional[str], typer.Option(help="Model name to ask 
 TeacherKeyOpt = Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")]
 
 
-def _quiet_libraries() -> None:
-    # Library chatter (progress dicts, deprecation notes) drowns out our own progress bars.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-
-
 def _convert_builtin_once(target: str | None) -> None:
     """The first use of a built-in model converts its GGUF file (about 20 s): say so with a
     spinner instead of sitting silent. `target` is a model name or a run directory."""
     from tunesmith.models import BUILTIN_MODELS, builtin_cache_dir, ensure_builtin
 
-    from tunesmith.serve.engine import is_run_dir
+    from tunesmith.runs import is_run_dir
 
     name = target
     if target and is_run_dir(Path(target)):
@@ -110,7 +96,7 @@ def inspect_data(
     show: Annotated[int, typer.Option(help="Example rows to print.")] = 2,
 ) -> None:
     """Detect the format of FILE, convert it to the canonical shape and report what was found."""
-    _quiet_libraries()
+    quiet_libraries()
     from tunesmith.data.formats import length_percentiles, load_data, parse_columns, token_lengths
     from tunesmith.models import load_tokenizer
 
@@ -152,7 +138,7 @@ def check_data_cmd(
     """Check FILE for problems that spoil training (empty answers, conflicts, duplicates,
     leakage, PII, encoding, lengths, labels) and write a data card. Exit code 1 when a
     finding is an error, which blocks training."""
-    _quiet_libraries()
+    quiet_libraries()
     from tunesmith.data.formats import parse_columns
     from tunesmith.data.quality import check_data, fix_data, write_card
     from tunesmith.models import load_tokenizer
@@ -205,13 +191,13 @@ def augment_cmd(
     """Write meaning-preserving variants of each row's user text (typos, casing, punctuation,
     word dropout and swaps, paraphrases); answers and labels are kept. Every row records
     `source_id` (its row in FILE) and `method`."""
-    _quiet_libraries()
+    quiet_libraries()
     from rich.progress import Progress
 
     from tunesmith.data.augment import augment, parse_methods
     from tunesmith.data.formats import load_data, parse_columns
-    from tunesmith.data.teacher import make_teacher
-    from tunesmith.serve.engine import write_jsonl
+    from tunesmith.inference.teacher import make_teacher
+    from tunesmith.inference.generate import write_jsonl
 
     chosen = parse_methods(methods)
     if copies < 1:
@@ -277,13 +263,13 @@ def synth_cmd(
     """Generate new rows with a teacher model (Self-Instruct, Evol-Instruct, label-conditioned,
     preference pairs or scenarios), filter every one, and report what was kept and why the
     rest was dropped (OUT's .report.json; dropped rows in .dropped.jsonl)."""
-    _quiet_libraries()
+    quiet_libraries()
     import yaml
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tunesmith.data.formats import parse_columns
     from tunesmith.data.synth import SynthOptions, load_scenarios, sidecar_paths, synthesize
-    from tunesmith.data.teacher import EndpointTeacher, RateLimiter, make_teacher
+    from tunesmith.inference.teacher import EndpointTeacher, RateLimiter, make_teacher
 
     if seed:
         _refuse_overwrite(seed, out)
@@ -401,12 +387,12 @@ def train(
     """Fine-tune a model on your data: chat tuning, continued pretraining, a classifier, a reward
     model, preference optimisation (DPO, ORPO, SimPO, KTO) or RL (GRPO, RLOO), with LoRA
     (default), another PEFT method or full fine-tuning, validation and early stopping."""
-    _quiet_libraries()
+    quiet_libraries()
     from tunesmith.config import RunConfig, load_config, parse_config
     from tunesmith.data.formats import parse_columns
     from tunesmith.train.callbacks import RichProgressCallback
     from tunesmith.train.distributed import Cluster
-    from tunesmith.train.stages import train as train_stages
+    from tunesmith.workflows.train_eval import train as train_stages
 
     if resume:
         run_dir, cfg = resume, RunConfig()
@@ -539,12 +525,12 @@ def predict_cmd(
 ) -> None:
     """Label texts with a classification run: the label, its probability and the runners-up.
     When the file has labels too, the accuracy is printed."""
-    _quiet_libraries()
+    quiet_libraries()
     from rich.progress import Progress
 
     from tunesmith.data.formats import load_data
-    from tunesmith.serve.engine import write_jsonl
-    from tunesmith.train.classify import load_classifier, predict
+    from tunesmith.inference.generate import write_jsonl
+    from tunesmith.inference.classifier import load_classifier, predict
 
     if (text is None) == (file is None):
         raise TunesmithError("Give exactly one of --text TEXT or --file FILE.")
@@ -583,12 +569,12 @@ def score_cmd(
 ) -> None:
     """Score answers with a reward model. For preference pairs, prints how often the chosen
     answer scores above the rejected one (pairwise accuracy)."""
-    _quiet_libraries()
+    quiet_libraries()
     from rich.progress import Progress
 
     from tunesmith.data.formats import parse_columns
-    from tunesmith.serve.engine import write_jsonl
-    from tunesmith.train.reward import load_reward_model, score_file
+    from tunesmith.inference.generate import write_jsonl
+    from tunesmith.inference.reward import load_reward_model, score_file
 
     _convert_builtin_once(run)
     with err.status("loading reward model"):
@@ -660,13 +646,13 @@ def eval_cmd(
     """Measure a run against its base model on held-out data: task metrics, an optional LLM
     judge, forgetting and bias probes, a value estimate. Writes RUN/eval/results.json,
     RUN/report.html and RUN/MODEL_CARD.md."""
-    _quiet_libraries()
+    quiet_libraries()
     from pydantic import ValidationError
 
     from tunesmith.config import load_config
     from tunesmith.data.formats import parse_columns
     from tunesmith.evaluate.run import evaluate_run
-    from tunesmith.serve.engine import is_run_dir
+    from tunesmith.runs import is_run_dir
 
     if not is_run_dir(run):
         raise TunesmithError(f"{run} is not a run directory (no config.yaml); give the folder `tunesmith train` wrote.")
@@ -742,10 +728,10 @@ def generate_cmd(
     batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 16,
 ) -> None:
     """Answer one prompt or a file of prompts with a fine-tuned run (or its base model)."""
-    _quiet_libraries()
+    quiet_libraries()
     from rich.progress import Progress
 
-    from tunesmith.serve.engine import generate, load_for_inference, read_prompts, write_jsonl
+    from tunesmith.inference.generate import generate, load_for_inference, read_prompts, write_jsonl
 
     if (prompt is None) == (file is None):
         raise TunesmithError("Give exactly one of --prompt TEXT or --file FILE.")
@@ -777,8 +763,8 @@ def chat_cmd(
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
 ) -> None:
     """Talk to a fine-tuned run interactively. Empty line or Ctrl-D quits; /reset forgets the conversation."""
-    _quiet_libraries()
-    from tunesmith.serve.engine import generate, load_for_inference
+    quiet_libraries()
+    from tunesmith.inference.generate import generate, load_for_inference
 
     _convert_builtin_once(target)
     with err.status("loading model"):
@@ -813,8 +799,8 @@ def quickstart_cmd(
 ) -> None:
     """Fine-tune the bundled SmolLM2 on the bundled Banking77 sample (query in, intent out),
     then print the test accuracy of the base and the tuned model side by side."""
-    _quiet_libraries()
-    from tunesmith.quickstart import SAMPLE_TEST, SAMPLE_TRAIN, run_quickstart
+    quiet_libraries()
+    from tunesmith.workflows.quickstart import SAMPLE_TEST, SAMPLE_TRAIN, run_quickstart
     from tunesmith.train.callbacks import RichProgressCallback
 
     run_dir = output or Path("runs") / time.strftime("quickstart-%Y%m%d-%H%M%S")
@@ -855,13 +841,13 @@ def tune_cmd(
     """Search hyperparameters with Optuna (TPE sampler, median pruning at evaluation steps),
     then measure the best trial against its base model on the test set. The study is kept in
     the project database, so running the same command again resumes it, with either backend."""
-    _quiet_libraries()
+    quiet_libraries()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tunesmith.config import load_config
     from tunesmith.jobs.store import default_database_url
-    from tunesmith.train.hpo import run_study
-    from tunesmith.train.stages import has_test_set
+    from tunesmith.tune.study import run_study
+    
 
     data_dir = data_dir or _data_dir()
     _sessions(data_dir, database_url)  # creates the project database, or says why it cannot
@@ -895,7 +881,7 @@ def tune_cmd(
         raise TunesmithError("No trial finished: every trial was pruned or failed; widen the search or train longer.")
     best_dir = Path(best["run_dir"])
     console.print(f"best: trial {best['number']}, {objective} {best['value']:.4g}, run {best_dir}")
-    if has_test_set(load_config(best_dir / "config.yaml")):
+    if load_config(best_dir / "config.yaml").has_test_set():
         from tunesmith.evaluate.run import evaluate_run
 
         bars = EvalBars(err)
@@ -929,11 +915,11 @@ def auto_cmd(
     """From a data file to an evaluated specialist in one command: detect the task, check and
     fix the data, plan memory and the budget, train, report base vs tuned, and register the
     model so `tunesmith serve` serves it. Every decision is listed with its reason."""
-    _quiet_libraries()
+    quiet_libraries()
     from tunesmith.data.formats import parse_columns
-    from tunesmith.data.teacher import make_teacher
-    from tunesmith.jobs.store import default_database_url
-    from tunesmith.pipeline import run_auto
+    from tunesmith.inference.teacher import make_teacher
+    from tunesmith.jobs.store import default_database_url, register_run
+    from tunesmith.workflows.auto import run_auto
     from tunesmith.train.callbacks import RichProgressCallback
 
     data_dir = data_dir or _data_dir()
@@ -945,14 +931,15 @@ def auto_cmd(
     bars = EvalBars(err)
     try:
         result = run_auto(data, run_dir, test, task, budget, model, parse_columns(columns) if columns else None, force,
-                          synth_below, the_teacher, project, database_url or default_database_url(data_dir),
-                          callbacks=[progress], eval_progress=bars, say=lambda line: err.print(f"[dim]auto:[/dim] {line}"))
+                          synth_below, the_teacher, callbacks=[progress], eval_progress=bars,
+                          say=lambda line: err.print(f"[dim]auto:[/dim] {line}"))
     except KeyboardInterrupt:
         progress.close()
         err.print(f"[yellow]interrupted.[/yellow] continue training with: tunesmith train --resume {run_dir}")
         raise typer.Exit(130) from None
     finally:
         bars.stop()
+    result.model_id = register_run(database_url or default_database_url(data_dir), run_dir, model, project)
     if result.evaluation:
         _print_evaluation(result.evaluation, run_dir)
         name, base = next(iter(result.evaluation["metrics"]["base"].items()))
@@ -1070,7 +1057,7 @@ def worker_cmd(
     parent_pid: Annotated[Optional[int], typer.Option(hidden=True, help="Stop (handing the running job back) when this process is gone; `tunesmith serve` passes its own.")] = None,
 ) -> None:
     """Run fine-tuning jobs from the service's queue (any number of workers may share one database)."""
-    _quiet_libraries()
+    quiet_libraries()
     from tunesmith.jobs.worker import run_worker
 
     data_dir = data_dir or _data_dir()

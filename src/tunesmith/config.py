@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunesmith.errors import ConfigError
 
@@ -289,6 +296,10 @@ class RunConfig(_Section):
     """How many processes train, and how the model is spread over them."""
     reasons: dict[str, str] = Field(default_factory=dict)
     """Why each "auto" value was chosen (filled by the resolver), keyed like `train.learning_rate`."""
+
+    def has_test_set(self) -> bool:
+        """Whether a resolved run config has a test set: a test file, or rows held out of `train`."""
+        return bool(self.data.test or (self.data.test_split != "auto" and float(self.data.test_split) > 0))
 
     def unresolved(self) -> list[str]:
         """Names of fields still set to "auto"."""

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tunesmith.data.labels import embed
 from tunesmith.errors import ConfigError
 
 # Rate per method: the share of words touched. None: the method has no rate.
@@ -204,7 +205,7 @@ def augment(
 ) -> tuple[list[dict], AugmentReport]:
     """Variants of canonical `records` (`copies` per method per row), each with `source_id`
     and `method`. Variants that change nothing or repeat a text already made are skipped and
-    counted in the report. `teacher` (see `data.teacher`) is needed for paraphrase.
+    counted in the report. `teacher` (see `inference.teacher`) is needed for paraphrase.
     `on_progress` is called with the number of source rows done."""
     if "paraphrase" in methods and teacher is None:
         raise ConfigError("The paraphrase method needs a teacher model.")
@@ -248,8 +249,6 @@ def _paraphrase(records, task, row_numbers, jobs, teacher, add, report, on_progr
     """Ask the teacher for a paraphrase of each user text; keep one only if it is neither
     empty, a copy, far longer or shorter than the original (a sign it answered instead), nor
     far from it in meaning (MiniLM cosine below PARAPHRASE_MIN_COSINE)."""
-    from tunesmith.data.labels import embed
-
     done_rows: set[int] = set()
     for start in range(0, len(jobs), batch):
         part = jobs[start : start + batch]

@@ -31,7 +31,15 @@ from itertools import pairwise
 from pathlib import Path
 
 from tunesmith.data import dedup, pii, textcheck
-from tunesmith.data.formats import LoadedData, length_percentiles, load_data, parse_columns, to_chat, token_lengths
+from tunesmith.data import labels as label_check
+from tunesmith.data.formats import (
+    LoadedData,
+    length_percentiles,
+    load_data,
+    parse_columns,
+    to_chat,
+    token_lengths,
+)
 from tunesmith.errors import DataError
 
 __all__ = ["DataCard", "Finding", "FixResult", "check_data", "fix_data", "write_card"]
@@ -724,8 +732,6 @@ def _check_labels(ctx: _Context, stats: dict) -> list[Finding]:
 def _check_label_errors(ctx: _Context, on_batch=None) -> list[Finding]:
     """Rows whose label a cross-validated classifier on MiniLM embeddings confidently
     disagrees with (cleanlab's confident learning)."""
-    from tunesmith.data import labels as label_check
-
     try:
         label_check.embedding_model_path()
     except DataError as exc:  # the embedding model is an optional install: say the check did not run

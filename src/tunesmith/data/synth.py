@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.data.augment import clean_line
+from tunesmith.data.formats import load_data
+from tunesmith.data.labels import embed
 from tunesmith.errors import ConfigError, DataError
 
 KINDS = ("instruct", "classify", "preference", "scenarios")
@@ -252,9 +254,7 @@ def synthesize(
     on_progress: Callable[[SynthReport], None] | None = None,
 ) -> SynthReport:
     """Grow OUT to `options.n` kept rows (rows already in OUT count) and write the filter
-    report next to it. Teachers and the judge are `data.teacher` objects."""
-    from tunesmith.data.formats import load_data
-
+    report next to it. Teachers and the judge are `inference.teacher` objects."""
     out = Path(out)
     if options.n < 1:
         raise ConfigError(f"--n must be at least 1, got {options.n}.")
@@ -351,8 +351,6 @@ class _Run:
             if self.options.label_check == "classifier" and len(self.by_label) > 1:
                 from sklearn.linear_model import LogisticRegression
 
-                from tunesmith.data.labels import embed
-
                 x = embed(self.seed_texts)
                 self.classifier = LogisticRegression(max_iter=1000).fit(x, [r["label"] for r in records])
                 self.pool.add(self.seed_texts, x, seed=True)
@@ -379,8 +377,6 @@ class _Run:
         self.max_chars = o.max_chars if o.max_chars is not None else hi
 
     def _add_to_pool(self, texts: list[str], seed: bool) -> None:
-        from tunesmith.data.labels import embed
-
         if texts:
             self.pool.add(texts, embed(texts), seed)
 
@@ -506,8 +502,6 @@ class _Run:
 
     def _check_text(self, candidates: list[Candidate]) -> None:
         """Parse validity, length bounds and near-duplicates, cheapest first."""
-        from tunesmith.data.labels import embed
-
         for c in candidates:
             if c.from_seed:
                 continue
@@ -535,8 +529,6 @@ class _Run:
         if not candidates or self.options.label_check == "off":
             return
         if self.options.label_check == "classifier" and self.classifier is not None:
-            from tunesmith.data.labels import embed
-
             predicted = self.classifier.predict(embed([c.key for c in candidates]))
             for c, p in zip(candidates, predicted):
                 if p != c.label:

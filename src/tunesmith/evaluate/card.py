@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig, load_config
+from tunesmith.data.load import read_records
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.report import (
     alarms,
@@ -31,6 +32,7 @@ from tunesmith.evaluate.report import (
     value_line,
     verdict,
 )
+from tunesmith.models import BUILTIN_MODELS
 
 CARD_FILE = "MODEL_CARD.md"
 SMALL_TEST = 100  # test sets under this many rows get a warning about wide intervals
@@ -88,15 +90,11 @@ def _config(path: Path) -> RunConfig | None:
 
 
 def _base_licence(name: str) -> str | None:
-    from tunesmith.models import BUILTIN_MODELS
-
     info = BUILTIN_MODELS.get(name)
     return info.licence if info else None
 
 
 def _base_params(name: str, stages: list[dict]) -> int | None:
-    from tunesmith.models import BUILTIN_MODELS
-
     if name in BUILTIN_MODELS:
         return BUILTIN_MODELS[name].params
     totals = [s["summary"].get("total_params") for s in stages if s["summary"].get("total_params")]
@@ -117,8 +115,6 @@ def provenance(path: str | Path) -> dict:
     with a `teacher` is synthetic (`tunesmith data synth`), a row whose `method` is not
     `original` and that has no teacher is an augmented copy (`tunesmith data augment`).
     Returns rows, synthetic, augmented, teachers and methods (Counters)."""
-    from tunesmith.data.load import read_records
-
     records = read_records(path)
     teachers: Counter = Counter()
     synth_methods: Counter = Counter()
@@ -316,8 +312,6 @@ def _intended_use(run: _Run) -> str:
 
 def _base_section(run: _Run) -> str:
     licence = _base_licence(run.base)
-    from tunesmith.models import BUILTIN_MODELS
-
     info = BUILTIN_MODELS.get(run.base)
     out = ["## Base model and licence", ""]
     if info:

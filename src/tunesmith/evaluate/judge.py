@@ -4,7 +4,7 @@ Each test prompt is judged twice, once with the base answer shown first and once
 tuned answer first, because judges favour a position (MT-Bench, Zheng et al. 2023). A side
 wins only when both verdicts agree or one of them is a tie; verdicts that contradict each
 other count as a tie (and are counted as inconsistent, a measure of the judge's own noise).
-The judge is any teacher (`data.teacher`): a local model or an OpenAI-compatible endpoint.
+The judge is any teacher (`inference.teacher`): a local model or an OpenAI-compatible endpoint.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Callable
 from itertools import pairwise
 
+from tunesmith.data import labels as label_data
+
 # Direction of each metric the report shows, so it can colour a change as better or worse.
 HIGHER_IS_BETTER: dict[str, bool] = {
     "accuracy": True,
@@ -200,8 +202,6 @@ def semantic_similarity(
     import numpy as np
 
     # The module, not `embed` itself: looked up at call time, so tests can swap in a fake.
-    from tunesmith.data import labels as label_data
-
     _check_lengths(predictions, references)
     if not references:
         return 0.0

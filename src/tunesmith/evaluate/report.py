@@ -29,6 +29,7 @@ import json
 import math
 from pathlib import Path
 
+from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
 
 try:  # the evaluation module owns the direction of each metric
@@ -94,8 +95,6 @@ def run_stages(run_dir: str | Path) -> list[dict]:
         ]
     stages = []
     if (run_dir / "config.yaml").exists():
-        from tunesmith.config import load_config
-
         stages = load_config(run_dir / "config.yaml").method.stages
     if len(stages) > 1:  # a multi-stage run that did not finish: read what its stages wrote
         return [
@@ -798,8 +797,6 @@ def _samples_section(results: dict) -> str:
 
 def _decisions_section(run_dir: Path) -> str:
     """Every automatic decision of the run (each stage's `config.yaml` reasons), with its value."""
-    from tunesmith.config import load_config
-
     rows = []
     for path in sorted(run_dir.glob("*/config.yaml")) + [run_dir / "config.yaml"]:
         if not path.exists():

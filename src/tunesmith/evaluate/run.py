@@ -29,7 +29,33 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tunesmith.config import EvalConfig, RunConfig, load_config
+from tunesmith.data.formats import load_data
+from tunesmith.data.rows import (
+    chat_tokens,
+    load_labelled,
+    load_pairs,
+    load_prompts,
+    load_texts,
+)
+from tunesmith.data.splits import held_out_test, subset
 from tunesmith.errors import ConfigError, DataError, ModelError
+from tunesmith.evaluate import metrics as M
+from tunesmith.evaluate.bias import counterfactuals, probe, template_pairs
+from tunesmith.evaluate.card import write_card
+from tunesmith.evaluate.judge import judge_pairwise
+from tunesmith.evaluate.metrics import overfitting_alarm, relative_change
+from tunesmith.evaluate.report import write_report
+from tunesmith.inference.classifier import load_classifier, predict
+from tunesmith.inference.generate import (
+    generate,
+    load_for_inference,
+    with_system,
+    write_jsonl,
+)
+from tunesmith.inference.reward import load_reward_model
+from tunesmith.inference.teacher import make_teacher
+from tunesmith.models import load_tokenizer
+from tunesmith.runs import LABELS_FILE, final_stage_dir, is_run_dir
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 GENERAL_TEXT = SAMPLES / "general_text.jsonl"
@@ -54,10 +80,6 @@ def evaluate_run(
     """Evaluate the run in `run_dir` against its base model on `test` (default: the run's test
     file or held-out split) with `options` (default: the run's `eval` settings). Returns the
     results (also written to `eval/results.json`) and writes the report and the model card."""
-    from tunesmith.evaluate.card import write_card
-    from tunesmith.evaluate.report import write_report
-    from tunesmith.serve.engine import final_stage_dir, is_run_dir, write_jsonl
-
     start = time.perf_counter()
     run = Path(run_dir).expanduser()
     if not is_run_dir(run):
@@ -71,8 +93,6 @@ def evaluate_run(
     stage = top.method.stages[-1]
     data, source = test_data(top, run, test, columns)
     if opts.max_rows and len(data.records) > opts.max_rows:
-        from tunesmith.train.common import subset
-
         data = subset(data, sorted(random.Random(top.train.seed).sample(range(len(data.records)), opts.max_rows)))
         source += f" (a seeded sample of {opts.max_rows} rows)"
     (run / "eval").mkdir(exist_ok=True)
@@ -81,8 +101,6 @@ def evaluate_run(
     task = Task.build(stage, data, config, opts)
     judge = make_judge(opts)  # a bad judge setting fails before any model is loaded
     if task.classifier:
-        from tunesmith.train.classify import LABELS_FILE
-
         task.labels = json.loads((final / LABELS_FILE).read_text())
     results: dict = {
         "run": str(run),
@@ -142,9 +160,6 @@ def evaluate_run(
 def test_data(config: RunConfig, run: Path, test: str | None, columns: dict | None):
     """(test records, where they come from): `test`, else the run's test file, else the rows
     the run held out of its training file."""
-    from tunesmith.data.formats import load_data
-    from tunesmith.train.common import held_out_test
-
     path = test or config.data.test
     if path:
         if not Path(path).exists():
@@ -177,13 +192,7 @@ class Task:
 
     @classmethod
     def build(cls, stage: str, data, config: RunConfig, opts: EvalConfig) -> Task:
-        from tunesmith.train.classify import load_labelled
-        from tunesmith.train.pretrain import load_texts
-        from tunesmith.train.rl import load_prompts
-
         if stage == "reward":
-            from tunesmith.train.common import load_pairs
-
             task = cls("reward")
             task.pairs = load_pairs(data)
             task.no_bias = "a reward model scores answers; the bias probes test a model that labels or answers"
@@ -231,9 +240,6 @@ def is_labelling(data_task: str, references: list[str], train_answers: list[str]
 
 def _training_answers(config: RunConfig) -> list[str] | None:
     """The last assistant answers of the training file (None when it cannot be read)."""
-    from tunesmith.data.formats import load_data
-    from tunesmith.train.rl import load_prompts
-
     try:
         return [r["answer"] for r in load_prompts(load_data(config.data.train, columns=config.data.columns), config)]
     except (DataError, OSError, TypeError):
@@ -246,8 +252,6 @@ def last_user(messages: list[dict]) -> str:
 
 def _answer_budget(references: list[str], config: RunConfig) -> int:
     """New tokens per answer: 1.5 x the longest reference answer, 16 to 512."""
-    from tunesmith.models import load_tokenizer
-
     tokenizer = load_tokenizer(config.model.name)
     longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
     return max(16, min(512, math.ceil(1.5 * longest) + 2))
@@ -259,9 +263,6 @@ def _answer_budget(references: list[str], config: RunConfig) -> int:
 def measure(side: str, run: Path, top: RunConfig, config: RunConfig, task: Task, opts: EvalConfig, progress) -> dict:
     """Everything measured on one model (`side` is "base" or "tuned"): its answers and task
     metrics, and its forgetting and bias figures."""
-    from tunesmith.evaluate import metrics as M
-    from tunesmith.serve.engine import generate
-
     out: dict = {"metrics": {}}
     model = _load(side, run, top, task)
     step = _stepper(progress)
@@ -306,15 +307,9 @@ def measure(side: str, run: Path, top: RunConfig, config: RunConfig, task: Task,
 
 
 def _load(side: str, run: Path, top: RunConfig, task: Task):
-    from tunesmith.serve.engine import load_for_inference
-
     if task.classifier and side == "tuned":
-        from tunesmith.train.classify import load_classifier
-
         return load_classifier(run)
     if task.kind == "reward" and side == "tuned":
-        from tunesmith.train.reward import load_reward_model
-
         return load_reward_model(run)
     if task.classifier or task.kind == "reward":
         return load_for_inference(top.model.name)  # the base language model itself
@@ -343,9 +338,6 @@ def _stepper(progress: Progress | None):
 def _label_fn(side: str, model, task: Task, opts: EvalConfig, step):
     """A function labelling texts: the classifier itself, or, for its base model (which has
     no classification head), the base asked to pick one label from the list."""
-    from tunesmith.serve.engine import generate
-    from tunesmith.train.classify import predict
-
     if side == "tuned":
         def classify(texts: list[str], what: str = "tuned: labelling") -> list[str]:
             return [p["label"] for p in predict(model, texts, on_batch=step(what, len(texts)))]
@@ -369,9 +361,6 @@ def _label_fn(side: str, model, task: Task, opts: EvalConfig, step):
 def answer_items(loaded, prompts: list[list[dict]], answers: list[str]) -> list[tuple[list[int], int]]:
     """(token ids, first scored position) of each prompt + reference answer: only the answer's
     tokens (and the end-of-turn token) are scored, as in training."""
-    from tunesmith.serve.engine import with_system
-    from tunesmith.train.common import chat_tokens
-
     tokenizer, items = loaded.tokenizer, []
     for prompt, answer in zip(prompts, answers):
         prompt = with_system(prompt, loaded.system_prompt)
@@ -446,8 +435,6 @@ def likelihood_preference(loaded, pairs: list[dict], batch_size: int, step, side
 
 def make_judge(opts: EvalConfig):
     """The judge `opts` names (a local model or an endpoint), or None."""
-    from tunesmith.data.teacher import make_teacher
-
     if not (opts.judge or opts.judge_url):
         return None
     key = os.environ.get("TUNESMITH_JUDGE_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -455,8 +442,6 @@ def make_judge(opts: EvalConfig):
 
 
 def _judge(judge, task: Task, opts: EvalConfig, base_answers, tuned_answers, progress, skipped: dict) -> dict | None:
-    from tunesmith.evaluate.judge import judge_pairwise
-
     if judge is None:
         skipped["judge"] = "no judge configured (--judge MODEL, or --judge-url URL with --judge-model NAME)"
         return None
@@ -472,8 +457,6 @@ def _judge(judge, task: Task, opts: EvalConfig, base_answers, tuned_answers, pro
 def _forgetting_side(side: str, loaded, opts: EvalConfig, step) -> dict:
     """General-text perplexity and general instruction probes, without the run's system
     prompt: what the model could do before it was specialised."""
-    from tunesmith.serve.engine import generate
-
     texts = [json.loads(line)["text"] for line in GENERAL_TEXT.read_text().splitlines()[:GENERAL_TEXT_ROWS]]
     items = text_items(loaded.tokenizer, texts)
     ppl = perplexity(loaded.model, loaded.tokenizer, items, opts.batch_size, step(f"{side}: general-text perplexity", len(items)))
@@ -492,8 +475,6 @@ def probe_correct(answer: str, accepted: list[str]) -> bool:
 
 
 def _forgetting(base: dict | None, tuned: dict | None, opts: EvalConfig, task: Task, skipped: dict) -> dict | None:
-    from tunesmith.evaluate.metrics import relative_change
-
     if not (base and tuned):
         skipped["forgetting"] = (
             "forgetting checks are switched off (eval.forgetting)" if not opts.forgetting
@@ -526,9 +507,6 @@ def _forgetting(base: dict | None, tuned: dict | None, opts: EvalConfig, task: T
 
 def _bias(side: str, model, task: Task, opts: EvalConfig, step) -> dict:
     """Counterfactual pairs from the built-in templates and from the test prompts."""
-    from tunesmith.evaluate.bias import counterfactuals, probe, template_pairs
-    from tunesmith.serve.engine import generate
-
     pairs = template_pairs() + counterfactuals(task.requests)
     if task.classifier:
         label = _label_fn(side, model, task, opts, step)
@@ -565,8 +543,6 @@ def _value(tuned: dict, task: Task, opts: EvalConfig, skipped: dict) -> dict | N
 
 
 def _overfitting(final: Path) -> dict:
-    from tunesmith.evaluate.metrics import overfitting_alarm
-
     log = final / "metrics.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     return overfitting_alarm(rows)

@@ -14,7 +14,18 @@ import secrets
 import time
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, create_engine, event, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    create_engine,
+    event,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 # Job statuses, as OpenAI's fine-tuning API names them, plus `paused`.
@@ -293,3 +304,13 @@ def finish_job(s: Session, job_id: str, worker: str, status: str, **values) -> b
             .values(status=status, control=None, heartbeat_at=None, **values)
         ).rowcount
     )
+
+
+def register_run(url: str, run_dir: Path, base: str, project: str) -> str:
+    """Record a finished run made outside the service (`tunesmith auto`) as a fine-tuned model
+    of `project`, which `tunesmith serve` then serves; returns the model id."""
+    sessions = connect(url)
+    model_id = f"ft:{base.replace(':', '-').replace('/', '-')}:{project}:{run_dir.name}:{secrets.token_hex(4)}"
+    with sessions.begin() as s:
+        s.add(Model(id=model_id, project=project, base=base, job_id="auto", run_dir=str(run_dir.resolve())))
+    return model_id

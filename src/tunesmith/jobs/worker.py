@@ -37,7 +37,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import TrainerCallback
 
+from tunesmith.config import load_config
 from tunesmith.errors import DataError, TunesmithError
+from tunesmith.evaluate.report import alarms
 from tunesmith.jobs import store
 from tunesmith.jobs.spec import build_config, resolved_settings
 from tunesmith.jobs.store import (
@@ -51,7 +53,8 @@ from tunesmith.jobs.store import (
     Job,
     Model,
 )
-from tunesmith.train.common import complete_checkpoints
+from tunesmith.runs import complete_checkpoints, final_stage_dir
+from tunesmith.workflows.train_eval import train
 
 
 class Stop(Exception):
@@ -131,8 +134,6 @@ class JobCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         run_config = Path(args.output_dir).parent / "config.yaml"
-        from tunesmith.config import load_config
-
         config = load_config(run_config)
         t = config.train
         resolved = resolved_settings(config) | {"max_steps": state.max_steps}
@@ -250,8 +251,6 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
             stale_after_s: float = 60.0, orphaned: Callable[[], bool] | None = None) -> str:
     """Run one claimed job to its end; returns the status it ended in. A database error that
     lasts longer than `stale_after_s` hands the job back to the queue instead of failing it."""
-    from tunesmith.train.stages import train
-
     run_dir = Path(job.run_dir)
     lease = Lease(sessions, job.id, worker, retry_s=stale_after_s)
     beat = Heartbeat(sessions, job.id, worker, flags, heartbeat_s, orphaned)
@@ -353,8 +352,6 @@ def _succeed(lease: Lease, job: Job, data_dir: Path, summary: dict) -> str:
 
 
 def _register(s, job: Job, summary: dict) -> None:
-    from tunesmith.evaluate.report import alarms
-
     s.merge(Model(id=job.fine_tuned_model, project=job.project, base=job.model, job_id=job.id, run_dir=job.run_dir))
     evaluation = summary.get("evaluation")
     if evaluation:
@@ -375,8 +372,6 @@ def _result_files(job: Job, data_dir: Path) -> list[tuple[str, Path, str]]:
     """The step metrics as CSV (as OpenAI's result file), plus the evaluation report and model
     card when the run has them, written as files the job's project can download once `_succeed`
     records them: (file id, where, name shown)."""
-    from tunesmith.serve.engine import final_stage_dir
-
     run_dir = final_stage_dir(Path(job.run_dir)) if (Path(job.run_dir) / "config.yaml").exists() else Path(job.run_dir)
     out = []
     files_dir = data_dir / "files"

@@ -25,8 +25,12 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from tunesmith.config import load_config
 from tunesmith.errors import ConfigError
-from tunesmith.serve.app import Settings
+from tunesmith.jobs.spec import BUILTIN_REWARD_FUNCTIONS
+from tunesmith.models import is_model_dir
+from tunesmith.runs import final_stage_dir, is_run_dir
+from tunesmith.serve.deps import Settings
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")  # what clients type: no ':', '/' or space
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -108,8 +112,6 @@ def _name(kind: str, name: str) -> None:
 
 
 def check_model(name: str, folder: str) -> str:
-    from tunesmith.models import is_model_dir
-
     _name("model", name)
     path = Path(folder).expanduser()
     if not is_model_dir(path):
@@ -120,8 +122,6 @@ def check_model(name: str, folder: str) -> str:
 def check_reward_function(name: str, spec: str) -> str:
     """`FILE.py` or `FILE.py:FUNCTION` as an absolute spec, after checking the file parses and
     defines what it should (without running it: that happens in the worker)."""
-    from tunesmith.jobs.spec import BUILTIN_REWARD_FUNCTIONS
-
     _name("reward function", name)
     if name in BUILTIN_REWARD_FUNCTIONS:
         raise ConfigError(f"reward function name '{name}' is a built-in one; choose another name.")
@@ -142,9 +142,6 @@ def check_reward_function(name: str, spec: str) -> str:
 
 
 def check_reward_model(name: str, run: str) -> str:
-    from tunesmith.config import load_config
-    from tunesmith.serve.engine import final_stage_dir, is_run_dir
-
     _name("reward model", name)
     path = Path(run).expanduser()
     if not is_run_dir(path):

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from tunesmith.data.quality import check_data
 from tunesmith.errors import DataError
 
 
@@ -39,8 +40,6 @@ def card_info(path: str, filename: str) -> dict:
 
     Runs in the gate process. Messages name `filename`, never the storage path.
     """
-    from tunesmith.data.quality import check_data  # the gate process imports it once
-
     card = check_data(path, label_check=False)
     name = lambda text: text.replace(path, filename)  # noqa: E731 - never show our storage path
     findings = sorted(card.findings, key=lambda f: f.severity != "error")

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, load_config
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.jobs import store
 from tunesmith.jobs.spec import (
@@ -33,10 +33,33 @@ from tunesmith.jobs.spec import (
     server_overrides,
     stage_of,
 )
-from tunesmith.jobs.store import CANCELLED, FINISHED, PAUSED, QUEUED, RUNNING, VALIDATING, Checkpoint, Event, File, Job, Model
+from tunesmith.jobs.store import (
+    CANCELLED,
+    FINISHED,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    VALIDATING,
+    Checkpoint,
+    Event,
+    File,
+    Job,
+    Model,
+)
+from tunesmith.models import BUILTIN_MODELS
+from tunesmith.runs import final_stage_dir
 from tunesmith.serve import gate
-from tunesmith.serve.app import APIError, Caller, CallerDep, error_body, not_found
-from tunesmith.serve.pool import MAX_N, MAX_STOP, MAX_STOP_CHARS, Engine, EngineClosed, PromptTooLong, Sampling, Target
+from tunesmith.serve.deps import APIError, Caller, CallerDep, error_body, not_found
+from tunesmith.serve.pool import (
+    MAX_N,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+    Engine,
+    EngineClosed,
+    PromptTooLong,
+    Sampling,
+    Target,
+)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 
@@ -259,8 +282,6 @@ def job_public(job: Job) -> JobPublic:
 
 def base_models(request: Request) -> dict[str, str]:
     """Base models a client may name: the built-in ones and those the server was started with."""
-    from tunesmith.models import BUILTIN_MODELS
-
     return {name: name for name in BUILTIN_MODELS} | request.app.state.settings.models
 
 
@@ -295,9 +316,6 @@ def resources(request: Request) -> Resources:
 
 def _own_reward_model(request: Request, caller: Caller):
     """`id -> run folder` of the caller's own fine-tuned reward models (None for anything else)."""
-    from tunesmith.config import load_config
-    from tunesmith.serve.engine import final_stage_dir
-
     def find(model_id: str) -> str | None:
         with _sessions(request)() as s:
             m = s.scalar(select(Model).where(Model.id == model_id, Model.project == caller.project))

@@ -21,21 +21,32 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
+from tunesmith.config import load_config
+from tunesmith.data.quality import fix_data
 from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.evaluate.report import alarms
+from tunesmith.export.merge import save_merged
 from tunesmith.jobs import store
 from tunesmith.jobs.spec import resolved_settings
 from tunesmith.jobs.store import File, Model
+from tunesmith.models import BUILTIN_MODELS
+from tunesmith.runs import ADAPTER_DIR, MODEL_DIR, final_stage_dir, is_run_dir
 from tunesmith.serve import gate
-from tunesmith.serve.app import APIError, Caller, CallerDep, authenticate
+from tunesmith.serve.deps import APIError, Caller, CallerDep, authenticate
 from tunesmith.serve.openai_api import (
     JobCreate,
     _get_file,
     _get_model,
     _scoped,
     _sessions,
+    base_models,
     checked_job,
     file_public,
+    resources,
 )
+from tunesmith.train.auto import hardware
+from tunesmith.train.common import PROMPT_LEARNING
+from tunesmith.train.stages import preview
 
 platform = APIRouter(prefix="/tunesmith", tags=["tunesmith"])
 
@@ -68,17 +79,12 @@ def me(caller: CallerDep) -> dict:
 @platform.get("/base_models")
 def base_models_info(request: Request, caller: CallerDep) -> dict:
     """Base models a job can start from, with what is known of each (size, licence)."""
-    from tunesmith.models import BUILTIN_MODELS
-    from tunesmith.serve.openai_api import base_models
-
     data = []
     for name, source in base_models(request).items():
         info = BUILTIN_MODELS.get(name)
         data.append({"id": name, "description": info.description if info else f"local model ({name})",
                      "params": info.params if info else None, "licence": info.licence if info else "see the model folder",
                      "builtin": info is not None})
-    from tunesmith.serve.openai_api import resources
-
     # Names only: what an RL job may name as reward_functions, reward_model and judge.
     return {"object": "list", "data": data, "methods": METHODS, "adapters": ADAPTERS, "rewards": resources(request).names()}
 
@@ -91,8 +97,6 @@ def fix_file(request: Request, caller: CallerDep, file_id: str) -> dict:
     """Apply the data gate's safe fixes to an uploaded file (drop exact duplicates and rows
     without an answer, strip control characters and HTML, redact personal data) and store
     the cleaned copy as a new file, checked again; the original stays as it was."""
-    from tunesmith.data.quality import fix_data
-
     f = _get_file(request, caller, file_id)
     if f.purpose != "fine-tune":
         raise APIError(400, f"{file_id} has purpose '{f.purpose}'; only training data (purpose 'fine-tune') can be fixed.",
@@ -142,9 +146,6 @@ def preview_job(request: Request, caller: CallerDep, body: JobCreate) -> dict:
     """What a job request's "auto" values resolve to, and why, without creating the job: the
     request is checked as `POST /v1/fine_tuning/jobs` checks it. Values that depend on the
     hardware are this server's; a worker on other hardware resolves them again."""
-    from tunesmith.train.auto import hardware
-    from tunesmith.train.stages import preview
-
     *_, config, _overrides = checked_job(request, caller, body)
     try:
         resolved = preview(config)
@@ -160,8 +161,6 @@ def preview_job(request: Request, caller: CallerDep, body: JobCreate) -> dict:
 
 
 def _final(model: Model) -> Path:
-    from tunesmith.serve.engine import final_stage_dir, is_run_dir
-
     run = Path(model.run_dir)
     return final_stage_dir(run) if is_run_dir(run) else run
 
@@ -169,22 +168,15 @@ def _final(model: Model) -> Path:
 def _weights(model: Model) -> list[str]:
     """What can be downloaded: `adapter` and `merged` for an adapter run (prompt learning:
     the adapter only), `full` for a full fine-tune."""
-    from tunesmith.train.common import ADAPTER_DIR, MODEL_DIR, PROMPT_LEARNING
-
     final = _final(model)
     if (final / MODEL_DIR).is_dir():
         return ["full"]
     if not (final / ADAPTER_DIR).is_dir():
         return []
-    from tunesmith.config import load_config
-
     return ["adapter"] if load_config(final / "config.yaml").method.adapter in PROMPT_LEARNING else ["adapter", "merged"]
 
 
 def model_details(model: Model) -> dict:
-    from tunesmith.config import load_config
-    from tunesmith.evaluate.report import alarms
-
     final = _final(model)
     config = load_config(final / "config.yaml") if (final / "config.yaml").exists() else None
     results_path = Path(model.run_dir) / "eval" / "results.json"
@@ -218,9 +210,6 @@ LINK_SECONDS = 600
 def weights_archive(model: Model, weights: str) -> Path:
     """A zip of a model's weights (with its model card as README.md), built on the first
     request and kept in the run folder, so deleting the model deletes it too."""
-    from tunesmith.serve.engine import save_merged
-    from tunesmith.train.common import ADAPTER_DIR, MODEL_DIR
-
     available = _weights(model)
     if weights not in available:
         have = ", ".join(available) or "nothing yet"

@@ -32,7 +32,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, ModelError, TunesmithError
+from tunesmith.inference.generate import load_for_inference, with_system
+from tunesmith.models import load_model, load_tokenizer, resolve_model
+from tunesmith.runs import ADAPTER_DIR, MODEL_DIR, final_stage_dir, is_run_dir
 
 BASE_ROW = "__base__"  # peft's adapter name for "no adapter" in a mixed-adapter batch
 NOT_TEXT_STAGES = {
@@ -553,9 +557,6 @@ class Engine:
 
     def _plan(self, target: Target) -> _Plan:
         """Read what a target needs from its run folder, without loading weights."""
-        from tunesmith.serve.engine import final_stage_dir, is_run_dir
-        from tunesmith.train.common import ADAPTER_DIR, MODEL_DIR
-
         if target.run_dir is None:
             base_id = _base_id(target.base)
             return _Plan("base", f"base:{base_id}", target.key, base=target.base)
@@ -563,8 +564,6 @@ class Engine:
         if not is_run_dir(run_dir):
             raise ModelError(f"{run_dir} is not a tunesmith run directory (it has no config.yaml).")
         try:
-            from tunesmith.config import load_config
-
             stage_dir = final_stage_dir(run_dir)
             config = load_config(stage_dir / "config.yaml")
         except ConfigError as exc:
@@ -610,8 +609,6 @@ class Engine:
         return _Slot(base, adapter.tokenizer, adapter.name, plan.key, plan.system)
 
     def _load_base(self, name: str) -> tuple[object, object]:
-        from tunesmith.models import load_model, load_tokenizer
-
         model = load_model(name)
         model.eval()
         return model.to(self._torch_device()), load_tokenizer(name)
@@ -620,8 +617,6 @@ class Engine:
         if plan.weights is not None:
             model, tokenizer = self._load_base(str(plan.weights))
             return _ModelEntry(model, tokenizer, plan.system)
-        from tunesmith.serve.engine import load_for_inference
-
         loaded = load_for_inference(str(plan.run_dir))
         return _ModelEntry(loaded.model.to(self._torch_device()), loaded.tokenizer, loaded.system_prompt)
 
@@ -892,8 +887,6 @@ def _check_prompt(prompt) -> list[dict] | str:
 def _base_id(name: str) -> str:
     """One identity per base model, however it is named: a built-in name and its cache
     folder, or two spellings of one path, share a single copy in memory."""
-    from tunesmith.models import resolve_model
-
     source = resolve_model(name)
     path = Path(source).expanduser()
     return str(path.resolve()) if path.is_dir() else source
@@ -929,8 +922,6 @@ def _remove_adapter_name_hooks(peft) -> None:
 def _encode(tokenizer, prompt: list[dict] | str, system: str | None) -> list[int]:
     """Prompt token ids: chat messages through the chat template (after the run's system
     prompt), or a raw string as is (with the tokenizer's own special tokens, e.g. a BOS)."""
-    from tunesmith.serve.engine import with_system
-
     if isinstance(prompt, str):
         ids = tokenizer(prompt)["input_ids"]
     else:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunesmith.config import RunConfig
+from tunesmith.config import PREFERENCE_STAGES, RunConfig
 from tunesmith.data.formats import token_lengths
+from tunesmith.data.splits import test_split
 from tunesmith.errors import ModelError
 from tunesmith.models import count_params
 
@@ -42,15 +43,6 @@ BETA = {
     "rloo": (0.05, "KL penalty 0.05 (TRL's RLOO default): keeps the policy near the reference"),
 }
 PAIR_KINDS = ("reward", "preference")
-
-
-def test_split(n: int, has_test_file: bool) -> tuple[float, str]:
-    """(share of the training rows held out as the test set, why)."""
-    if has_test_file:
-        return 0.0, "a test file was given"
-    if n < 200:
-        return 0.0, f"only {n} rows: too few for a test set worth reading; give one with --test FILE"
-    return round(min(0.1, 500 / n), 4), f"10% of {n} rows, at most 500: held out and never trained on, for the before/after report"
 
 
 def resolve(
@@ -306,8 +298,6 @@ def learning_rate(adapter: str, params: int | None, kind: str) -> tuple[float, s
 
 def default_learning_rate(config: RunConfig) -> float:
     """The automatic peak learning rate of a config's last stage (before any data is read)."""
-    from tunesmith.config import PREFERENCE_STAGES
-
     stage = config.method.stages[-1]
     kinds = {"sft": "chat", "pretrain": "pretrain", "classify": "classify", "reward": "reward"}
     kind = kinds.get(stage) or ("preference" if stage in PREFERENCE_STAGES else "rl")

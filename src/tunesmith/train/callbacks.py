@@ -8,7 +8,6 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-
 # What metrics.jsonl keeps of a log event (the trainers log more): losses, classifier and
 # reward-model accuracy, preference reward margins, RL reward, its spread and the KL.
 LOGGED = (
@@ -70,7 +69,14 @@ class RichProgressCallback(TrainerCallback):
         self._clock = (time.perf_counter(), 0)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),

@@ -8,17 +8,27 @@ Each recipe (sft.py, pretrain.py, classify.py) reads top to bottom and calls the
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-from tunesmith.config import RL_STAGES, MethodConfig, RunConfig, load_config, save_config
+from tunesmith.config import (
+    RL_STAGES,
+    MethodConfig,
+    RunConfig,
+    load_config,
+    save_config,
+)
+from tunesmith.data.quality import check_data, write_card
 from tunesmith.errors import ConfigError, DataError, ModelError
-
-ADAPTER_DIR = "adapter"  # adapter weights of a finished run
-MODEL_DIR = "model"  # full weights of a finished full fine-tune
-MERGED_DIR = "merged"  # an adapter folded into its base, written when first needed
-INIT_ADAPTER_DIR = "adapter-init"  # PiSSA/OLoRA adapter before training, to convert the result
-RUN_INFO = "run.json"
+from tunesmith.models import load_model
+from tunesmith.runs import (
+    ADAPTER_DIR,
+    INIT_ADAPTER_DIR,
+    MODEL_DIR,
+    RUN_INFO,
+    complete_checkpoints,
+)
+from tunesmith.train.callbacks import MetricsFileCallback
+from tunesmith.train.distributed import is_main_process, launched
 
 LORA_FAMILY = ("lora", "rslora", "dora", "pissa", "olora")
 PROMPT_LEARNING = ("prompt", "prefix")  # virtual tokens: no weights to merge, no packing
@@ -32,78 +42,10 @@ HEADS = ("lm_head", "score", "classifier", "embed_out", "output")
 # --------------------------------------------------------------------------- data
 
 
-def split_validation(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out a seeded random `fraction` of rows (same split on every resume)."""
-    if fraction <= 0:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(rows) * fraction))
-    val_idx = set(order[:n_val])
-    train = [r for i, r in enumerate(rows) if i not in val_idx]
-    val = [r for i, r in enumerate(rows) if i in val_idx]
-    return train, val
-
-
-def resolve_test_split(config: RunConfig, n: int) -> RunConfig:
-    """Fill an "auto" `data.test_split` from the number of training records, with its reason."""
-    from tunesmith.train.auto import test_split
-
-    if config.data.test_split != "auto":
-        return config
-    config = config.model_copy(deep=True)
-    config.data.test_split, config.reasons["data.test_split"] = test_split(n, bool(config.data.test))
-    return config
-
-
-def _test_rows(n: int, config: RunConfig) -> set[int]:
-    """Positions of the held-out test records: a seeded sample, the same on every call."""
-    fraction = float(config.data.test_split)
-    if fraction <= 0 or config.data.test:
-        return set()
-    order = list(range(n))
-    random.Random(config.train.seed + 1).shuffle(order)  # not the validation split's order
-    return set(order[: max(1, round(n * fraction))])
-
-
-def subset(data, indices: list[int]):
-    """The records of loaded data at `indices`, with their source row numbers."""
-    import dataclasses
-
-    return dataclasses.replace(data, records=[data.records[i] for i in indices], rows=[data.rows[i] for i in indices])
-
-
-def training_data(config: RunConfig):
-    """(config with `data.test_split` resolved, the training file's records without the
-    held-out test rows). Every recipe reads its training file through this, so no stage
-    ever trains on the test rows that `tunesmith eval` scores."""
-    from tunesmith.data.formats import load_data
-
-    data = load_data(config.data.train, columns=config.data.columns)
-    config = resolve_test_split(config, len(data.records))
-    held = _test_rows(len(data.records), config)
-    if not held:
-        return config, data
-    return config, subset(data, [i for i in range(len(data.records)) if i not in held])
-
-
-def held_out_test(config: RunConfig):
-    """The held-out test records of the training file (as `training_data` left them out),
-    or None when the run holds none out."""
-    from tunesmith.data.formats import load_data
-
-    if config.data.test_split == "auto" or float(config.data.test_split) <= 0 or config.data.test:
-        return None
-    data = load_data(config.data.train, columns=config.data.columns)
-    return subset(data, sorted(_test_rows(len(data.records), config)))
-
-
 def gate_data(config: RunConfig, tokenizer, task: str | None = None):
     """Run the data quality gate on the training (and validation) file before anything
     trains. Errors stop the run with the top problems and the way out, unless
     `data.force` is set, which the returned data card records."""
-    from tunesmith.data.quality import check_data
-
     max_length = config.train.max_length if isinstance(config.train.max_length, int) else None
     card = check_data(
         config.data.train,
@@ -124,56 +66,12 @@ def gate_data(config: RunConfig, tokenizer, task: str | None = None):
     return card
 
 
-def load_pairs(path, columns: dict | None = None, kto: bool = False) -> list[dict]:
-    """Preference rows ({"prompt", "chosen", "rejected"} messages) of a data file; with
-    `kto=True` unpaired rows ({"prompt", "completion", "label"}) as well."""
-    from tunesmith.data.formats import load_data
-
-    data = load_data(path, columns=columns)
-    if data.task == "preference" or (kto and data.task == "kto"):
-        return data.records
-    wanted = "prompt/chosen/rejected pairs" + (" or prompt/completion/label rows" if kto else "")
-    raise DataError(
-        f"{path}: this method learns from preferences and needs {wanted}, but the file holds {data.task} data "
-        f"({data.format.value}); give a preference file (OpenAI DPO, prompt/chosen/rejected or HH-RLHF transcripts)."
-    )
-
-
-def chat_tokens(messages: list[dict], tokenizer, generation_prompt: bool = False) -> list[int]:
-    """Token ids of a conversation rendered with the chat template."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def fit_prompt(prompt: list[dict], answers: list[list[dict]], tokenizer, max_length: int) -> tuple[list[dict], bool]:
-    """Drop a long conversation's earliest turns (never the system message or the last user
-    turn) until the prompt with its longest answer fits in `max_length` tokens, so that
-    truncation never cuts the answers being compared. Returns (prompt, shortened)."""
-    system = [m for m in prompt[:1] if m["role"] == "system"]
-    turns = prompt[len(system) :]
-
-    def length(t: list[dict]) -> int:
-        if not answers:  # a prompt to be answered: count the generation header too
-            return len(chat_tokens(system + t, tokenizer, generation_prompt=True))
-        return max(len(chat_tokens(system + t + a, tokenizer)) for a in answers)
-
-    shortened = False
-    while len(turns) > 1 and length(turns) > max_length:
-        turns = turns[1:]
-        while len(turns) > 1 and turns[0]["role"] != "user":  # keep user/assistant alternation
-            turns = turns[1:]
-        shortened = True
-    return system + turns, shortened
-
-
 # --------------------------------------------------------------------------- model
 
 
 def load_base(config: RunConfig, head: str = "lm", **kwargs):
     """The base model, quantized for QLoRA when asked, with the bottom layers frozen for a
     partial full fine-tune. `head` is "lm" or "classify" (kwargs go to `from_pretrained`)."""
-    from tunesmith.models import load_model
-
     m = config.method
     quantization = quantization_config(m)
     if quantization is not None:
@@ -321,8 +219,6 @@ def wrap_model(model, config: RunConfig, task_type: str, run_dir: Path, resume: 
         return model
     from peft import get_peft_model
 
-    from tunesmith.train.distributed import is_main_process
-
     if m.gradient_checkpointing and m.quantize == "none":
         model.enable_input_require_grads()
     torch.manual_seed(config.train.seed)  # PiSSA's randomized SVD must be the same on resume
@@ -372,9 +268,6 @@ def save_weights(trainer, tokenizer, config: RunConfig, run_dir: Path) -> Path:
 def begin_run(config: RunConfig, run_dir: Path, card=None) -> None:
     """Create the run directory with its resolved config and data card (in a launched run,
     from the main process only)."""
-    from tunesmith.data.quality import write_card
-    from tunesmith.train.distributed import is_main_process
-
     if not is_main_process():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -385,8 +278,6 @@ def begin_run(config: RunConfig, run_dir: Path, card=None) -> None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     """The run's `run.json` (in a launched run, from the main process only)."""
-    from tunesmith.train.distributed import is_main_process
-
     if is_main_process():
         (run_dir / RUN_INFO).write_text(json.dumps(summary, indent=2))
 
@@ -470,8 +361,6 @@ def run_callbacks(config: RunConfig, run_dir: Path, has_eval: bool, extra: list 
     validation set."""
     from transformers import EarlyStoppingCallback
 
-    from tunesmith.train.callbacks import MetricsFileCallback
-
     callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), *(extra or [])]
     if has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
@@ -490,25 +379,9 @@ def resume_point(run_dir: Path) -> tuple[RunConfig, str]:
     return config, str(checkpoints[-1])
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest first, that were written to the end: the trainer writes
-    `trainer_state.json` last, so a process killed while saving leaves one without it (or
-    with it cut short), and resuming from that would fail."""
-    complete = []
-    for path in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            complete.append(path)
-        except (OSError, ValueError):
-            continue
-    return sorted(complete, key=lambda p: int(p.name.split("-")[-1]))
-
-
 def start_run(config: RunConfig, run_dir: Path, resume: bool) -> tuple[RunConfig, str | None]:
     """The config and checkpoint to start from: a fresh run refuses a used directory, a
     resumed one reads its saved config."""
-    from tunesmith.train.distributed import launched
-
     if resume:
         return resume_point(run_dir)
     if (run_dir / "config.yaml").exists() and not launched():  # the launcher checked before the main process wrote it

@@ -1,6 +1,6 @@
 """Training past one process. A run whose `distributed.num_processes` is above 1 (or whose
-strategy is fsdp/zero2/zero3) is launched with `accelerate launch`: each process runs this
-module's `main`, which trains the run's stages exactly as one process would; the
+strategy is fsdp/zero2/zero3) is launched with `accelerate launch`: each process runs
+`train.launched`, which trains the run's stages exactly as one process would; the
 transformers Trainer sees the launcher's environment and wraps the model in DDP, FSDP or
 DeepSpeed. The launching process waits, then evaluates the result itself (one process is
 enough for that).
@@ -11,7 +11,6 @@ reads the data and checks it, which costs CPU time but no coordination.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,8 +22,9 @@ from pathlib import Path
 import yaml
 
 from tunesmith import errors
-from tunesmith.config import RunConfig, load_config, save_config
+from tunesmith.config import RunConfig, save_config
 from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.models import BUILTIN_MODELS, ensure_builtin
 
 LAUNCHED = "TUNESMITH_LAUNCHED"  # set in every process `launch` starts
 LAUNCH_CONFIG = "accelerate.yaml"  # the accelerate config a run was launched with, kept in its folder
@@ -164,7 +164,7 @@ def launch(config: RunConfig, run_dir: Path, resume: bool, progress: bool = Fals
         command = [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp / LAUNCH_CONFIG),
             "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // local)),
-            "-m", "tunesmith.train.distributed", str(tmp / "config.yaml"), str(run_dir), "--result", str(tmp / "result.json"),
+            "-m", "tunesmith.train.launched", str(tmp / "config.yaml"), str(run_dir), "--result", str(tmp / "result.json"),
         ]
         command += ["--resume"] * resume + ["--progress"] * progress
         env = os.environ | {LAUNCHED: "1", "ACCELERATE_USE_CPU": str(not gpu).lower()}
@@ -183,47 +183,6 @@ def launch(config: RunConfig, run_dir: Path, resume: bool, progress: bool = Fals
 
 def _prepare_model(config: RunConfig) -> None:
     """Convert a built-in model once here rather than in every process at the same time."""
-    from tunesmith.models import BUILTIN_MODELS, ensure_builtin
-
     if config.model.name in BUILTIN_MODELS:
         ensure_builtin(config.model.name)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """One launched process: train the stages, then the machine's first process writes the
-    summary (or any process the user error that stopped it) where the launcher reads it."""
-    parser = argparse.ArgumentParser(prog="python -m tunesmith.train.distributed")
-    parser.add_argument("config")
-    parser.add_argument("run_dir")
-    parser.add_argument("--result", required=True)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--progress", action="store_true")
-    args = parser.parse_args(argv)
-
-    from tunesmith.cli import _quiet_libraries
-    from tunesmith.train.callbacks import RichProgressCallback
-    from tunesmith.train.stages import train_stages
-
-    _quiet_libraries()
-    callbacks = [RichProgressCallback()] if args.progress and is_main_process() else []
-    try:
-        summary = train_stages(load_config(args.config), Path(args.run_dir), callbacks, args.resume)
-    except TunesmithError as exc:
-        _write_once(args.result, {"error": type(exc).__name__, "message": str(exc)})
-        return 1
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # the first process of each machine answers its launcher
-        _write_once(args.result, {"summary": summary})
-    return 0
-
-
-def _write_once(path: str, result: dict) -> None:
-    """The first process to report wins: the others usually meet the same error."""
-    try:
-        with open(path, "x") as f:
-            json.dump(result, f)
-    except FileExistsError:
-        pass
-
-
-if __name__ == "__main__":
-    sys.exit(main())

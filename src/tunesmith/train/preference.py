@@ -14,20 +14,20 @@ import os
 from pathlib import Path
 
 from tunesmith.config import RunConfig
+from tunesmith.data.rows import fit_prompt, load_pairs
+from tunesmith.data.splits import split_validation, training_data
 from tunesmith.errors import DataError
+from tunesmith.models import load_tokenizer
+from tunesmith.train.auto import resolve
 from tunesmith.train.common import (
     begin_run,
     common_args,
-    fit_prompt,
     gate_data,
     load_base,
-    load_pairs,
     run_callbacks,
     save_weights,
-    split_validation,
     start_run,
     trainable_parameters,
-    training_data,
     wrap_model,
     write_summary,
 )
@@ -108,9 +108,6 @@ def train_preference(config: RunConfig, run_dir: str | Path, callbacks: list | N
     `run.json`) with the validation loss, reward accuracy and margin."""
     from datasets import Dataset
     from transformers import PrinterCallback
-
-    from tunesmith.models import load_tokenizer
-    from tunesmith.train.auto import resolve
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)

@@ -13,7 +13,11 @@ import random
 from pathlib import Path
 
 from tunesmith.config import RunConfig
+from tunesmith.data.rows import load_texts
+from tunesmith.data.splits import split_validation, training_data
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.models import load_tokenizer
+from tunesmith.train.auto import resolve
 from tunesmith.train.common import (
     PROMPT_LEARNING,
     begin_run,
@@ -22,29 +26,13 @@ from tunesmith.train.common import (
     load_base,
     run_callbacks,
     save_weights,
-    split_validation,
     start_run,
     trainable_parameters,
-    training_data,
     wrap_model,
     write_summary,
 )
 
 GENERAL_TEXT = Path(__file__).resolve().parent.parent / "samples" / "general_text.jsonl"
-
-
-def load_texts(path: str, columns: dict | None = None, format: str | None = None) -> list[str]:
-    """The documents of a raw-text file (a .txt file, or rows with a `text` column); the
-    text of text+label rows is used as well, since a label does not hurt domain text."""
-    from tunesmith.data.formats import load_data
-
-    data = load_data(path, columns=columns, format=format)
-    if data.task not in ("pretrain", "classify"):
-        raise DataError(
-            f"{path}: continued pretraining needs raw text (a .txt file or rows with a text column), but the file "
-            f"holds {data.task} data ({data.format.value}); train it with --method sft, or give the text file as data.pretrain."
-        )
-    return [r["text"] for r in data.records if r["text"].strip()]
 
 
 def to_blocks(texts: list[str], tokenizer, block: int) -> list[list[int]]:
@@ -79,9 +67,6 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
-
-    from tunesmith.models import load_tokenizer
-    from tunesmith.train.auto import resolve
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)

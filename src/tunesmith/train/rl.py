@@ -22,19 +22,23 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from tunesmith.config import RunConfig
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.data.rows import fit_prompt, load_prompts
+from tunesmith.data.splits import split_validation, training_data
+from tunesmith.data.synth import parse_score
+from tunesmith.errors import ConfigError
+from tunesmith.inference.reward import load_reward_model
+from tunesmith.inference.teacher import make_teacher
+from tunesmith.models import load_tokenizer
+from tunesmith.train.auto import resolve
 from tunesmith.train.common import (
     begin_run,
     common_args,
-    fit_prompt,
     gate_data,
     load_base,
     run_callbacks,
     save_weights,
-    split_validation,
     start_run,
     trainable_parameters,
-    training_data,
     wrap_model,
     write_summary,
 )
@@ -46,38 +50,6 @@ EVAL_PROMPTS = 32
 
 
 # --------------------------------------------------------------------------- prompts
-
-
-def load_prompts(path: str, config: RunConfig) -> list[dict]:
-    """`{"prompt": messages, "answer": str}` rows from any conversational data: chat and
-    text+label rows give their last assistant turn as the answer, preference pairs their
-    chosen answer, KTO rows their completion when it is labelled good."""
-    from tunesmith.data.formats import load_data, to_chat
-
-    data = load_data(path, columns=config.data.columns)
-    system = [{"role": "system", "content": config.data.system_prompt}] if config.data.system_prompt else []
-    if data.task in ("chat", "classify"):
-        rows = []
-        for c in to_chat(data, config.data.system_prompt):
-            messages = c["messages"]
-            last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-            answer = messages[last]["content"] if last < len(messages) else ""
-            rows.append({"prompt": messages[:last], "answer": answer})
-    elif data.task == "preference":
-        rows = [{"prompt": r["prompt"], "answer": r["chosen"][-1]["content"]} for r in data.records]
-    elif data.task == "kto":
-        rows = [{"prompt": r["prompt"], "answer": r["completion"][-1]["content"] if r["label"] else ""} for r in data.records]
-    else:
-        raise DataError(
-            f"{path}: grpo/rloo needs prompts (chat, prompt/completion, text+label or preference rows), but the file "
-            f"holds {data.task} data; give a file of prompts."
-        )
-    if data.task in ("preference", "kto") and system:
-        rows = [r | {"prompt": (system if r["prompt"][0]["role"] != "system" else []) + r["prompt"]} for r in rows]
-    rows = [r for r in rows if r["prompt"] and r["prompt"][-1]["role"] == "user"]
-    if not rows:
-        raise DataError(f"{path}: no row ends its prompt with a user turn, so there is nothing to answer.")
-    return rows
 
 
 # --------------------------------------------------------------------------- rewards
@@ -148,8 +120,6 @@ def load_reward_functions(spec: str) -> list:
 
 def reward_model_function(run: str):
     """A reward function backed by a trained reward model (`tunesmith train --method reward`)."""
-    from tunesmith.train.reward import load_reward_model
-
     rm = load_reward_model(run)
 
     def reward_model(prompts, completions, **kwargs) -> list[float]:
@@ -163,9 +133,6 @@ def judge_function(url: str, model: str | None, rubric: str, key_env: str | None
     """A reward function asking an LLM judge behind an OpenAI-compatible endpoint for a 1-10
     score, scaled to 0-1 (None, which TRL skips, when it gives no number). Its key comes from
     the environment variable `key_env`, else TUNESMITH_JUDGE_KEY, else OPENAI_API_KEY."""
-    from tunesmith.data.synth import parse_score
-    from tunesmith.data.teacher import make_teacher
-
     if key_env:
         key = os.environ.get(key_env)
         if not key:
@@ -252,9 +219,6 @@ def train_rl(config: RunConfig, run_dir: str | Path, callbacks: list | None = No
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
-
-    from tunesmith.models import load_tokenizer
-    from tunesmith.train.auto import resolve
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.config import RunConfig
+from tunesmith.data.rows import load_chat_rows
+from tunesmith.data.splits import split_validation, training_data
 from tunesmith.errors import DataError
+from tunesmith.models import load_tokenizer
+from tunesmith.train.auto import resolve
 from tunesmith.train.common import (
     PROMPT_LEARNING,
     begin_run,
@@ -20,10 +24,8 @@ from tunesmith.train.common import (
     load_base,
     run_callbacks,
     save_weights,
-    split_validation,
     start_run,
     trainable_parameters,
-    training_data,
     wrap_model,
     write_summary,
 )
@@ -93,18 +95,9 @@ def tokenize_chats(rows: list[dict], tokenizer, max_length: int) -> TokenizedCha
     return out
 
 
-def load_chat_rows(path: str, config: RunConfig) -> list[dict]:
-    from tunesmith.data.formats import load_data, to_chat
-
-    data = load_data(path, columns=config.data.columns)
-    return to_chat(data, system_prompt=config.data.system_prompt)
-
-
 def prepare(config: RunConfig, tokenizer) -> tuple[RunConfig, list[dict], list[dict], dict]:
     """Load and split the data, resolve "auto" values, tokenize. Returns the resolved
     config, train and validation examples, and data statistics for the run summary."""
-    from tunesmith.train.auto import resolve
-
     config, train_data = training_data(config)
     rows = load_chat_rows(train_data, config)
     val_rows = load_chat_rows(config.data.validation, config) if config.data.validation else None
@@ -152,8 +145,6 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTTrainer
-
-    from tunesmith.models import load_tokenizer
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)

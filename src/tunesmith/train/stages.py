@@ -12,20 +12,33 @@ import json
 from pathlib import Path
 
 from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig, load_config
+from tunesmith.data.formats import load_data
+from tunesmith.data.rows import (
+    load_chat_rows,
+    load_labelled,
+    load_pairs,
+    load_prompts,
+    load_texts,
+)
+from tunesmith.data.splits import resolve_test_split, training_data
 from tunesmith.errors import ConfigError
+from tunesmith.export.merge import merged_dir, save_merged
+from tunesmith.models import load_tokenizer
+from tunesmith.runs import MODEL_DIR, RUN_INFO
 from tunesmith.train import distributed
-from tunesmith.train.common import MODEL_DIR, PROMPT_LEARNING, RUN_INFO, begin_run, resolve_test_split, write_summary
+from tunesmith.train.auto import resolve
+from tunesmith.train.callbacks import RichProgressCallback
+from tunesmith.train.classify import train_classify
+from tunesmith.train.common import PROMPT_LEARNING, begin_run, write_summary
 from tunesmith.train.distributed import Cluster
+from tunesmith.train.preference import train_preference
+from tunesmith.train.pretrain import train_pretrain
+from tunesmith.train.reward import train_reward
+from tunesmith.train.rl import load_reward_functions, train_rl
+from tunesmith.train.sft import train_sft
 
 
 def recipe(stage: str):
-    from tunesmith.train.classify import train_classify
-    from tunesmith.train.preference import train_preference
-    from tunesmith.train.pretrain import train_pretrain
-    from tunesmith.train.reward import train_reward
-    from tunesmith.train.rl import train_rl
-    from tunesmith.train.sft import train_sft
-
     recipes = {"pretrain": train_pretrain, "sft": train_sft, "classify": train_classify, "reward": train_reward}
     return recipes.get(stage) or (train_preference if stage in PREFERENCE_STAGES else train_rl)
 
@@ -42,77 +55,19 @@ def stage_data(config: RunConfig, stage: str) -> str | None:
     return d.train
 
 
-def train(
-    config: RunConfig,
-    run_dir: str | Path,
-    callbacks: list | None = None,
-    resume: bool = False,
-    eval_progress=None,
-    cluster: Cluster | None = None,
+def run_stages(
+    config: RunConfig, run_dir: Path, callbacks: list | None = None, resume: bool = False, cluster: Cluster | None = None
 ) -> dict:
-    """Train every stage of `config` into `run_dir`, then, when the run has a test set and
-    `eval.enabled`, measure it against its base (`evaluate.run`; `eval_progress(what, done,
-    total)` follows that). Returns the last stage's summary, with `evaluation` (the results)
-    when it ran; a multi-stage run also writes `RUN/run.json` with every stage's summary.
-
-    A config with `distributed.num_processes` above 1 trains in that many launched processes
+    """Train every stage of `config` into `run_dir` and return the last stage's summary. A
+    config with `distributed.num_processes` above 1 trains in that many launched processes
     (`train.distributed`, on this machine's part of `cluster`); of the callbacks only the
     progress bar is carried over to them."""
-    from tunesmith.train.callbacks import RichProgressCallback
-
-    run_dir = Path(run_dir)
     if resume and (run_dir / "config.yaml").exists():
         config = load_config(run_dir / "config.yaml")
     if distributed.wanted(config):
         progress = any(isinstance(cb, RichProgressCallback) for cb in callbacks or [])
-        summary = distributed.launch(config, run_dir, resume, progress, cluster)
-    else:
-        summary = train_stages(config, run_dir, callbacks, resume)
-    if cluster is not None and cluster.machine_rank > 0:
-        return summary  # machine 0 evaluates
-    config = load_config(run_dir / "config.yaml")  # resolved: it knows whether a test split was held out
-    if config.eval.enabled and has_test_set(config):
-        from tunesmith.evaluate.run import evaluate_run
-
-        summary["evaluation"] = evaluate_run(run_dir, progress=eval_progress)
-    return summary
-
-
-def preview(config: RunConfig) -> RunConfig:
-    """`config` with the "auto" values of its last stage resolved as that stage's recipe
-    resolves them when it starts (same data, split and tokenizer), without loading the model
-    or training: what the web UI shows before launch. Values that depend on the hardware are
-    this machine's; a worker elsewhere resolves them again for its own."""
-    from tunesmith.models import load_tokenizer
-    from tunesmith.train.auto import resolve
-    from tunesmith.train.classify import load_labelled
-    from tunesmith.train.common import load_pairs, training_data
-    from tunesmith.train.pretrain import load_texts
-    from tunesmith.train.rl import load_prompts
-    from tunesmith.train.sft import load_chat_rows
-
-    stage = config.method.stages[-1]
-    config = config.model_copy(deep=True)
-    config.data.train = stage_data(config, stage) or config.data.train
-    config, data = training_data(config)
-    if stage == "sft":
-        kind, rows = "chat", load_chat_rows(data, config)
-    elif stage == "classify":
-        kind, rows = "classify", load_labelled(data)
-    elif stage == "pretrain":
-        kind, rows = "pretrain", [{"text": t} for t in load_texts(data)]
-    elif stage == "reward":
-        kind, rows = "reward", load_pairs(data)
-    elif stage in PREFERENCE_STAGES:
-        kind, rows = "preference", load_pairs(data, kto=stage == "kto")
-    else:
-        kind, rows = "rl", load_prompts(data, config)
-    return resolve(config, rows, load_tokenizer(config.model.name), bool(config.data.validation), kind=kind)
-
-
-def has_test_set(config: RunConfig) -> bool:
-    """Whether a resolved run config has a test set: a test file, or rows held out of `train`."""
-    return bool(config.data.test or (config.data.test_split != "auto" and float(config.data.test_split) > 0))
+        return distributed.launch(config, run_dir, resume, progress, cluster)
+    return train_stages(config, run_dir, callbacks, resume)
 
 
 def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resume: bool) -> dict:
@@ -136,8 +91,6 @@ def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resum
             raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --output.")
         if config.data.test_split == "auto" and config.data.train:
             # Decided once for the whole run, so every stage on data.train holds out the same rows.
-            from tunesmith.data.formats import load_data
-
             config = resolve_test_split(config, len(load_data(config.data.train, columns=config.data.columns).records))
         begin_run(config, run_dir)
     summaries: list[dict] = []
@@ -182,8 +135,6 @@ def _check_multistage(config: RunConfig) -> None:
             )
     rl = [s for s in config.method.stages if s in RL_STAGES]
     if rl:
-        from tunesmith.train.rl import load_reward_functions
-
         m = config.method
         for spec in m.reward_functions:
             load_reward_functions(spec)
@@ -202,11 +153,33 @@ def _check_multistage(config: RunConfig) -> None:
 def _weights_for_next_stage(stage_dir: Path) -> Path:
     """A model folder holding what `stage_dir` trained: its full weights, or its adapter
     merged into its base (written once)."""
-    from tunesmith.serve.engine import merged_dir, save_merged
-
     if (stage_dir / MODEL_DIR).is_dir():
         return stage_dir / MODEL_DIR
     if distributed.is_main_process():
         save_merged(stage_dir)
     distributed.barrier()  # the other processes start the next stage from the merged weights
     return merged_dir(stage_dir)
+
+
+def preview(config: RunConfig) -> RunConfig:
+    """`config` with the "auto" values of its last stage resolved as that stage's recipe
+    resolves them when it starts (same data, split and tokenizer), without loading the model
+    or training: what the web UI shows before launch. Values that depend on the hardware are
+    this machine's; a worker elsewhere resolves them again for its own."""
+    stage = config.method.stages[-1]
+    config = config.model_copy(deep=True)
+    config.data.train = stage_data(config, stage) or config.data.train
+    config, data = training_data(config)
+    if stage == "sft":
+        kind, rows = "chat", load_chat_rows(data, config)
+    elif stage == "classify":
+        kind, rows = "classify", load_labelled(data)
+    elif stage == "pretrain":
+        kind, rows = "pretrain", [{"text": t} for t in load_texts(data)]
+    elif stage == "reward":
+        kind, rows = "reward", load_pairs(data)
+    elif stage in PREFERENCE_STAGES:
+        kind, rows = "preference", load_pairs(data, kto=stage == "kto")
+    else:
+        kind, rows = "rl", load_prompts(data, config)
+    return resolve(config, rows, load_tokenizer(config.model.name), bool(config.data.validation), kind=kind)

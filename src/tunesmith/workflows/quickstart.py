@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunesmith.config import RunConfig
+from tunesmith.workflows.train_eval import train
 
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE_TRAIN = SAMPLES / "banking77_train.csv"
@@ -43,8 +44,6 @@ def run_quickstart(
     """Train, then measure base and tuned model on the held-out test sample (the evaluation
     that ends every `tunesmith train` with a test set: `eval/results.json`, `report.html`,
     `MODEL_CARD.md`). Writes the headline figures to `quickstart.json`."""
-    from tunesmith.train.stages import train
-
     run_dir = Path(run_dir)
     start = time.perf_counter()
     summary = train(quickstart_config(model, max_steps, max_test_rows), run_dir, train_callbacks, eval_progress=eval_progress)

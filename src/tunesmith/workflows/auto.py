@@ -12,8 +12,8 @@ model card list them):
    micro-batch, or a refusal that says what would fit;
 5. keep to `--budget`: a few probe steps measure the time per step, and the run gets the
    steps that fit;
-6. train, evaluate before and after (report, model card), and register the model in the
-   project database, so `tunesmith serve` serves it.
+6. train, evaluate before and after (report, model card); the CLI then registers the model
+   in the project database (`jobs.store.register_run`), so `tunesmith serve` serves it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.config import STAGE_TASKS, RunConfig
+from tunesmith.data.formats import load_data
+from tunesmith.data.quality import check_data, fix_data, write_card
+from tunesmith.data.synth import SynthOptions, synthesize
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.inference.teacher import make_teacher
+from tunesmith.models import count_params, resolve_model
+from tunesmith.train.auto import available_memory_gb, hardware, plan_memory
+from tunesmith.workflows.train_eval import train
 
 # task -> (stage, why)
 TASK_STAGES = {
@@ -71,8 +78,6 @@ def parse_budget(text: str | None) -> float | None:
 
 def detect_task(path: str, columns: dict | None, task: str) -> tuple[str, str, str]:
     """(task, stage, why) for a data file; `task` "auto" reads it from the format."""
-    from tunesmith.data.formats import load_data
-
     data = load_data(path, columns=columns)
     found = data.task
     if task == "auto":
@@ -90,8 +95,6 @@ def gate(path: str, test: str | None, columns: dict | None, task: str, out: Path
          decisions: dict) -> str:
     """Run the data gate; when it finds errors, write a cleaned copy with the safe fixes and
     check again. Returns the file to train on; raises DataError when errors remain."""
-    from tunesmith.data.quality import check_data, fix_data, write_card
-
     gate_task = "chat" if task == "chat" else None
     card = check_data(path, test_path=test, columns=columns, task=gate_task)
     if not card.errors():
@@ -110,12 +113,8 @@ def gate(path: str, test: str | None, columns: dict | None, task: str, out: Path
 
 
 def grow(path: str, columns: dict | None, rows: int, synth_below: int, teacher, out: Path, decisions: dict) -> str:
-    """Add synthetic rows from `teacher` (a `data.teacher` object; None: the bundled model)
+    """Add synthetic rows from `teacher` (a `inference.teacher` object; None: the bundled model)
     when the data has fewer than `synth_below` rows."""
-    from tunesmith.data.formats import load_data
-    from tunesmith.data.synth import SynthOptions, synthesize
-    from tunesmith.data.teacher import make_teacher
-
     if rows >= synth_below:
         decisions["auto.synthetic"] = f"{rows} rows, at least --synth-below {synth_below}: no synthetic rows"
         return path
@@ -135,9 +134,6 @@ def grow(path: str, columns: dict | None, rows: int, synth_below: int, teacher, 
 def plan(config: RunConfig, rows: int, decisions: dict) -> RunConfig:
     """Fill the adapter, quantization and gradient checkpointing from the memory estimate."""
     from transformers import AutoConfig
-
-    from tunesmith.models import count_params, resolve_model
-    from tunesmith.train.auto import available_memory_gb, hardware, plan_memory
 
     hw = hardware()
     device = hw["device"]
@@ -165,8 +161,6 @@ def probe_seconds_per_step(config: RunConfig, out: Path) -> tuple[float, int]:
     first, the steps the full run would take)."""
     from transformers import TrainerCallback
 
-    from tunesmith.train.stages import train
-
     class Clock(TrainerCallback):
         def __init__(self):
             self.times: list[float] = []
@@ -193,19 +187,6 @@ def probe_seconds_per_step(config: RunConfig, out: Path) -> tuple[float, int]:
     return (sum(gaps) / len(gaps) if gaps else float("nan")), clock.planned
 
 
-def register(run_dir: Path, base: str, project: str, database_url: str) -> str:
-    """Record the run as a fine-tuned model of `project`, which `tunesmith serve` then serves."""
-    import secrets
-
-    from tunesmith.jobs import store
-
-    sessions = store.connect(database_url)
-    model_id = f"ft:{base.replace(':', '-').replace('/', '-')}:{project}:{run_dir.name}:{secrets.token_hex(4)}"
-    with sessions.begin() as s:
-        s.add(store.Model(id=model_id, project=project, base=base, job_id="auto", run_dir=str(run_dir.resolve())))
-    return model_id
-
-
 def run_auto(
     data: str,
     out: str | Path,
@@ -217,17 +198,12 @@ def run_auto(
     force: bool = False,
     synth_below: int = 0,
     teacher=None,
-    project: str = "default",
-    database_url: str | None = None,
     callbacks: list | None = None,
     eval_progress=None,
     say: Callable[[str], None] = lambda line: None,
 ) -> AutoResult:
     """Everything `tunesmith auto` does (see the module's docstring). `say(line)` reports
     each decision as it is made."""
-    from tunesmith.data.formats import load_data
-    from tunesmith.train.stages import train
-
     start = time.perf_counter()
     out = Path(out)
     if (out / "config.yaml").exists():
@@ -279,7 +255,4 @@ def run_auto(
         decide("auto.budget", why)
     config.reasons.update(decisions)
     summary = train(config, out, callbacks=callbacks, eval_progress=eval_progress)
-    model_id = None
-    if database_url:
-        model_id = register(out, model, project, database_url)
-    return AutoResult(out, model_id, decisions, summary.get("evaluation"), time.perf_counter() - start, summary)
+    return AutoResult(out, None, decisions, summary.get("evaluation"), time.perf_counter() - start, summary)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.errors import ModelError
+from tunesmith.config import load_config
+from tunesmith.data.load import read_records
+from tunesmith.errors import DataError, ModelError
+from tunesmith.models import load_model, load_tokenizer
+from tunesmith.runs import ADAPTER_DIR, MODEL_DIR, final_stage_dir, is_run_dir
 
 
 @dataclass
@@ -19,17 +22,9 @@ class Loaded:
     system_prompt: str | None = None  # the run's training system prompt, reused at inference
 
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "config.yaml").exists()
-
-
 def load_for_inference(target: str, base: bool = False) -> Loaded:
     """Load what `target` names: a run directory (its adapter merged into its base model, or
     its full weights), or a base model name. `base=True` loads a run's untuned base model."""
-    from tunesmith.config import load_config
-    from tunesmith.models import load_model, load_tokenizer
-    from tunesmith.train.common import ADAPTER_DIR, MODEL_DIR
-
     path = Path(target).expanduser()
     if not is_run_dir(path):
         if base:
@@ -66,70 +61,6 @@ def load_for_inference(target: str, base: bool = False) -> Loaded:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Loaded(_eval(model), tokenizer, f"{path} ({base_name} + adapter)", system)
-
-
-def merged_dir(stage_dir: Path) -> Path:
-    from tunesmith.train.common import MERGED_DIR
-
-    return stage_dir / MERGED_DIR
-
-
-# One merge at a time in a process: loading a model is not thread-safe (transformers builds
-# it on the meta device through process-wide patches), and a merge holds a whole model in memory.
-_MERGING = threading.Lock()
-
-
-def save_merged(stage_dir: Path) -> Path:
-    """`STAGE/merged/`: a finished stage's adapter folded into its base, as a plain model
-    folder (a classifier or reward model keeps its head); written once, through a temporary
-    folder, so no reader ever sees half of it. Returns the folder."""
-    import shutil
-    import tempfile
-
-    from tunesmith.config import load_config
-
-    out = merged_dir(stage_dir)
-    if (out / "config.json").exists():
-        return out
-    with _MERGING:
-        if (out / "config.json").exists():  # another thread merged it while this one waited
-            return out
-        stage = load_config(stage_dir / "config.yaml").method.stages[-1]
-        if stage == "classify":
-            from tunesmith.train.classify import load_classifier
-
-            loaded = load_classifier(stage_dir)
-        elif stage == "reward":
-            from tunesmith.train.reward import load_reward_model
-
-            loaded = load_reward_model(stage_dir)
-        else:
-            loaded = load_for_inference(str(stage_dir))
-        if hasattr(loaded.model, "peft_config"):  # prompt or prefix tuning: nothing to fold in
-            raise ModelError(f"{stage_dir.name} was trained with virtual tokens, which cannot be merged into the weights; "
-                             "use its adapter with the base model instead.")
-        # A folder of its own for each merge (not one named by pid): another process merging the
-        # same run writes its own, and the first to finish renames it into place.
-        tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-        try:
-            loaded.model.save_pretrained(str(tmp))
-            loaded.tokenizer.save_pretrained(str(tmp))
-            tmp.rename(out)
-        except OSError:
-            if not (out / "config.json").exists():
-                raise  # a real failure (a full disk), not another process finishing first
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # nothing left behind, whichever way it ended
-    return out
-
-
-def final_stage_dir(path: Path) -> Path:
-    """The directory holding a run's final weights: the run itself, or for a multi-stage
-    run (`stages: [pretrain, sft]`) the folder of its last stage."""
-    from tunesmith.config import load_config
-
-    stages = load_config(path / "config.yaml").method.stages
-    return path / stages[-1] if len(stages) > 1 else path
 
 
 def _eval(model):
@@ -193,9 +124,6 @@ def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
 def read_prompts(path: str) -> list[list[dict]]:
     """Prompts for batched generation, one per row: `{"messages": [...]}` (answered after its
     last user turn), `{"prompt": "..."}`, `{"text": "..."}`, or a line of a .txt file."""
-    from tunesmith.data.load import read_records
-    from tunesmith.errors import DataError
-
     conversations = []
     for record in read_records(path):
         row = record.data

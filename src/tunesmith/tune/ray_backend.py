@@ -18,6 +18,7 @@ from ray.tune.search import Searcher
 
 from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError, TrainError
+from tunesmith.tune.trial import pruner, train_trial
 
 
 def run_on_ray(study, storage: str, base: RunConfig, space: list, out_dir: Path, key: str, trials: int,
@@ -87,8 +88,6 @@ def _trial(params: dict, base: dict, storage: str, study_name: str, out_dir: str
     at every evaluation and at the end."""
     import optuna
     from transformers import TrainerCallback
-
-    from tunesmith.train.hpo import pruner, train_trial
 
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner())
     trial = optuna.trial.Trial(study, params["trial_id"])

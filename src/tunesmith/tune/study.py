@@ -1,7 +1,7 @@
 """Hyperparameter search with Optuna: `tunesmith tune CONFIG --trials N`.
 
 Each trial trains the config with sampled values into `OUT/trial-<n>/`, in this process or,
-with `--backend ray`, as a Ray Tune trial (`hpo_ray.py`). The objective is a
+with `--backend ray`, as a Ray Tune trial (`tune/ray_backend.py`). The objective is a
 validation metric the trainer reports at every evaluation step (never the test set, which
 stays for the final before/after report). A TPE sampler proposes values from what earlier
 trials scored, and a median pruner stops a trial at an evaluation step where it is worse
@@ -12,14 +12,14 @@ than the median of earlier trials at that step. The study lives in the project d
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig, save_config
 from tunesmith.errors import ConfigError
+from tunesmith.evaluate.report import write_study_report
+from tunesmith.train.auto import default_learning_rate
+from tunesmith.tune.trial import pruner, train_trial
 
 # objective name -> (key in the trainer's evaluation logs, direction, train.best_metric)
 OBJECTIVES = {
@@ -55,8 +55,6 @@ def search_space(config: RunConfig) -> list[Param]:
     matters most), the LoRA rank and dropout for the LoRA family, the number of virtual
     tokens for prompt/prefix tuning, the preference strength `beta` for DPO-style methods,
     and weight decay."""
-    from tunesmith.train.auto import default_learning_rate
-
     m, stage = config.method, config.method.stages[-1]
     rate = float(config.train.learning_rate) if config.train.learning_rate != "auto" else default_learning_rate(config)
     space = [Param("train.learning_rate", rate / 4, rate * 4, log=True), Param("train.weight_decay", 0.0, 0.1)]
@@ -67,37 +65,6 @@ def search_space(config: RunConfig) -> list[Param]:
     if stage in PREFERENCE_STAGES or stage in RL_STAGES:
         space.append(Param("method.beta", 0.01, 0.5, log=True))
     return space
-
-
-def apply(config: RunConfig, values: dict) -> RunConfig:
-    """A copy of `config` with `section.field` values set (LoRA alpha follows the rank at 2x)."""
-    config = config.model_copy(deep=True)
-    for name, value in values.items():
-        section, field = name.split(".", 1)
-        setattr(getattr(config, section), field, value)
-        if name == "method.lora_r":
-            config.method.lora_alpha = 2 * value
-    return config
-
-
-class PruningCallback(TrainerCallback):
-    """Report the objective to Optuna at every evaluation; stop a trial the pruner gives up on."""
-
-    def __init__(self, trial, key: str, maximize: bool):
-        self.trial, self.key, self.maximize = trial, key, maximize
-        self.best: float | None = None
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        import optuna
-
-        value = (metrics or {}).get(self.key)
-        if value is None or not math.isfinite(value):
-            return
-        if self.best is None or (value > self.best if self.maximize else value < self.best):
-            self.best = value
-        self.trial.report(value, state.global_step)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"step {state.global_step}: {self.key} {value:.4g} is worse than the median")
 
 
 def run_study(
@@ -154,7 +121,8 @@ def run_study(
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     if backend == "ray":
         try:
-            from tunesmith.train.hpo_ray import run_on_ray
+            # Ray is an optional extra and heavy to import: only a Ray study pays for it.
+            from tunesmith.tune.ray_backend import run_on_ray
         except ModuleNotFoundError as exc:
             if not (exc.name or "").startswith("ray"):
                 raise
@@ -173,32 +141,8 @@ def run_study(
                 on_trial(study.trials[-1])
     summary = summarize(study, objective, key, space)
     (out_dir / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
-    from tunesmith.evaluate.report import write_study_report
-
     write_study_report(out_dir, summary)
     return summary
-
-
-def pruner():
-    """Prune once two trials have finished, from the first evaluation on, at an evaluation
-    where a trial is worse than the median of the others there."""
-    import optuna
-
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-
-
-def train_trial(base: RunConfig, values: dict, trial, out_dir: Path, key: str, maximize: bool, callbacks=None) -> float:
-    """Train one trial of `values` into `OUT/trial-<n>/` and return its best `key`; raises
-    optuna.TrialPruned when the pruner stops it. Both backends run trials through this."""
-    from tunesmith.train.stages import train
-
-    run_dir = out_dir / f"trial-{trial.number}"
-    trial.set_user_attr("run_dir", str(run_dir))
-    pruning = PruningCallback(trial, key, maximize)
-    train(apply(base, values), run_dir, callbacks=[*(callbacks or []), pruning])  # pruning last: it may stop the trial
-    if pruning.best is None:
-        raise ConfigError(f"trial {trial.number} reported no {key}; choose an --objective this method logs.")
-    return pruning.best
 
 
 def summarize(study, objective: str, key: str, space: list[Param]) -> dict:

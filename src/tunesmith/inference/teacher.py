@@ -1,7 +1,7 @@
 """Teachers: the models that write synthetic rows, paraphrases and judge scores.
 
 A teacher is either a local model (a built-in name, a model folder or a run directory,
-answered in batches by `serve.engine.generate`) or any endpoint that speaks OpenAI's
+answered in batches by `inference.generate.generate`) or any endpoint that speaks OpenAI's
 chat-completions protocol (vLLM, llama.cpp's server, Ollama, OpenAI itself), called with
 several requests in flight, a requests-per-minute limit, and retries with backoff on rate
 limits, server errors and dropped connections.
@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tunesmith.errors import TunesmithError
+from tunesmith.inference.generate import generate, load_for_inference
 
 # Statuses worth retrying: rate limited, or the server (not the request) failed.
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
@@ -40,8 +41,6 @@ class LocalTeacher:
 
     def complete(self, conversations: list[list[dict]], temperature: float = 0.8, max_new_tokens: int = 128) -> list[str]:
         """One answer per conversation, in order."""
-        from tunesmith.serve.engine import generate, load_for_inference
-
         if self._loaded is None:
             self._loaded = load_for_inference(self.target)
         return generate(self._loaded, conversations, max_new_tokens, temperature, self.batch_size, top_p=0.95)

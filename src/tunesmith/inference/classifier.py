@@ -1,0 +1,91 @@
+"""A finished classification run as a labeller: load it (base + adapter with its head, or
+full weights) and label texts with probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.config import RunConfig, load_config
+from tunesmith.errors import ModelError
+from tunesmith.models import load_model
+from tunesmith.runs import (
+    ADAPTER_DIR,
+    LABELS_FILE,
+    MODEL_DIR,
+    final_stage_dir,
+    is_run_dir,
+)
+
+
+@dataclass
+class Classifier:
+    model: object
+    tokenizer: object
+    labels: list[str]
+    max_length: int
+
+
+def load_classifier(run: str | Path) -> Classifier:
+    """Load a finished classification run (base + adapter with its head, or full weights)."""
+    path = Path(run).expanduser()
+    if not is_run_dir(path):
+        raise ModelError(f"{run} is not a run directory (no config.yaml); give the folder `tunesmith train` wrote.")
+    path = final_stage_dir(path)
+    config = load_config(path / "config.yaml")
+    if config.method.stages[-1] != "classify" or not (path / LABELS_FILE).exists():
+        raise ModelError(f"{run} is not a classification run; use `tunesmith generate {run}` for a generative one.")
+    labels = json.loads((path / LABELS_FILE).read_text())
+    head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}}
+    model, tokenizer = load_head_model(path, config, **head)
+    return Classifier(model, tokenizer, labels, int(config.train.max_length))
+
+
+def load_head_model(path: Path, config: RunConfig, **head):
+    """(model, tokenizer) of a finished run with a sequence-classification head (a classifier
+    or a reward model): full weights, or the base with the adapter and head merged in."""
+    from transformers import AutoTokenizer
+
+    if (path / MODEL_DIR).is_dir():
+        model = load_model(str(path / MODEL_DIR), head="classify")
+        weights = path / MODEL_DIR
+    elif (path / ADAPTER_DIR).is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_model(config.model.name, head="classify", **head), path / ADAPTER_DIR)
+        if not model.peft_config["default"].is_prompt_learning:
+            model = model.merge_and_unload()
+        weights = path / ADAPTER_DIR
+    else:
+        raise ModelError(f"{path} has no trained weights yet; finish it with `tunesmith train --resume {path}`.")
+    tokenizer = AutoTokenizer.from_pretrained(weights)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+def predict(classifier: Classifier, texts: list[str], batch_size: int = 32, top_k: int = 3, on_batch=None) -> list[dict]:
+    """Label each text: `{"label", "probability", "top": [[label, probability], ...]}`."""
+    import torch
+
+    c = classifier
+    # Texts of similar length are scored together, so batches carry little padding.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[dict | None] = [None] * len(texts)
+    for start in range(0, len(texts), batch_size):
+        indices = order[start : start + batch_size]
+        batch = [texts[i] for i in indices]
+        enc = c.tokenizer(batch, truncation=True, max_length=c.max_length, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            probs = torch.softmax(c.model(**enc.to(c.model.device)).logits.float(), dim=-1)
+        values, top_ids = probs.topk(min(top_k, len(c.labels)), dim=-1)
+        for row, v, ids in zip(indices, values.tolist(), top_ids.tolist()):
+            top = [[c.labels[j], round(p, 6)] for j, p in zip(ids, v)]
+            out[row] = {"label": top[0][0], "probability": top[0][1], "top": top}
+        if on_batch:
+            on_batch(len(batch))
+    return out
