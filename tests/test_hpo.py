@@ -6,10 +6,9 @@ import pytest
 from conftest import tiny_run_config, write_chat_file
 from test_cli import invoke
 
-from tunesmith.config import RunConfig, save_config
+from tunesmith.config import RunConfig, apply_overrides, save_config
 from tunesmith.errors import ConfigError
 from tunesmith.tune.study import Param, run_study, search_space
-from tunesmith.tune.trial import apply
 
 
 def test_default_search_space_follows_the_method(tiny_model_dir):
@@ -21,8 +20,9 @@ def test_default_search_space_follows_the_method(tiny_model_dir):
     assert "method.num_virtual_tokens" in prompt and "method.lora_r" not in prompt
     dpo = {p.name for p in search_space(RunConfig.model_validate({"method": {"stages": ["dpo"], "adapter": "full"}}))}
     assert dpo == {"train.learning_rate", "train.weight_decay", "method.beta"}
-    tuned = apply(RunConfig(), {"method.lora_r": 32, "train.learning_rate": 1e-3})
-    assert tuned.method.lora_alpha == 64 and tuned.train.learning_rate == 1e-3
+    tuned = apply_overrides(RunConfig(), {"method.lora_r": 32, "train.learning_rate": 1e-3}, source="trial 0")
+    assert tuned.method.alpha == 64 and tuned.train.learning_rate == 1e-3
+    assert tuned.sources == {"method.lora_r": "trial 0", "train.learning_rate": "trial 0"}
 
 
 def three_trials(tmp_path, tiny_model_dir):

@@ -142,9 +142,9 @@ def test_out_of_range_or_mistyped_values_are_refused_naming_the_setting(hp, refu
 
 
 def test_lora_alpha_follows_the_rank_unless_set():
-    assert config_of(lora_r=64).method.lora_alpha == 128
-    assert config_of(lora_r=64, lora_alpha=16).method.lora_alpha == 16
-    assert config_of().method.lora_alpha == 32
+    assert config_of(lora_r=64).method.alpha == 128
+    assert config_of(lora_r=64, lora_alpha=16).method.alpha == 16
+    assert config_of().method.alpha == 32
 
 
 JSON = st.recursive(

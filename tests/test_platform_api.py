@@ -211,7 +211,7 @@ def test_preview_resolves_each_kind_of_stage_as_its_recipe_would(tmp_path, tiny_
     from conftest import banking_rows
     from tunesmith.config import RunConfig
     from tunesmith.errors import DataError
-    from tunesmith.workflows.train_eval import preview
+    from tunesmith.train.stages import preview
 
     labelled = tmp_path / "intents.csv"
     with labelled.open("w", newline="") as f:

@@ -4,8 +4,9 @@ resolved config is saved as `config.yaml` in the run directory so a run can be r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -99,8 +100,8 @@ class MethodConfig(_Section):
     """Load the frozen base model in 4 or 8 bits (QLoRA); needs a CUDA GPU and bitsandbytes."""
     lora_r: int = Field(16, ge=1, le=4096)
     """LoRA rank: 16 is enough for one task on a small model and keeps adapters a few MB."""
-    lora_alpha: int = Field(32, ge=1, le=65_536)
-    """LoRA scaling; when not set, 2 x `lora_r` (the common default)."""
+    lora_alpha: int | None = Field(None, ge=1, le=65_536)
+    """LoRA scaling; empty: 2 x `lora_r` (the common default), read through `alpha`."""
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA input: light regularisation against overfitting small data sets."""
     target_modules: str | list[str] = "all-linear"
@@ -156,14 +157,17 @@ class MethodConfig(_Section):
         if data.get("method") in ("lora", "full") and "adapter" not in data:
             # Runs written before stages existed said `method: lora|full`; they still load.
             data = {k: v for k, v in data.items() if k != "method"} | {"adapter": data["method"]}
-        if "lora_r" in data and "lora_alpha" not in data and isinstance(data["lora_r"], int):
-            # alpha = 2 x rank unless set: the common rule, for every caller (CLI, YAML, API, HPO).
-            data = {**data, "lora_alpha": 2 * data["lora_r"]}
         if data.get("adapter") == "qlora":
             # "qlora" is what users call LoRA on a 4-bit base; store it as its two parts.
             quantize = data.get("quantize") if data.get("quantize") not in (None, "none") else "4bit"
             data = {**data, "adapter": "lora", "quantize": quantize}
         return data
+
+    @property
+    def alpha(self) -> int:
+        """The LoRA scaling in effect: `lora_alpha`, or 2 x `lora_r` when it is not set. The rule
+        lives here so every caller (CLI, YAML, API jobs, HPO trials, auto) gets it."""
+        return self.lora_alpha or 2 * self.lora_r
 
     @field_validator("stages")
     @classmethod
@@ -296,6 +300,9 @@ class RunConfig(_Section):
     """How many processes train, and how the model is spread over them."""
     reasons: dict[str, str] = Field(default_factory=dict)
     """Why each "auto" value was chosen (filled by the resolver), keyed like `train.learning_rate`."""
+    sources: dict[str, str] = Field(default_factory=dict)
+    """Where each value set on top of the defaults or the config file came from (`options`, a job's
+    hyperparameters, an HPO trial), keyed like `train.learning_rate`; see `apply_overrides`."""
 
     def has_test_set(self) -> bool:
         """Whether a resolved run config has a test set: a test file, or rows held out of `train`."""
@@ -327,7 +334,29 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(raw, source=str(path))
 
 
-def parse_config(raw: dict, source: str = "config") -> RunConfig:
+def apply_overrides(
+    config: RunConfig, overrides: Mapping[str, Any], source: str, names: Mapping[str, str] | None = None
+) -> RunConfig:
+    """The one way to set values on a config (the CLI's options, an API job's hyperparameters,
+    an HPO trial's values, `auto`'s choices): a copy of `config` with each dotted field
+    (`train.learning_rate`) set, validated as a whole so the rules between fields hold, and
+    `sources[field] = source` recorded. None values are skipped (an option not given). A bad
+    value is a ConfigError naming `source: field`, or `names[field]` (what the caller calls the
+    field: `hyperparameter 'n_epochs'`)."""
+    raw = config.model_dump()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, field = key.partition(".")
+        part = RunConfig.model_fields.get(section)
+        if part is None or not field or field not in part.annotation.model_fields:
+            raise ConfigError(f"{(names or {}).get(key) or f'{source}: {key}'} is not a config field.")
+        raw[section][field] = value
+        raw["sources"][key] = source
+    return parse_config(raw, source, names)
+
+
+def parse_config(raw: dict, source: str = "config", names: Mapping[str, str] | None = None) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -338,7 +367,8 @@ def parse_config(raw: dict, source: str = "config") -> RunConfig:
         auto_ok = any(e["type"] == "literal_error" and _field_name(e) == field and "'auto'" in e["msg"] for e in errors)
         hint = ' (or "auto")' if auto_ok and err["type"] != "literal_error" else ""
         msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{source}: {field}: {msg}{hint}.") from exc
+        where = (names or {}).get(field) or f"{source}: {field}"
+        raise ConfigError(f"{where}: {msg}{hint}.") from exc
 
 
 def _field_name(err: dict) -> str:

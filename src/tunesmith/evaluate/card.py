@@ -213,7 +213,7 @@ class _Run:
         name = ADAPTER_TEXT.get(m.adapter, m.adapter)
         if m.adapter in ("lora", "rslora", "dora", "pissa", "olora", "loha", "lokr"):
             targets = m.target_modules if isinstance(m.target_modules, str) else ", ".join(m.target_modules)
-            text = f"{name} adapters (rank {m.lora_r}, alpha {m.lora_alpha}, dropout {m.lora_dropout:g}) on {targets}"
+            text = f"{name} adapters (rank {m.lora_r}, alpha {m.alpha}, dropout {m.lora_dropout:g}) on {targets}"
         elif m.adapter in ("prompt", "prefix"):
             text = f"{name} ({m.num_virtual_tokens} virtual tokens)"
         elif m.adapter == "full":

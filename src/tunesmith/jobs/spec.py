@@ -22,9 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
-from pydantic import ValidationError
-
-from tunesmith.config import RL_STAGES, STAGE_TASKS, RunConfig, Stage
+from tunesmith.config import RL_STAGES, STAGE_TASKS, RunConfig, Stage, apply_overrides
 from tunesmith.errors import ConfigError
 from tunesmith.train.auto import default_learning_rate
 
@@ -156,11 +154,6 @@ def _checked_value(name: str, setting: Setting, value: Any) -> Any:
     raise ConfigError(f"hyperparameter '{name}' must be {what}{auto}.")
 
 
-def _set(values: dict, path: str, value: Any) -> None:
-    section, _, key = path.partition(".")
-    values.setdefault(section, {})[key] = value
-
-
 def build_config(
     source: str, method: dict, training_file: str, validation_file: str | None, seed: int,
     overrides: dict[str, Any] | None = None,
@@ -170,8 +163,9 @@ def build_config(
     server's `overrides` (dotted config fields from `server_overrides`). Raises ConfigError
     naming the bad hyperparameter."""
     stage = stage_of(method)
-    values: dict = {"model": {"name": source}, "data": {"train": training_file, "validation": validation_file},
-                    "method": {"stages": [stage]}, "train": {"seed": seed}}
+    job = {"model.name": source, "data.train": training_file, "data.validation": validation_file,
+           "method.stages": [stage], "train.seed": seed}
+    values: dict[str, Any] = {}
     settings = COMMON | BY_STAGE.get(stage, {})
     hyperparameters = hyperparameters_of(method)
     if len(hyperparameters) > MAX_HYPERPARAMETERS:
@@ -182,8 +176,8 @@ def build_config(
         if key == "learning_rate_multiplier":
             multiplier = value
         elif key in settings:
-            _set(values, settings[key].path, _checked_value(key, settings[key], value))
-            names[settings[key].path] = key
+            values[settings[key].path] = _checked_value(key, settings[key], value)
+            names[settings[key].path] = f"hyperparameter '{key}'"
         elif key in RESOURCE_KEYS and stage in RL_STAGES:
             continue  # names of server resources: `server_overrides` resolved them
         else:
@@ -191,15 +185,9 @@ def build_config(
                 f"Unknown hyperparameter '{key}' for method {stage}: use one of "
                 f"{', '.join(allowed_hyperparameters(stage))}."
             )
-    for path, value in (overrides or {}).items():
-        _set(values, path, value)
-    try:
-        config = RunConfig.model_validate(values)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        path = ".".join(str(p) for p in error["loc"][:2])
-        msg = error["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"hyperparameter '{names.get(path, path)}': {msg}.") from None
+    config = apply_overrides(RunConfig(), job, source="job")
+    config = apply_overrides(config, values, source="hyperparameters", names=names)
+    config = apply_overrides(config, overrides or {}, source="server")
     if multiplier not in (None, "auto"):
         if not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool) or not 0 < multiplier <= 100:
             raise ConfigError("hyperparameter 'learning_rate_multiplier' must be a number above 0 and at most 100, or 'auto'.")

@@ -166,7 +166,7 @@ def peft_config(method: MethodConfig, model, task_type: str):
         init = {"pissa": "pissa_niter_4", "olora": "olora"}.get(a, True)  # fast randomized SVD for PiSSA
         return peft.LoraConfig(
             r=method.lora_r,
-            lora_alpha=method.lora_alpha,
+            lora_alpha=method.alpha,
             lora_dropout=method.lora_dropout,
             target_modules=targets,
             use_rslora=a == "rslora",
@@ -176,12 +176,12 @@ def peft_config(method: MethodConfig, model, task_type: str):
         )
     if a == "loha":
         return peft.LoHaConfig(
-            r=method.lora_r, alpha=method.lora_alpha, module_dropout=method.lora_dropout,
+            r=method.lora_r, alpha=method.alpha, module_dropout=method.lora_dropout,
             target_modules=targets, task_type=task_type,
         )
     if a == "lokr":
         return peft.LoKrConfig(
-            r=method.lora_r, alpha=method.lora_alpha, module_dropout=method.lora_dropout,
+            r=method.lora_r, alpha=method.alpha, module_dropout=method.lora_dropout,
             target_modules=targets, task_type=task_type,
         )
     if a == "ia3":

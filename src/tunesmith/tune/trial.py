@@ -10,20 +10,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, apply_overrides
 from tunesmith.errors import ConfigError
 from tunesmith.train.stages import train_stages
-
-
-def apply(config: RunConfig, values: dict) -> RunConfig:
-    """A copy of `config` with `section.field` values set (LoRA alpha follows the rank at 2x)."""
-    config = config.model_copy(deep=True)
-    for name, value in values.items():
-        section, field = name.split(".", 1)
-        setattr(getattr(config, section), field, value)
-        if name == "method.lora_r":
-            config.method.lora_alpha = 2 * value
-    return config
 
 
 class PruningCallback(TrainerCallback):
@@ -60,7 +49,8 @@ def train_trial(base: RunConfig, values: dict, trial, out_dir: Path, key: str, m
     run_dir = out_dir / f"trial-{trial.number}"
     trial.set_user_attr("run_dir", str(run_dir))
     pruning = PruningCallback(trial, key, maximize)
-    train_stages(apply(base, values), run_dir, [*(callbacks or []), pruning], resume=False)  # pruning last: it may stop the trial
+    config = apply_overrides(base, values, source=f"trial {trial.number}")
+    train_stages(config, run_dir, [*(callbacks or []), pruning], resume=False)  # pruning last: it may stop the trial
     if pruning.best is None:
         raise ConfigError(f"trial {trial.number} reported no {key}; choose an --objective this method logs.")
     return pruning.best

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.config import STAGE_TASKS, RunConfig
+from tunesmith.config import STAGE_TASKS, RunConfig, apply_overrides
 from tunesmith.data.formats import load_data
 from tunesmith.data.quality import check_data, fix_data, write_card
 from tunesmith.data.synth import SynthOptions, synthesize
@@ -144,13 +144,13 @@ def plan(config: RunConfig, rows: int, decisions: dict) -> RunConfig:
     tokens = 16384 if device == "cuda" else (32 * seq if stage == "classify" else seq)
     memory = plan_memory(config.model.name, params, shape.hidden_size, shape.num_hidden_layers, shape.vocab_size,
                          tokens, seq, rows, device, available_memory_gb(hw))
-    config.method.adapter = memory.adapter
-    config.method.quantize = memory.quantize
-    config.method.gradient_checkpointing = memory.gradient_checkpointing
-    for name in ("method.adapter", "method.quantize", "method.gradient_checkpointing"):
-        config.reasons[name] = memory.reason
+    chosen = {"method.adapter": memory.adapter, "method.quantize": memory.quantize,
+              "method.gradient_checkpointing": memory.gradient_checkpointing}
     if memory.tokens < tokens:
-        config.train.batch_size = max(1, memory.tokens // seq)
+        chosen["train.batch_size"] = max(1, memory.tokens // seq)
+    config = apply_overrides(config, chosen, source="auto")
+    config.reasons.update(dict.fromkeys(chosen, memory.reason))
+    if memory.tokens < tokens:
         config.reasons["train.batch_size"] = f"{memory.tokens} tokens per micro-batch fit in memory ({memory.reason})"
     decisions["auto.memory"] = memory.reason
     return config
@@ -228,11 +228,10 @@ def run_auto(
         if train_file.endswith("train_with_synthetic.jsonl"):
             columns = None
             rows = len(load_data(train_file).records)
-    config = RunConfig.model_validate({
-        "model": {"name": model},
-        "data": {"train": train_file, "test": test, "columns": columns, "force": force},
-        "method": {"stages": [stage]},
-    })
+    config = apply_overrides(RunConfig(), {
+        "model.name": model, "data.train": train_file, "data.test": test, "data.columns": columns,
+        "data.force": force, "method.stages": [stage],
+    }, source="auto")
     config = plan(config, rows, decisions)
     say(decisions["auto.memory"])
     if seconds:
@@ -245,12 +244,12 @@ def run_auto(
             if fit < 5:
                 raise ConfigError(f"--budget {budget} leaves time for {max(fit, 0)} training steps at {per_step:.1f} s "
                                   "per step; give a longer budget or less data.")
-            config.train.max_steps = min(planned, fit)
+            config = apply_overrides(config, {"train.max_steps": min(planned, fit)}, source="auto")
             why = (f"--budget {budget}: {per_step:.2f} s per step measured over {PROBE_STEPS} probe steps; "
                    + (f"all {planned} planned steps fit" if fit >= planned else f"{fit} of {planned} planned steps fit")
                    + f" in the {left / 60:.1f} min left for training ({EVAL_SHARE:.0%} kept for evaluation)")
             config.reasons["train.max_steps"] = why
-        config.eval.max_rows = config.eval.max_rows or 500
+        config = apply_overrides(config, {"eval.max_rows": config.eval.max_rows or 500}, source="auto")
         config.reasons["eval.max_rows"] = "a budgeted run evaluates a seeded sample of at most 500 test rows"
         decide("auto.budget", why)
     config.reasons.update(decisions)
