@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from tunesmith.config import RunConfig, load_config
 
 CONFIG_FILE = "config.yaml"
@@ -36,6 +38,105 @@ EVAL_DIR = "eval"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
 MODEL_CARD_FILE = "MODEL_CARD.md"
+
+
+class TrainSummary(BaseModel):
+    """What training a run (or one stage of it) did: `RUN/run.json`. Built by the recipes, read
+    by the CLI, the worker, the API, the report and the model card. A figure a recipe does not
+    measure is left unset, and `to_json` leaves it out, so each file holds only what was measured."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task: str | None = None
+    """The stage trained: sft, pretrain, classify, reward, dpo, ..."""
+    stage: str | None = None
+    """Set on each entry of `stages`: the stage's name (its folder in the run)."""
+    base_model: str | None = None
+    method: str | None = None
+    """The adapter (lora, dora, ..., full)."""
+    weights: str | None = None
+    """The folder the weights were saved to: `adapter` or `model`."""
+    trainable_params: int | None = None
+    total_params: int | None = None
+    global_step: int | None = None
+    train_loss: float | None = None
+    best_checkpoint: str | None = None
+    train_runtime_s: float | None = None
+    tokens_seen: int | None = None
+    train_rows: int | None = None
+    validation_rows: int | None = None
+    truncated_rows: int | None = None
+    skipped_rows: int | None = None
+    train_tokens: int | None = None
+    train_loss_tokens: int | None = None
+    # Figures of particular stages.
+    labels: int | None = None
+    """classify: the number of labels."""
+    best_eval_loss: float | None = None
+    best_eval_perplexity: float | None = None
+    eval_accuracy: float | None = None
+    eval_macro_f1: float | None = None
+    beta: float | None = None
+    reward_accuracy: float | None = None
+    reward_margin: float | None = None
+    pairwise_accuracy: float | None = None
+    mean_margin: float | None = None
+    train_blocks: int | None = None
+    replay_blocks: int | None = None
+    validation_blocks: int | None = None
+    rewards: list[str] | None = None
+    reward_start: float | None = None
+    reward_end: float | None = None
+    kl_end: float | None = None
+    best_eval_reward: float | None = None
+    # A multi-stage run: every stage's summary, the last one's figures on top.
+    stages: list[TrainSummary] | None = None
+    final_stage: str | None = None
+    evaluation: EvalResults | None = None
+    """The before/after evaluation, when the run had a test set (not written to run.json)."""
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", exclude_unset=True, exclude={"evaluation"})
+
+
+class TestSet(BaseModel):
+    source: str
+    """Where the test rows came from (a file, or the rows held out of the training file)."""
+    rows: int
+    file: str
+    """The rows as scored, relative to the run folder."""
+
+
+class EvalResults(BaseModel):
+    """The before/after evaluation of a run: `RUN/eval/results.json`. Built by `evaluate.run`,
+    read by the CLI, the worker, the API, the report and the model card. The nested sections
+    (labels, judge, forgetting, bias, value, overfitting) are documented in `evaluate/run.py`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run: str
+    task: str
+    """What was measured: labels, generation, perplexity, preference or reward."""
+    stage: str
+    base_model: str
+    tuned_model: str
+    test: TestSet
+    created: str
+    metrics: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    """side ("base", "tuned") -> metric name -> value."""
+    labels: dict | None = None
+    judge: dict | None = None
+    forgetting: dict | None = None
+    bias: dict | None = None
+    value: dict | None = None
+    skipped: dict[str, str] = Field(default_factory=dict)
+    """What was not measured, and why."""
+    overfitting: dict | None = None
+    samples: list[dict] = Field(default_factory=list)
+    seconds: float | None = None
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
 
 
 @dataclass(frozen=True)
@@ -114,6 +215,18 @@ class RunDir:
     @property
     def summary_file(self) -> Path:
         return self.path / RUN_INFO
+
+    def summary(self) -> TrainSummary | None:
+        """What training wrote (`run.json`), or None before it finished."""
+        if not self.summary_file.exists():
+            return None
+        return TrainSummary.model_validate_json(self.summary_file.read_text())
+
+    def results(self) -> EvalResults | None:
+        """The last evaluation's results (`eval/results.json`), or None before one ran."""
+        if not self.results_file.exists():
+            return None
+        return EvalResults.model_validate_json(self.results_file.read_text())
 
     @property
     def checkpoints(self) -> Path:

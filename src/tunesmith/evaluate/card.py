@@ -33,8 +33,8 @@ from tunesmith.evaluate.report import (
     verdict,
 )
 from tunesmith.models import BUILTIN_MODELS
+from tunesmith.runs import CONFIG_FILE, RunDir
 
-CARD_FILE = "MODEL_CARD.md"
 SMALL_TEST = 100  # test sets under this many rows get a warning about wide intervals
 WEAK_F1 = 0.5  # classes below this tuned F1 are listed as a limitation
 Z95 = 1.959964  # normal quantile of a two-sided 95% interval
@@ -192,11 +192,11 @@ class _Run:
     def __init__(self, run_dir: Path, results: dict):
         self.dir = run_dir
         self.results = results
-        self.config = _config(run_dir / "config.yaml")
+        self.config = _config(RunDir(run_dir).path / CONFIG_FILE)
         self.stages = run_stages(run_dir)
         for stage in self.stages:
-            stage["config"] = _config(stage["dir"] / "config.yaml") or self.config
-            stage["card"] = read_json(stage["dir"] / "data_card.json")
+            stage["config"] = _config(stage["dir"] / CONFIG_FILE) or self.config
+            stage["card"] = read_json(RunDir(stage["dir"]).data_card_file)
         self.final = self.stages[-1] if self.stages else {"stage": "", "summary": {}, "config": None, "card": None}
         self.base = (self.config.model.name if self.config else None) or results.get("base_model") or "unknown"
         self.name = results.get("run") or str(run_dir)
@@ -708,6 +708,6 @@ def write_card(run_dir: str | Path, results: dict) -> Path:
     intended use, licence, training data (quality, personal data, synthetic share), procedure
     with the reasons for each auto setting, before/after evaluation, forgetting, bias, value,
     limitations, ethics, usage and how to reproduce. Returns the file's path."""
-    path = Path(run_dir) / CARD_FILE
+    path = RunDir(Path(run_dir)).model_card_file
     path.write_text(render_card(run_dir, results), encoding="utf-8")
     return path

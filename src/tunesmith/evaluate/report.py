@@ -31,13 +31,9 @@ from pathlib import Path
 
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
+from tunesmith.evaluate.metrics import HIGHER_IS_BETTER
+from tunesmith.runs import RunDir
 
-try:  # the evaluation module owns the direction of each metric
-    from tunesmith.evaluate.metrics import HIGHER_IS_BETTER
-except ImportError:  # pragma: no cover - an older metrics module
-    HIGHER_IS_BETTER: dict[str, bool] = {"perplexity": False}
-
-REPORT_FILE = "report.html"
 CONFUSION_FULL_MAX = 20  # labels up to which the whole confusion matrix is drawn
 CONFUSION_TOP = 20  # labels drawn for larger label sets: the most confused ones
 MAX_TEXT = 600  # characters of a sample answer shown in the samples table
@@ -86,24 +82,22 @@ def run_stages(run_dir: str | Path) -> list[dict]:
     """The stages of a run in training order, each `{"stage", "dir", "summary"}`: the run
     directory itself for a one-stage run, `RUN/<stage>/` for each stage of a multi-stage run.
     `summary` is that stage's `run.json` content ({} when the run has none)."""
-    run_dir = Path(run_dir)
-    info = read_json(run_dir / "run.json") or {}
+    run = RunDir(Path(run_dir))
+    info = read_json(run.summary_file) or {}
     if info.get("stages"):
         return [
-            {"stage": s.get("stage", f"stage {i + 1}"), "dir": run_dir / s.get("stage", ""), "summary": s}
+            {"stage": s.get("stage", f"stage {i + 1}"), "dir": run.stage_dir(s.get("stage", "")).path, "summary": s}
             for i, s in enumerate(info["stages"])
         ]
-    stages = []
-    if (run_dir / "config.yaml").exists():
-        stages = load_config(run_dir / "config.yaml").method.stages
+    stages = run.config.method.stages if run.exists else []
     if len(stages) > 1:  # a multi-stage run that did not finish: read what its stages wrote
         return [
-            {"stage": s, "dir": run_dir / s, "summary": read_json(run_dir / s / "run.json") or {}}
+            {"stage": s, "dir": run.stage_dir(s).path, "summary": read_json(run.stage_dir(s).summary_file) or {}}
             for s in stages
-            if (run_dir / s).is_dir()
+            if run.stage_dir(s).path.is_dir()
         ]
     stage = stages[0] if stages else info.get("task", "")
-    return [{"stage": stage, "dir": run_dir, "summary": info}]
+    return [{"stage": stage, "dir": run.path, "summary": info}]
 
 
 def higher_is_better(metric: str) -> bool:
@@ -229,7 +223,7 @@ def alarms(results: dict, run_dir: str | Path | None = None) -> list[str]:
         out.extend(f"Bias: {f}" for f in findings)
     if run_dir is not None:
         for stage in run_stages(run_dir):
-            card = read_json(stage["dir"] / "data_card.json") or {}
+            card = read_json(RunDir(stage["dir"]).data_card_file) or {}
             if (card.get("stats") or {}).get("trained_despite_errors"):
                 errors = (card.get("summary") or {}).get("errors", "some")
                 out.append(
@@ -306,7 +300,7 @@ def _stage_series(run_dir: Path) -> tuple[list[dict], list[tuple[int, str]]]:
     starts: list[tuple[int, str]] = []
     offset = 0
     for stage in run_stages(run_dir):
-        log = [r for r in load_log(stage["dir"] / "metrics.jsonl") if isinstance(r.get("step"), (int, float))]
+        log = [r for r in load_log(RunDir(stage["dir"]).metrics_file) if isinstance(r.get("step"), (int, float))]
         if not log:
             continue
         starts.append((offset, stage["stage"]))
@@ -580,7 +574,7 @@ def _training_section(run_dir: Path, results: dict) -> str:
             bits.append(f"best validation loss {s['best_eval_loss']:.4f}")
         if s.get("train_runtime_s") is not None:
             bits.append(f"{s['train_runtime_s']:.0f} s")
-        card = read_json(stage["dir"] / "data_card.json")
+        card = read_json(RunDir(stage["dir"]).data_card_file)
         if card:
             score = (card.get("summary") or {}).get("quality_score")
             bits.append(f"data {card.get('path', '?')} ({card.get('rows', '?')} rows"
@@ -858,7 +852,7 @@ def write_report(run_dir: str | Path, results: dict) -> Path:
     value, samples) with an alarms box on top. One self-contained file: plots are embedded
     PNGs and nothing loads from the network. Returns the file's path."""
     run_dir = Path(run_dir)
-    path = run_dir / REPORT_FILE
+    path = RunDir(run_dir).report_file
     path.write_text(render_report(run_dir, results), encoding="utf-8")
     return path
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tunesmith.config import EvalConfig, RunConfig, load_config
+from tunesmith.config import EvalConfig, RunConfig
 from tunesmith.data.formats import load_data
 from tunesmith.data.rows import (
     chat_tokens,
@@ -55,7 +55,7 @@ from tunesmith.inference.generate import (
 from tunesmith.inference.reward import load_reward_model
 from tunesmith.inference.teacher import make_teacher
 from tunesmith.models import load_tokenizer
-from tunesmith.runs import LABELS_FILE, final_stage_dir, is_run_dir
+from tunesmith.runs import RunDir
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 GENERAL_TEXT = SAMPLES / "general_text.jsonl"
@@ -81,27 +81,27 @@ def evaluate_run(
     file or held-out split) with `options` (default: the run's `eval` settings). Returns the
     results (also written to `eval/results.json`) and writes the report and the model card."""
     start = time.perf_counter()
-    run = Path(run_dir).expanduser()
-    if not is_run_dir(run):
+    folder = RunDir(Path(run_dir))
+    run = folder.path
+    if not folder.exists:
         raise ModelError(f"{run_dir} is not a run directory (no config.yaml); give the folder `tunesmith train` wrote.")
-    top = load_config(run / "config.yaml")
-    final = final_stage_dir(run)
-    if not (final / "run.json").exists():
+    top, final = folder.config, folder.final
+    if not final.summary_file.exists():
         raise ModelError(f"{run_dir} has not finished training; finish it with `tunesmith train --resume {run_dir}`.")
-    config = load_config(final / "config.yaml")
+    config = final.config
     opts = options or top.eval
     stage = top.method.stages[-1]
     data, source = test_data(top, run, test, columns)
     if opts.max_rows and len(data.records) > opts.max_rows:
         data = subset(data, sorted(random.Random(top.train.seed).sample(range(len(data.records)), opts.max_rows)))
         source += f" (a seeded sample of {opts.max_rows} rows)"
-    (run / "eval").mkdir(exist_ok=True)
-    write_jsonl(run / "eval" / "test.jsonl", data.records)
+    folder.eval_dir.mkdir(exist_ok=True)
+    write_jsonl(folder.eval_dir / "test.jsonl", data.records)
 
     task = Task.build(stage, data, config, opts)
     judge = make_judge(opts)  # a bad judge setting fails before any model is loaded
     if task.classifier:
-        task.labels = json.loads((final / LABELS_FILE).read_text())
+        task.labels = final.labels
     results: dict = {
         "run": str(run),
         "task": task.kind,
@@ -144,11 +144,11 @@ def evaluate_run(
     results["seconds"] = round(time.perf_counter() - start, 1)
 
     if tuned.get("answers"):
-        write_jsonl(run / "eval" / "answers.jsonl", [
+        write_jsonl(folder.eval_dir / "answers.jsonl", [
             {"prompt": p, "reference": r, "base": b, "tuned": t}
             for p, r, b, t in zip(task.requests, task.references, base["answers"], tuned["answers"])
         ])
-    (run / "eval" / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    folder.results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False))
     write_report(run, results)
     write_card(run, results)
     return results
@@ -542,7 +542,7 @@ def _value(tuned: dict, task: Task, opts: EvalConfig, skipped: dict) -> dict | N
     }
 
 
-def _overfitting(final: Path) -> dict:
-    log = final / "metrics.jsonl"
+def _overfitting(final: RunDir) -> dict:
+    log = final.metrics_file
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     return overfitting_alarm(rows)

@@ -4,20 +4,16 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
-from tunesmith.config import load_config
 from tunesmith.errors import ModelError
 from tunesmith.inference.classifier import load_classifier
 from tunesmith.inference.generate import load_for_inference
 from tunesmith.inference.reward import load_reward_model
-from tunesmith.runs import MERGED_DIR
-
-
-def merged_dir(stage_dir: Path) -> Path:
-    return stage_dir / MERGED_DIR
-
+from tunesmith.runs import RunDir
 
 # One merge at a time in a process: loading a model is not thread-safe (transformers builds
 # it on the meta device through process-wide patches), and a merge holds a whole model in memory.
@@ -28,16 +24,13 @@ def save_merged(stage_dir: Path) -> Path:
     """`STAGE/merged/`: a finished stage's adapter folded into its base, as a plain model
     folder (a classifier or reward model keeps its head); written once, through a temporary
     folder, so no reader ever sees half of it. Returns the folder."""
-    import shutil
-    import tempfile
-
-    out = merged_dir(stage_dir)
+    out = RunDir(stage_dir).merged
     if (out / "config.json").exists():
         return out
     with _MERGING:
         if (out / "config.json").exists():  # another thread merged it while this one waited
             return out
-        stage = load_config(stage_dir / "config.yaml").method.stages[-1]
+        stage = RunDir(stage_dir).stage
         if stage == "classify":
             loaded = load_classifier(stage_dir)
         elif stage == "reward":

@@ -4,20 +4,12 @@ full weights) and label texts with probabilities.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import RunConfig, load_config
 from tunesmith.errors import ModelError
 from tunesmith.models import load_model
-from tunesmith.runs import (
-    ADAPTER_DIR,
-    LABELS_FILE,
-    MODEL_DIR,
-    final_stage_dir,
-    is_run_dir,
-)
+from tunesmith.runs import RunDir
 
 
 @dataclass
@@ -30,36 +22,34 @@ class Classifier:
 
 def load_classifier(run: str | Path) -> Classifier:
     """Load a finished classification run (base + adapter with its head, or full weights)."""
-    path = Path(run).expanduser()
-    if not is_run_dir(path):
+    top = RunDir(Path(run))
+    if not top.exists:
         raise ModelError(f"{run} is not a run directory (no config.yaml); give the folder `tunesmith train` wrote.")
-    path = final_stage_dir(path)
-    config = load_config(path / "config.yaml")
-    if config.method.stages[-1] != "classify" or not (path / LABELS_FILE).exists():
+    final = top.final
+    labels = final.labels
+    if final.stage != "classify" or labels is None:
         raise ModelError(f"{run} is not a classification run; use `tunesmith generate {run}` for a generative one.")
-    labels = json.loads((path / LABELS_FILE).read_text())
     head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}}
-    model, tokenizer = load_head_model(path, config, **head)
-    return Classifier(model, tokenizer, labels, int(config.train.max_length))
+    model, tokenizer = load_head_model(final, **head)
+    return Classifier(model, tokenizer, labels, int(final.config.train.max_length))
 
 
-def load_head_model(path: Path, config: RunConfig, **head):
+def load_head_model(run: RunDir, **head):
     """(model, tokenizer) of a finished run with a sequence-classification head (a classifier
     or a reward model): full weights, or the base with the adapter and head merged in."""
     from transformers import AutoTokenizer
 
-    if (path / MODEL_DIR).is_dir():
-        model = load_model(str(path / MODEL_DIR), head="classify")
-        weights = path / MODEL_DIR
-    elif (path / ADAPTER_DIR).is_dir():
+    if run.full_weights:
+        model = load_model(str(run.full_weights), head="classify")
+    elif run.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(load_model(config.model.name, head="classify", **head), path / ADAPTER_DIR)
+        model = PeftModel.from_pretrained(load_model(run.config.model.name, head="classify", **head), run.adapter)
         if not model.peft_config["default"].is_prompt_learning:
             model = model.merge_and_unload()
-        weights = path / ADAPTER_DIR
     else:
-        raise ModelError(f"{path} has no trained weights yet; finish it with `tunesmith train --resume {path}`.")
+        raise ModelError(f"{run.path} has no trained weights yet; finish it with `tunesmith train --resume {run.path}`.")
+    weights = run.weights
     tokenizer = AutoTokenizer.from_pretrained(weights)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

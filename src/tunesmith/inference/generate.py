@@ -7,11 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import load_config
 from tunesmith.data.load import read_records
 from tunesmith.errors import DataError, ModelError
 from tunesmith.models import load_model, load_tokenizer
-from tunesmith.runs import ADAPTER_DIR, MODEL_DIR, final_stage_dir, is_run_dir
+from tunesmith.runs import RunDir
 
 
 @dataclass
@@ -25,14 +24,14 @@ class Loaded:
 def load_for_inference(target: str, base: bool = False) -> Loaded:
     """Load what `target` names: a run directory (its adapter merged into its base model, or
     its full weights), or a base model name. `base=True` loads a run's untuned base model."""
-    path = Path(target).expanduser()
-    if not is_run_dir(path):
+    run = RunDir(Path(target))
+    if not run.exists:
         if base:
             raise ModelError(f"--base needs a run directory, and {target} is not one.")
         return Loaded(_eval(load_model(target)), load_tokenizer(target), target)
-    original_base = load_config(path / "config.yaml").model.name
-    path = final_stage_dir(path)
-    config = load_config(path / "config.yaml")
+    original_base = run.config.model.name
+    final = run.final
+    path, config = final.path, final.config
     if config.method.stages[-1] == "classify":
         raise ModelError(f"{target} is a classifier, which labels text rather than writing it: use `tunesmith predict {target}`.")
     if config.method.stages[-1] == "reward":
@@ -41,14 +40,14 @@ def load_for_inference(target: str, base: bool = False) -> Loaded:
     if base:  # the model before any stage, not the weights a later stage started from
         base_name = original_base
         return Loaded(_eval(load_model(base_name)), load_tokenizer(base_name), f"{base_name} (base)", system)
-    if (path / MODEL_DIR).is_dir():
-        weights = str(path / MODEL_DIR)
+    if final.full_weights:
+        weights = str(final.full_weights)
         return Loaded(_eval(load_model(weights)), load_tokenizer(weights), str(path), system)
-    if not (path / ADAPTER_DIR).is_dir():
+    if not final.adapter:
         raise ModelError(f"{path} has no trained weights yet; finish it with `tunesmith train --resume {path}`.")
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_model(base_name), path / ADAPTER_DIR)
+    model = PeftModel.from_pretrained(load_model(base_name), final.adapter)
     # Merging folds the adapter into the weights, so generation runs at base-model speed;
     # prompt and prefix tuning have no weights to fold and stay wrapped.
     if not model.peft_config["default"].is_prompt_learning:
@@ -57,7 +56,7 @@ def load_for_inference(target: str, base: bool = False) -> Loaded:
     # model folder for `load_tokenizer`; read the tokenizer from it directly.
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path / ADAPTER_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(final.adapter)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Loaded(_eval(model), tokenizer, f"{path} ({base_name} + adapter)", system)

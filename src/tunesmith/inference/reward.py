@@ -7,12 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import load_config
 from tunesmith.data.formats import load_data, to_chat
 from tunesmith.data.rows import encode_answers
 from tunesmith.errors import DataError, ModelError
 from tunesmith.inference.classifier import load_head_model
-from tunesmith.runs import is_run_dir
+from tunesmith.runs import RunDir
 
 
 def score_ids(model, tokenizer, sequences: list[list[int]], batch_size: int = 16, on_batch=None) -> list[float]:
@@ -50,17 +49,15 @@ class RewardModel:
 
 def load_reward_model(run: str | Path) -> RewardModel:
     """Load a finished reward-model run (or the reward stage of a multi-stage run)."""
-    path = Path(run).expanduser()
-    if not is_run_dir(path):
+    top = RunDir(Path(run))
+    if not top.exists:
         raise ModelError(f"{run} is not a run directory (no config.yaml); give the folder `tunesmith train` wrote.")
-    stages = load_config(path / "config.yaml").method.stages
+    stages = top.config.method.stages
     if "reward" not in stages:
         raise ModelError(f"{run} is not a reward-model run; train one with `tunesmith train --method reward`.")
-    if len(stages) > 1:
-        path = path / "reward"
-    config = load_config(path / "config.yaml")
-    model, tokenizer = load_head_model(path, config, num_labels=1)
-    return RewardModel(model, tokenizer, int(config.train.max_length))
+    rm = top.stage_dir("reward") if len(stages) > 1 else top
+    model, tokenizer = load_head_model(rm, num_labels=1)
+    return RewardModel(model, tokenizer, int(rm.config.train.max_length))
 
 
 def score_file(rm: RewardModel, path: str, columns: dict | None = None, on_batch=None) -> tuple[list[dict], dict]:

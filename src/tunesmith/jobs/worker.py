@@ -37,7 +37,6 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import TrainerCallback
 
-from tunesmith.config import load_config
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.evaluate.report import alarms
 from tunesmith.jobs import store
@@ -53,7 +52,7 @@ from tunesmith.jobs.store import (
     Job,
     Model,
 )
-from tunesmith.runs import complete_checkpoints, final_stage_dir
+from tunesmith.runs import RunDir
 from tunesmith.workflows.train_eval import train
 
 
@@ -133,8 +132,7 @@ class JobCallback(TrainerCallback):
         self.clock = (time.perf_counter(), 0)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        run_config = Path(args.output_dir).parent / "config.yaml"
-        config = load_config(run_config)
+        config = RunDir(Path(args.output_dir).parent).config  # output_dir is RUN/checkpoints
         t = config.train
         resolved = resolved_settings(config) | {"max_steps": state.max_steps}
         self.clock = (time.perf_counter(), state.num_input_tokens_seen)
@@ -268,8 +266,8 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
         config = build_config(job.source, job.method, paths[job.training_file],
                               paths.get(job.validation_file) if job.validation_file else None, job.seed,
                               overrides=job.overrides)
-        resume = (run_dir / "config.yaml").exists() and any(
-            complete_checkpoints(d.parent) for d in run_dir.rglob("checkpoints"))
+        resume = RunDir(run_dir).exists and any(
+            RunDir(d.parent).complete_checkpoints() for d in run_dir.rglob("checkpoints"))
         lease.check()  # the run folder is about to be cleaned or resumed: only by the job's owner
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint: start clean
@@ -277,10 +275,10 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
         summary = train(config, run_dir, callbacks=[JobCallback(lease, job, flags)], resume=resume,
                         eval_progress=EvalWatch(lease, flags))
         lease.check()  # the report and the model card are rewritten in place
-        for name in ("report.html", "MODEL_CARD.md"):
-            if (run_dir / name).exists():
-                text = (run_dir / name).read_text(encoding="utf-8")
-                (run_dir / name).write_text(hide_paths(text, names, html=name.endswith(".html")), encoding="utf-8")
+        for path in (RunDir(run_dir).report_file, RunDir(run_dir).model_card_file):
+            if path.exists():
+                text = path.read_text(encoding="utf-8")
+                path.write_text(hide_paths(text, names, html=path.suffix == ".html"), encoding="utf-8")
         return _succeed(lease, job, data_dir, summary)
     except Stop as stop:
         return _stopped(lease, job, stop.reason)
@@ -372,10 +370,11 @@ def _result_files(job: Job, data_dir: Path) -> list[tuple[str, Path, str]]:
     """The step metrics as CSV (as OpenAI's result file), plus the evaluation report and model
     card when the run has them, written as files the job's project can download once `_succeed`
     records them: (file id, where, name shown)."""
-    run_dir = final_stage_dir(Path(job.run_dir)) if (Path(job.run_dir) / "config.yaml").exists() else Path(job.run_dir)
+    run = RunDir(Path(job.run_dir))
+    final = run.final if run.exists else run
     out = []
     files_dir = data_dir / "files"
-    metrics = run_dir / "metrics.jsonl"
+    metrics = final.metrics_file
     if metrics.exists():
         file_id = store.new_id("file")
         path = files_dir / f"{file_id}.csv"
@@ -385,13 +384,12 @@ def _result_files(job: Job, data_dir: Path) -> list[tuple[str, Path, str]]:
             writer.writeheader()
             writer.writerows(json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
         out.append((file_id, path, "step_metrics.csv"))
-    for name in ("report.html", "MODEL_CARD.md"):
-        source = Path(job.run_dir) / name
+    for source in (run.report_file, run.model_card_file):
         if source.exists():
             file_id = store.new_id("file")
             path = files_dir / f"{file_id}{source.suffix}"
             shutil.copyfile(source, path)
-            out.append((file_id, path, name))
+            out.append((file_id, path, source.name))
     return out
 
 

@@ -14,7 +14,6 @@ from tunesmith.config import (
     RL_STAGES,
     MethodConfig,
     RunConfig,
-    load_config,
     save_config,
 )
 from tunesmith.data.quality import check_data, write_card
@@ -22,9 +21,10 @@ from tunesmith.errors import ConfigError, DataError, ModelError
 from tunesmith.models import load_model
 from tunesmith.runs import (
     ADAPTER_DIR,
+    CONFIG_FILE,
     INIT_ADAPTER_DIR,
     MODEL_DIR,
-    RUN_INFO,
+    RunDir,
     complete_checkpoints,
 )
 from tunesmith.train.callbacks import MetricsFileCallback
@@ -271,7 +271,7 @@ def begin_run(config: RunConfig, run_dir: Path, card=None) -> None:
     if not is_main_process():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    save_config(config, run_dir / CONFIG_FILE)
     if card is not None:
         write_card(card, run_dir)
 
@@ -279,7 +279,7 @@ def begin_run(config: RunConfig, run_dir: Path, card=None) -> None:
 def write_summary(run_dir: Path, summary: dict) -> None:
     """The run's `run.json` (in a launched run, from the main process only)."""
     if is_main_process():
-        (run_dir / RUN_INFO).write_text(json.dumps(summary, indent=2))
+        RunDir(run_dir).summary_file.write_text(json.dumps(summary, indent=2))
 
 
 def _save_as_plain_lora(model, out: Path, init_dir: Path) -> None:
@@ -320,7 +320,7 @@ def common_args(config: RunConfig, run_dir: Path, has_eval: bool) -> dict:
     on_gpu = torch.cuda.is_available()
     metric, greater = best_metric_name(config)
     return dict(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(RunDir(run_dir).checkpoints),
         learning_rate=float(t.learning_rate),
         num_train_epochs=float(t.epochs),
         max_steps=t.max_steps or -1,
@@ -361,16 +361,17 @@ def run_callbacks(config: RunConfig, run_dir: Path, has_eval: bool, extra: list 
     validation set."""
     from transformers import EarlyStoppingCallback
 
-    callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), *(extra or [])]
+    callbacks = [MetricsFileCallback(RunDir(run_dir).metrics_file), *(extra or [])]
     if has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
     return callbacks
 
 
 def resume_point(run_dir: Path) -> tuple[RunConfig, str]:
-    if not (run_dir / "config.yaml").exists():
+    run = RunDir(run_dir)
+    if not run.exists:
         raise ModelError(f"{run_dir} is not a tunesmith run directory (no config.yaml); check the path.")
-    config = load_config(run_dir / "config.yaml")
+    config = run.config
     if config.unresolved():
         raise ConfigError(f"{run_dir}/config.yaml still has 'auto' values; it was not written by tunesmith train.")
     checkpoints = complete_checkpoints(run_dir)
@@ -384,7 +385,7 @@ def start_run(config: RunConfig, run_dir: Path, resume: bool) -> tuple[RunConfig
     resumed one reads its saved config."""
     if resume:
         return resume_point(run_dir)
-    if (run_dir / "config.yaml").exists() and not launched():  # the launcher checked before the main process wrote it
+    if RunDir(run_dir).exists and not launched():  # the launcher checked before the main process wrote it
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --output.")
     if not config.data.train:
         raise ConfigError("No training data given: pass --data FILE or set data.train in the config.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig, load_config
+from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig
 from tunesmith.data.formats import load_data
 from tunesmith.data.rows import (
     load_chat_rows,
@@ -22,9 +22,9 @@ from tunesmith.data.rows import (
 )
 from tunesmith.data.splits import resolve_test_split, training_data
 from tunesmith.errors import ConfigError
-from tunesmith.export.merge import merged_dir, save_merged
+from tunesmith.export.merge import save_merged
 from tunesmith.models import load_tokenizer
-from tunesmith.runs import MODEL_DIR, RUN_INFO
+from tunesmith.runs import RunDir
 from tunesmith.train import distributed
 from tunesmith.train.auto import resolve
 from tunesmith.train.callbacks import RichProgressCallback
@@ -62,8 +62,8 @@ def run_stages(
     config with `distributed.num_processes` above 1 trains in that many launched processes
     (`train.distributed`, on this machine's part of `cluster`); of the callbacks only the
     progress bar is carried over to them."""
-    if resume and (run_dir / "config.yaml").exists():
-        config = load_config(run_dir / "config.yaml")
+    if resume and RunDir(run_dir).exists:
+        config = RunDir(run_dir).config
     if distributed.wanted(config):
         progress = any(isinstance(cb, RichProgressCallback) for cb in callbacks or [])
         return distributed.launch(config, run_dir, resume, progress, cluster)
@@ -72,14 +72,15 @@ def run_stages(
 
 def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resume: bool) -> dict:
     """Train every stage in this process (or in each launched process)."""
-    if resume and (run_dir / "config.yaml").exists():
-        config = load_config(run_dir / "config.yaml")
+    run = RunDir(run_dir)
+    if resume and run.exists:
+        config = run.config
     stages = config.method.stages
     if len(stages) == 1:
-        if resume and (run_dir / RUN_INFO).exists():
+        if resume and run.summary_file.exists():
             # Trained to the end before an interruption (during the evaluation): resuming the
             # trainer would run one step past max_steps.
-            return json.loads((run_dir / RUN_INFO).read_text())
+            return json.loads(run.summary_file.read_text())
         if not config.data.train and stage_data(config, stages[0]):
             config = config.model_copy(deep=True)
             config.data.train = stage_data(config, stages[0])
@@ -87,7 +88,7 @@ def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resum
 
     if not resume:
         _check_multistage(config)
-        if (run_dir / "config.yaml").exists() and not distributed.launched():
+        if run.exists and not distributed.launched():
             raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --output.")
         if config.data.test_split == "auto" and config.data.train:
             # Decided once for the whole run, so every stage on data.train holds out the same rows.
@@ -96,12 +97,12 @@ def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resum
     summaries: list[dict] = []
     model = config.model.name  # the policy: each stage but reward starts from, and advances, it
     for i, stage in enumerate(stages):
-        stage_dir = run_dir / stage
+        stage_dir = run.stage_dir(stage)
         for cb in callbacks or []:
             if hasattr(cb, "description"):
                 cb.description = f"{stage} ({i + 1}/{len(stages)})"
-        if (stage_dir / RUN_INFO).exists():  # finished before an interruption
-            summary = json.loads((stage_dir / RUN_INFO).read_text())
+        if stage_dir.summary_file.exists():  # finished before an interruption
+            summary = json.loads(stage_dir.summary_file.read_text())
         else:
             stage_config = config.model_copy(deep=True)
             stage_config.method.stages = [stage]
@@ -112,9 +113,9 @@ def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resum
                 stage_config.data.validation = None
                 stage_config.data.test_split = 0.0
             if stage in RL_STAGES and "reward" in stages:
-                stage_config.method.reward_model = str(run_dir / "reward")
-            stage_resume = resume and (stage_dir / "config.yaml").exists()
-            summary = recipe(stage)(stage_config, stage_dir, callbacks, stage_resume)
+                stage_config.method.reward_model = str(run.stage_dir("reward").path)
+            stage_resume = resume and stage_dir.exists
+            summary = recipe(stage)(stage_config, stage_dir.path, callbacks, stage_resume)
         summaries.append({"stage": stage, **summary})
         # A reward model scores the policy; it does not become it (InstructGPT's layout: it
         # starts from the SFT weights, and RL starts from them too).
@@ -150,15 +151,15 @@ def _check_multistage(config: RunConfig) -> None:
         )
 
 
-def _weights_for_next_stage(stage_dir: Path) -> Path:
+def _weights_for_next_stage(stage_dir: RunDir) -> Path:
     """A model folder holding what `stage_dir` trained: its full weights, or its adapter
     merged into its base (written once)."""
-    if (stage_dir / MODEL_DIR).is_dir():
-        return stage_dir / MODEL_DIR
+    if stage_dir.full_weights:
+        return stage_dir.full_weights
     if distributed.is_main_process():
-        save_merged(stage_dir)
+        save_merged(stage_dir.path)
     distributed.barrier()  # the other processes start the next stage from the merged weights
-    return merged_dir(stage_dir)
+    return stage_dir.merged
 
 
 def preview(config: RunConfig) -> RunConfig:
