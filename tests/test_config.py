@@ -2,8 +2,9 @@
 
 import pytest
 
-from tunesmith.config import RunConfig, load_config, parse_config, save_config
+from tunesmith.config import RunConfig, apply_overrides, load_config, parse_config, save_config
 from tunesmith.errors import ConfigError
+from tunesmith.train.common import peft_config
 
 
 def test_yaml_round_trip(tmp_path):
@@ -122,3 +123,34 @@ def test_bad_method_combinations_are_one_sentence(method, message):
 def test_configs_written_before_stages_still_load():
     method = parse_config({"method": {"method": "full", "lora_r": 8}}).method
     assert (method.adapter, method.stages) == ("full", ["sft"])
+
+
+def test_overrides_are_dotted_validated_and_their_source_recorded():
+    config = apply_overrides(RunConfig(), {"train.epochs": 2, "method.lora_r": 64, "data.train": None}, source="options")
+    assert config.train.epochs == 2 and config.method.lora_r == 64 and config.data.train is None
+    assert config.sources == {"train.epochs": "options", "method.lora_r": "options"}
+    with pytest.raises(ConfigError, match="options: train.epochs: .*greater than 0"):
+        apply_overrides(RunConfig(), {"train.epochs": -1}, source="options")
+    with pytest.raises(ConfigError, match="hyperparameter 'n_epochs'"):
+        apply_overrides(RunConfig(), {"train.epochs": -1}, source="job", names={"train.epochs": "hyperparameter 'n_epochs'"})
+    with pytest.raises(ConfigError, match="options: train.nonsense is not a config field"):
+        apply_overrides(RunConfig(), {"train.nonsense": 1}, source="options")
+
+
+@pytest.mark.parametrize("source", ["options", "job", "trial 3", "auto"])
+def test_lora_alpha_follows_the_rank_for_every_caller_unless_set(source):
+    """The bug of issue 21: the 2 x rank rule lived in the CLI and HPO only, so an API job with
+    rank 64 trained with alpha 32. It is now the config's, and reaches the peft config."""
+    config = apply_overrides(RunConfig(), {"method.lora_r": 64, "method.target_modules": ["q_proj"]}, source=source)
+    assert config.method.alpha == 128
+    assert peft_config(config.method, model=None, task_type="CAUSAL_LM").lora_alpha == 128
+    fixed = apply_overrides(config, {"method.lora_alpha": 16}, source=source)
+    assert fixed.method.alpha == 16
+    assert load_config_text("method: {lora_r: 8}").method.alpha == 16  # a YAML file without alpha
+    assert load_config_text("method: {lora_r: 8, lora_alpha: 32}").method.alpha == 32
+
+
+def load_config_text(text: str) -> RunConfig:
+    import yaml
+
+    return parse_config(yaml.safe_load(text))
