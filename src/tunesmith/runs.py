@@ -11,6 +11,7 @@ export, the worker, the API, the CLI) goes through `RunDir` or the names here.
     RUN/run.json           the training summary
     RUN/eval/              results.json, answers.jsonl, test.jsonl
     RUN/report.html, RUN/MODEL_CARD.md
+    RUN/exports/           downloads and exports built from the run
     RUN/<stage>/           for a multi-stage run, one complete run folder per stage
 """
 
@@ -227,6 +228,11 @@ class RunDir:
         if not self.results_file.exists():
             return None
         return EvalResults.model_validate_json(self.results_file.read_text())
+
+    @property
+    def exports(self) -> Path:
+        """Built downloads and exports of the run; inside it, so deleting the run deletes them."""
+        return self.path / "exports"
 
     @property
     def checkpoints(self) -> Path:

@@ -1,8 +1,9 @@
 """The HTTP server: `create_app(settings)` builds the FastAPI app that `tunesmith serve` runs.
 
-It speaks OpenAI's API (files, fine-tuning jobs, models, chat and text completions; the
-routers are in `openai_api.py`), so the official `openai` package drives it with only
-`base_url` and `api_key` changed. Every request needs an API key (`tunesmith keys create`);
+It speaks OpenAI's API (files, fine-tuning jobs, models, chat and text completions), so the
+official `openai` package drives it with only `base_url` and `api_key` changed, plus
+tunesmith's own routes under /v1/tunesmith; one router per resource in `routes/`, the
+dependencies they share in `deps.py`. Every request needs an API key (`tunesmith keys create`);
 a key sees only its own project's files, jobs and models, an admin key sees all.
 Errors are OpenAI's error objects: `{"error": {"message", "type", "param", "code"}}`.
 """
@@ -10,29 +11,42 @@ Errors are OpenAI's error objects: `{"error": {"message", "type", "param", "code
 from __future__ import annotations
 
 import sys
+import traceback
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.errors import TunesmithError
 from tunesmith.jobs import store
-from tunesmith.serve import gate, openai_api
+from tunesmith.serve import gate
 from tunesmith.serve.deps import APIError, Settings, error_body
 from tunesmith.serve.limits import BodyLimit
-from tunesmith.serve.platform_api import platform
+from tunesmith.serve.routes import (
+    completions,
+    files,
+    jobs,
+    models,
+    platform,
+    tuned_models,
+)
+
+# Mounted under /v1 in this order (a route matches in the order routers are included).
+ROUTERS = [files.router, jobs.router, models.router, completions.router, platform.router, tuned_models.router]
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI app: OpenAI-compatible routes under /v1, with its OpenAPI spec at /openapi.json."""
     settings.data_dir = Path(settings.data_dir)
-    (settings.data_dir / "files").mkdir(parents=True, exist_ok=True)
-    (settings.data_dir / "runs").mkdir(parents=True, exist_ok=True)
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    settings.runs_dir.mkdir(parents=True, exist_ok=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -70,16 +84,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def server_error(_request, exc: Exception):
-        import traceback
-
         traceback.print_exception(exc, file=sys.stderr)  # the details go to the server log, not the client
         # Starlette answers this one outside every middleware, so it sets the security headers itself.
         return JSONResponse(error_body(f"The server hit an internal error ({type(exc).__name__}); its log has the details.",
                                        type="server_error"), status_code=500, headers=SECURITY_HEADERS)
 
-    for router in openai_api.routers:
+    for router in ROUTERS:
         app.include_router(router, prefix="/v1")
-    app.include_router(platform, prefix="/v1")
     _add_ui(app)
     app.openapi = lambda: _openapi_with_errors(app)
     # Body sizes are checked as the body streams in, before any route (or Starlette's multipart parser) reads it.
@@ -95,9 +106,6 @@ UI_DIR = Path(__file__).parent / "ui"
 def _add_ui(app: FastAPI) -> None:
     """The web UI at `/`: static files shipped in the package (no CDN), talking to the same
     /v1 API with the key the user signs in with."""
-    from fastapi.responses import FileResponse
-    from fastapi.staticfiles import StaticFiles
-
     app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
 
     @app.get("/", include_in_schema=False)
@@ -207,8 +215,6 @@ def _openapi_with_errors(app: FastAPI) -> dict:
     each status in ERROR_STATUSES and OPERATION_STATUSES, no 422, and the bearer key scheme."""
     if app.openapi_schema:
         return app.openapi_schema
-    from fastapi.openapi.utils import get_openapi
-
     spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = spec.setdefault("components", {})
     schemas = components.setdefault("schemas", {})

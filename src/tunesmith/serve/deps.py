@@ -1,5 +1,10 @@
-"""What every router shares: the server's settings, the caller (API key -> project), the
-error type answered as OpenAI's error object, and the database session dependency."""
+"""What the routers share: the server's settings, the database, the caller (API key ->
+project), the inference engine, the error answered as OpenAI's error object, and the
+project-scoped lookups of files and models.
+
+Routes take these as `Annotated` dependencies (`SettingsDep`, `SessionDep`, `CallerDep`,
+`EngineDep`) rather than reading `request.app.state`; `create_app` fills the state once.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,13 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from tunesmith.jobs import store
+from tunesmith.jobs.store import File, Model
+from tunesmith.models import BUILTIN_MODELS
+from tunesmith.serve.pool import Engine
 
 
 @dataclass
@@ -54,6 +64,16 @@ class Settings:
     def url(self) -> str:
         return self.database_url or store.default_database_url(self.data_dir)
 
+    @property
+    def files_dir(self) -> Path:
+        """Where uploaded (and fixed) files are stored, each under its id."""
+        return Path(self.data_dir) / "files"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where each job's run folder goes, named after the job."""
+        return Path(self.data_dir) / "runs"
+
 
 class APIError(Exception):
     """An error the client caused (or a server error), answered as OpenAI's error object."""
@@ -83,13 +103,34 @@ class Caller:
     key_id: str = ""  # the API key's id: generation limits count per key
 
 
-def authenticate(request: Request) -> Caller:
+# --------------------------------------------------------------------------- dependencies
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_sessions(request: Request) -> sessionmaker[Session]:
+    """The database's session factory, made once by `create_app`. A route opens a short session
+    per read (`with sessions() as s`) or per transaction (`with sessions.begin() as s`), so no
+    session is held across a slow step such as the data gate."""
+    return request.app.state.sessions
+
+
+SessionDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+
+
+def authenticate(request: Request, sessions: SessionDep) -> Caller:
+    """The caller of a request, from its `Authorization: Bearer <key>` header; 401 without a valid key."""
     header = request.headers.get("authorization", "")
     secret = header[7:].strip() if header.lower().startswith("bearer ") else ""
     if not secret:
         raise APIError(401, "Missing API key: send it as 'Authorization: Bearer <key>' (create one with "
                        "`tunesmith keys create --project NAME`).", code="missing_api_key", type="authentication_error")
-    key = store.find_key(request.app.state.sessions, secret)
+    key = store.find_key(sessions, secret)
     if key is None:
         raise APIError(401, "Incorrect API key provided; check the key or create one with `tunesmith keys create`.",
                        code="invalid_api_key", type="authentication_error")
@@ -97,3 +138,57 @@ def authenticate(request: Request) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def get_engine(request: Request, settings: SettingsDep) -> Engine:
+    """The inference engine, started by the first generation request: a server that only
+    trains never starts one."""
+    state = request.app.state
+    if state.engine is None:
+        state.engine = Engine(max_adapters=settings.max_adapters, max_batch=settings.max_batch)
+    return state.engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def loaded_engine(request: Request) -> Engine | None:
+    """The inference engine if a generation request has started it, else None (for routes
+    that only tell it something, such as a deleted model, and must not start it)."""
+    return request.app.state.engine
+
+
+LoadedEngineDep = Annotated[Engine | None, Depends(loaded_engine)]
+
+
+# --------------------------------------------------------------------------- project-scoped lookups
+
+
+def scoped(query: Select, table, caller: Caller) -> Select:
+    """`query` limited to the caller's project (an admin key sees every project)."""
+    return query if caller.admin else query.where(table.project == caller.project)
+
+
+def get_file(sessions: sessionmaker[Session], caller: Caller, file_id: str, param: str | None = None) -> File:
+    """The caller's file `file_id`; 404 (naming `param`) when the project has none."""
+    with sessions() as s:
+        f = s.scalar(scoped(select(File).where(File.id == file_id), File, caller))
+    if f is None:
+        raise not_found("file", file_id, param)
+    return f
+
+
+def get_model(sessions: sessionmaker[Session], caller: Caller, model_id: str) -> Model:
+    """The caller's fine-tuned model `model_id`; 404 as OpenAI words it when the project has none."""
+    with sessions() as s:
+        model = s.scalar(scoped(select(Model).where(Model.id == model_id), Model, caller))
+    if model is None:
+        raise APIError(404, f"The model '{model_id}' does not exist or you do not have access to it.",
+                       param="model", code="model_not_found")
+    return model
+
+
+def base_models(settings: Settings) -> dict[str, str]:
+    """Base models a client may name, name -> what loads it: the built-in ones and those the
+    server was started with."""
+    return {name: name for name in BUILTIN_MODELS} | settings.models

@@ -32,11 +32,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, ModelError, TunesmithError
 from tunesmith.inference.generate import load_for_inference, with_system
 from tunesmith.models import load_model, load_tokenizer, resolve_model
-from tunesmith.runs import ADAPTER_DIR, MODEL_DIR, final_stage_dir, is_run_dir
+from tunesmith.runs import RunDir
 
 BASE_ROW = "__base__"  # peft's adapter name for "no adapter" in a mixed-adapter batch
 NOT_TEXT_STAGES = {
@@ -560,26 +559,25 @@ class Engine:
         if target.run_dir is None:
             base_id = _base_id(target.base)
             return _Plan("base", f"base:{base_id}", target.key, base=target.base)
-        run_dir = Path(target.run_dir).expanduser()
-        if not is_run_dir(run_dir):
-            raise ModelError(f"{run_dir} is not a tunesmith run directory (it has no config.yaml).")
+        run = RunDir(target.run_dir)
+        if not run.exists:
+            raise ModelError(f"{run.path} is not a tunesmith run directory (it has no config.yaml).")
         try:
-            stage_dir = final_stage_dir(run_dir)
-            config = load_config(stage_dir / "config.yaml")
+            final = run.final
+            config = final.config
         except ConfigError as exc:
             raise ModelError(str(exc)) from exc
         last = config.method.stages[-1]
         if last in NOT_TEXT_STAGES:
             raise ModelError(f"{target.key} is {NOT_TEXT_STAGES[last]} rather than writing it, so it cannot serve completions.")
         system = config.data.system_prompt
-        if (stage_dir / MODEL_DIR).is_dir():
-            return _Plan("model", f"model:{target.key}", target.key, weights=stage_dir / MODEL_DIR, system=system)
-        adapter_dir = stage_dir / ADAPTER_DIR
-        if _is_lora(adapter_dir):
+        if final.full_weights:
+            return _Plan("model", f"model:{target.key}", target.key, weights=final.full_weights, system=system)
+        if final.adapter and _is_lora(final.adapter):
             base_id = _base_id(config.model.name)
-            return _Plan("lora", f"base:{base_id}", target.key, base=config.model.name, adapter_dir=adapter_dir, system=system)
+            return _Plan("lora", f"base:{base_id}", target.key, base=config.model.name, adapter_dir=final.adapter, system=system)
         # Prompt/prefix tuning, LoHa, LoKr, IA3 (or no weights: load_for_inference says so).
-        return _Plan("model", f"model:{target.key}", target.key, run_dir=run_dir, system=system)
+        return _Plan("model", f"model:{target.key}", target.key, run_dir=run.path, system=system)
 
     def _acquire(self, plan: _Plan, pinned: set[str]) -> _Slot:
         """Load (or find in the caches) what `plan` names; never evicts a `pinned` adapter."""
