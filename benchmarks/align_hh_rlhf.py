@@ -5,6 +5,8 @@ Run from the repository root, in the project's virtualenv:
 
     python benchmarks/align_hh_rlhf.py                     # about an hour on a 2-core CPU
     python benchmarks/align_hh_rlhf.py --steps 10 --prompts 20   # a quick check
+    python benchmarks/align_hh_rlhf.py --model PATH --data PAIRS.jsonl --steps 1 --test-pairs 4 \
+        --validation-pairs 4 --prompts 2 --max-length 64 --max-new-tokens 4   # a smoke test (CI)
 
 Steps, each with tunesmith's own functions, as a user would run them:
 
@@ -38,6 +40,8 @@ HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "test.jsonl.gz"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="base model of every stage (name or local folder)")
+    p.add_argument("--data", default=str(HH), help="preference pairs (HH-RLHF transcripts or any format tunesmith reads)")
     p.add_argument("--steps", type=int, default=80, help="optimizer steps of the reward model and of DPO")
     p.add_argument("--max-length", type=int, default=256, help="tokens per prompt+answer (earliest turns dropped)")
     p.add_argument("--test-pairs", type=int, default=200, help="pairs held out from every stage")
@@ -64,7 +68,7 @@ def train_stage(stage: str, out: Path, n_train: int, args) -> dict:
         return json.loads((run / "run.json").read_text())
     shutil.rmtree(run, ignore_errors=True)
     config = RunConfig.model_validate({
-        "model": {"name": "smollm2-135m"},
+        "model": {"name": args.model},
         "data": {"train": str(out / "train.jsonl"), "test_split": 0.0, "validation_split": args.validation_pairs / n_train},
         "method": {"stages": [stage]},
         "train": {"max_steps": args.steps, "max_length": args.max_length},
@@ -77,22 +81,25 @@ def main() -> None:
     from tunesmith.config import load_config
     from tunesmith.data.formats import load_data
     from tunesmith.data.quality import check_data, fix_data
-    from tunesmith.models import ensure_builtin
-    from tunesmith.inference.generate import generate, load_for_inference
     from tunesmith.data.splits import split_validation
+    from tunesmith.inference.generate import generate, load_for_inference
     from tunesmith.inference.reward import load_reward_model, score_file
+    from tunesmith.models import BUILTIN_MODELS, ensure_builtin
 
     out = REPO / args.out
     if not args.reuse:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    ensure_builtin("smollm2-135m")  # the GGUF is converted once, outside the timings
-    results: dict = {"data": str(HH.relative_to(REPO.parent)), "args": vars(args)}
+    if args.model in BUILTIN_MODELS:
+        ensure_builtin(args.model)  # the GGUF is converted once, outside the timings
+    data = Path(args.data).resolve()
+    results: dict = {"data": str(data.relative_to(REPO.parent) if data.is_relative_to(REPO.parent) else data),
+                     "args": vars(args)}
 
     # 1-2. Gate, fix, split.
-    card = check_data(str(HH), None)
+    card = check_data(str(data), None)
     results["gate_errors"] = [f.message for f in card.errors()]
-    fixed = fix_data(str(HH), out / "clean.jsonl")
+    fixed = fix_data(str(data), out / "clean.jsonl")
     pairs = load_data(out / "clean.jsonl").records
     train_pairs, test_pairs = split_validation(pairs, args.test_pairs / len(pairs), seed=7)
     write_jsonl(out / "train.jsonl", train_pairs)

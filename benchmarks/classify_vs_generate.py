@@ -5,6 +5,8 @@ Run from the repository root, in the project's virtualenv:
 
     python benchmarks/classify_vs_generate.py                      # 4,800 training examples each
     python benchmarks/classify_vs_generate.py --examples 320 --test-rows 200   # a quick check
+    python benchmarks/classify_vs_generate.py --model PATH --train SMALL.csv \
+        --test src/tunesmith/samples/banking77_test.csv --examples 8 --test-rows 4   # a smoke test (CI)
 
 Both arms train LoRA (r=16, all linear layers) with tunesmith's automatic settings on
 Banking77's train split (10,003 rows; 200 held out for validation) and see the same number
@@ -50,15 +52,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--examples", type=int, default=4800, help="training examples seen by each arm")
     p.add_argument("--test-rows", type=int, default=0, help="test queries to score (0: the whole split)")
     p.add_argument("--arms", default="classify,generate")
+    p.add_argument("--model", default=None, help="base model: a tunesmith model name or local folder "
+                   "(default: the bundled SmolLM2-135M)")
+    p.add_argument("--train", default=str(SHARED / "train.csv"), help="Banking77-style training CSV (text,category)")
+    p.add_argument("--test", default=str(SHARED / "test.csv"), help="Banking77-style test CSV (text,category)")
     p.add_argument("--out", default="benchmarks/out/classify_vs_generate")
     p.add_argument("--results", default="benchmarks/results/classify_vs_generate.json")
     return p.parse_args()
 
 
-def test_rows(n: int) -> list[dict]:
+def test_rows(path: str, n: int) -> list[dict]:
     from tunesmith.data.formats import load_data
 
-    records = load_data(SHARED / "test.csv").records
+    records = load_data(path).records
     return records[:n] if n else records
 
 
@@ -72,14 +78,15 @@ def macro_f1(predicted: list[str], labels: list[str]) -> float:
 
 def run_classify(args, out: Path, rows: list[dict]) -> dict:
     from tunesmith.config import RunConfig
-    from tunesmith.inference.generate import write_jsonl
     from tunesmith.inference.classifier import load_classifier, predict
+    from tunesmith.inference.generate import write_jsonl
     from tunesmith.workflows.train_eval import train
 
     batch = 32
     config = RunConfig.model_validate(
         {
-            "data": {"train": str(SHARED / "train.csv"), "test_split": 0.0, "force": True},
+            **_model(args),
+            "data": {"train": args.train, "test_split": 0.0, "force": True},
             "method": {"stages": ["classify"], "adapter": "lora"},
             "train": {"batch_size": batch, "max_steps": math.ceil(args.examples / batch)},
         }
@@ -107,16 +114,17 @@ def run_classify(args, out: Path, rows: list[dict]) -> dict:
 def run_generate(args, out: Path, rows: list[dict]) -> dict:
     from tunesmith.config import RunConfig
     from tunesmith.data.formats import token_lengths
-    from tunesmith.models import load_tokenizer
-    from tunesmith.workflows.quickstart import SYSTEM_PROMPT
-    from tunesmith.inference.generate import write_jsonl
-    from tunesmith.train.auto import resolve
     from tunesmith.data.rows import load_chat_rows
+    from tunesmith.inference.generate import write_jsonl
+    from tunesmith.models import load_tokenizer
+    from tunesmith.train.auto import resolve
+    from tunesmith.workflows.quickstart import SYSTEM_PROMPT
     from tunesmith.workflows.train_eval import train
 
     config = RunConfig.model_validate(
         {
-            "data": {"train": str(SHARED / "train.csv"), "test_split": 0.0, "system_prompt": SYSTEM_PROMPT, "force": True},
+            **_model(args),
+            "data": {"train": args.train, "test_split": 0.0, "system_prompt": SYSTEM_PROMPT, "force": True},
             "method": {"stages": ["sft"], "adapter": "lora"},
         }
     )
@@ -150,6 +158,11 @@ def run_generate(args, out: Path, rows: list[dict]) -> dict:
     }
 
 
+def _model(args) -> dict:
+    """The config's model section: `--model`, or tunesmith's default base (the bundled model)."""
+    return {"model": {"name": args.model}} if args.model else {}
+
+
 def _config(run_dir: Path) -> dict:
     import yaml
 
@@ -164,7 +177,7 @@ def main() -> None:
 
     _quiet_libraries()
     out = Path(args.out)
-    rows = test_rows(args.test_rows)
+    rows = test_rows(args.test, args.test_rows)
     results = []
     for arm in args.arms.split(","):
         shutil.rmtree(out / arm, ignore_errors=True)
@@ -173,7 +186,7 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         results.append(result)
 
-    print(f"\nBanking77, SmolLM2-135M + LoRA r=16, {args.examples} training examples per arm, "
+    print(f"\nBanking77, {args.model or 'SmolLM2-135M'} + LoRA r=16, {args.examples} training examples per arm, "
           f"{len(rows)} test queries, {torch.get_num_threads()} CPU threads")
     print(f"{'arm':<10}{'steps':>7}{'examples':>10}{'train s':>9}{'accuracy':>10}{'macro-F1':>10}{'eval s':>8}")
     for r in results:

@@ -4,6 +4,7 @@ Run from the repository root, in the project's virtualenv:
 
     python benchmarks/ddp_scaling.py                       # 2 processes, 24 steps
     python benchmarks/ddp_scaling.py --processes 4 --steps 40 --json benchmarks/results/ddp_scaling.json
+    python benchmarks/ddp_scaling.py --model PATH --data SMALL.csv --steps 2   # a smoke test (CI)
 
 Both runs are `tunesmith train` of the bundled SmolLM2-135M (LoRA, chat SFT) on the bundled
 Banking77 sample, every setting automatic, for `--steps` optimizer steps, without the
@@ -30,9 +31,10 @@ from pathlib import Path
 SAMPLE = Path(__file__).parents[1] / "src" / "tunesmith" / "samples" / "banking77_train.csv"
 
 
-def run(processes: int, steps: int, out: Path) -> dict:
-    command = [sys.executable, "-m", "tunesmith.cli", "train", "--data", str(SAMPLE), "--method", "sft",
-               "--max-steps", str(steps), "--no-eval", "--output", str(out), "--num-processes", str(processes)]
+def run(processes: int, steps: int, out: Path, data: Path = SAMPLE, model: str | None = None) -> dict:
+    command = [sys.executable, "-m", "tunesmith.cli", "train", "--data", str(data), "--method", "sft",
+               "--max-steps", str(steps), "--no-eval", "--output", str(out), "--num-processes", str(processes),
+               *(["--model", model] if model else [])]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -51,10 +53,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    parser.add_argument("--model", default=None, help="base model, a name or local folder (default: the bundled SmolLM2-135M)")
+    parser.add_argument("--data", type=Path, default=SAMPLE, help="training file (default: the bundled Banking77 sample)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        one = run(1, args.steps, Path(tmp) / "one")
-        many = run(args.processes, args.steps, Path(tmp) / "many")
+        one = run(1, args.steps, Path(tmp) / "one", args.data, args.model)
+        many = run(args.processes, args.steps, Path(tmp) / "many", args.data, args.model)
     speedup = one["s_per_step"] / many["s_per_step"]
     for r in (one, many):
         loss = sum(r["last_losses"]) / len(r["last_losses"])

@@ -5,6 +5,8 @@ Run from the repository root, in the project's virtualenv:
 
     python benchmarks/peft_methods.py                       # 11 methods, 30 steps of 32 queries
     python benchmarks/peft_methods.py --methods lora,ia3 --steps 5   # a quick check
+    python benchmarks/peft_methods.py --model PATH --data SMALL.csv --methods lora,ia3 --steps 2 \
+        --train-rows 32 --validation-rows 8   # a smoke test (CI: the tiny model, 4 intents x 10 rows)
 
 Each method trains the classification formulation (`--task classify`: a head on the
 decoder; the adapter plus the head are trained, or every weight for `full`) with
@@ -32,6 +34,10 @@ METHODS = "lora,rslora,dora,pissa,olora,loha,lokr,ia3,prompt,prefix,full"
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", default=METHODS)
+    p.add_argument("--model", default=None, help="base model: a tunesmith model name or local folder "
+                   "(default: the bundled SmolLM2-135M)")
+    p.add_argument("--data", default=str(SHARED / "train.csv"),
+                   help="Banking77-style CSV (text,category) the train and validation rows are drawn from")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--train-rows", type=int, default=2000)
     p.add_argument("--validation-rows", type=int, default=500)
@@ -40,9 +46,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def write_split(out: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
+def write_split(data: str, out: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
     """Seeded disjoint train/validation samples of Banking77's train split."""
-    with open(SHARED / "train.csv", newline="") as f:
+    with open(data, newline="") as f:
         rows = list(csv.DictReader(f))
     random.Random(0).shuffle(rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,19 +76,20 @@ def main() -> None:
     import torch
     import yaml
 
-    from tunesmith.runtime import quiet_libraries as _quiet_libraries
     from tunesmith.config import RunConfig
+    from tunesmith.runtime import quiet_libraries as _quiet_libraries
     from tunesmith.workflows.train_eval import train
 
     _quiet_libraries()
     out = Path(args.out)
-    train_file, val_file = write_split(out, args.train_rows, args.validation_rows)
+    train_file, val_file = write_split(args.data, out, args.train_rows, args.validation_rows)
     results = []
     for method in args.methods.split(","):
         run_dir = out / method
         shutil.rmtree(run_dir, ignore_errors=True)
         config = RunConfig.model_validate(
             {
+                **({"model": {"name": args.model}} if args.model else {}),
                 "data": {"train": str(train_file), "validation": str(val_file), "test_split": 0.0, "force": True},
                 "method": {"stages": ["classify"], "adapter": method},
                 # One evaluation, at the end: the budget goes to training.
@@ -105,7 +112,7 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         results.append(result)
 
-    print(f"\nBanking77 classification, SmolLM2-135M, {args.steps} steps x 32 queries from {args.train_rows} rows, "
+    print(f"\nBanking77 classification, {args.model or 'SmolLM2-135M'}, {args.steps} steps x 32 queries from {args.train_rows} rows, "
           f"{args.validation_rows} validation rows, {torch.get_num_threads()} CPU threads")
     print(f"{'method':<8}{'trainable':>13}{'share':>8}{'lr':>9}{'tokens/s':>10}{'train s':>9}{'accuracy':>10}{'macro-F1':>10}")
     for r in results:

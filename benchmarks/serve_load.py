@@ -6,6 +6,7 @@ Run from the repository root, in the project's virtualenv:
     python benchmarks/serve_load.py                         # 32 clients x 4 requests, 10 adapters
     python benchmarks/serve_load.py --clients 8 --requests 2 --adapters 3   # a quick check
     python benchmarks/serve_load.py --json benchmarks/results/serve_load.json
+    python benchmarks/serve_load.py --model tiny=PATH --clients 2 --requests 1 --adapters 1 --max-tokens 2   # CI smoke test
 
 1. Load. `tunesmith serve --workers 0` runs in its own process on localhost with the bundled
    SmolLM2-135M and `--adapters` LoRA adapters (rank 16 on every linear layer, random
@@ -44,8 +45,9 @@ SAMPLE = ROOT / "src" / "tunesmith" / "samples" / "banking77_test.csv"
 BASE = "smollm2-135m"
 
 
-def make_adapters(out: Path, n: int) -> list[Path]:
-    """`n` run directories, each a LoRA adapter (r 16, all linear layers) of the base model."""
+def make_adapters(out: Path, n: int, base: str = BASE) -> list[Path]:
+    """`n` run directories, each a LoRA adapter (r 16, all linear layers) of the base model
+    (`base`: a model name or folder)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -53,11 +55,11 @@ def make_adapters(out: Path, n: int) -> list[Path]:
     from tunesmith.models import load_model, load_tokenizer
     from tunesmith.runs import ADAPTER_DIR
 
-    tokenizer = load_tokenizer(BASE)
+    tokenizer = load_tokenizer(base)
     runs = []
     for i in range(n):
         torch.manual_seed(i)
-        model = get_peft_model(load_model(BASE), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+        model = get_peft_model(load_model(base), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                                              init_lora_weights=False, task_type="CAUSAL_LM"))
         with torch.no_grad():  # small random updates: a changed but still fluent model
             for name, p in model.named_parameters():
@@ -66,7 +68,7 @@ def make_adapters(out: Path, n: int) -> list[Path]:
         run = out / f"adapter-{i}"
         model.save_pretrained(run / ADAPTER_DIR)
         tokenizer.save_pretrained(run / ADAPTER_DIR)
-        save_config(RunConfig.model_validate({"model": {"name": BASE}}), run / "config.yaml")
+        save_config(RunConfig.model_validate({"model": {"name": base}}), run / "config.yaml")
         runs.append(run)
     return runs
 
@@ -77,16 +79,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, max_batch: int, threads: int, model: str | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "serve", "--workers", "0", "--port", str(port),
-                             "--data-dir", str(data_dir), "--max-batch", str(max_batch), "--max-adapters", "16"],
+                             "--data-dir", str(data_dir), "--max-batch", str(max_batch), "--max-adapters", "16",
+                             *(["--model", model] if model else [])],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     import requests
 
     for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode}")
         try:
             requests.get(url + "/models", timeout=1)
             return proc, url
@@ -130,7 +135,7 @@ async def load(url: str, key: str, models: list[str], clients: int, per_client: 
             "requests_per_s": round(len(latencies) / wall, 3), "p50_s": round(pick(0.5), 3), "p95_s": round(pick(0.95), 3)}
 
 
-def memory_child(kind: str, runs: list[str]) -> None:
+def memory_child(kind: str, base: str, runs: list[str]) -> None:
     """Run in a fresh process: load what `kind` says and print the peak resident memory."""
     import torch
 
@@ -142,7 +147,7 @@ def memory_child(kind: str, runs: list[str]) -> None:
 
         async def touch():
             for i, run in enumerate(runs):
-                await engine.complete(Target(key=f"a{i}", base=BASE, run_dir=Path(run)), "Hello", Sampling(max_tokens=1, temperature=0))
+                await engine.complete(Target(key=f"a{i}", base=base, run_dir=Path(run)), "Hello", Sampling(max_tokens=1, temperature=0))
 
         asyncio.run(touch())
         loaded = engine.stats()
@@ -156,10 +161,10 @@ def memory_child(kind: str, runs: list[str]) -> None:
     print(json.dumps({"peak_rss_mb": round(peak_mb), "loaded": {k: (len(v) if isinstance(v, list) else v) for k, v in loaded.items()}}))
 
 
-def measure_memory(runs: list[Path]) -> dict:
+def measure_memory(runs: list[Path], base: str = BASE) -> dict:
     out = {}
     for kind in ("engine", "copies"):
-        result = subprocess.run([sys.executable, __file__, "--memory-child", kind, *map(str, runs)],
+        result = subprocess.run([sys.executable, __file__, "--memory-child", kind, base, *map(str, runs)],
                                 capture_output=True, text=True, check=True)
         out[kind] = json.loads(result.stdout.strip().splitlines()[-1])
     return out
@@ -173,10 +178,15 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--threads", type=int, default=2, help="torch threads of the server process")
     p.add_argument("--json", type=Path)
+    p.add_argument("--model", default=None, metavar="NAME=FOLDER",
+                   help=f"serve this local model as the base NAME instead of the bundled {BASE} (e.g. a tiny test model)")
     p.add_argument("--memory-child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
-        return memory_child(args.memory_child[0], args.memory_child[1:])
+        return memory_child(args.memory_child[0], args.memory_child[1], args.memory_child[2:])
+    base_name, _, base = (args.model or f"{BASE}={BASE}").partition("=")
+    if not base:
+        p.error("--model takes NAME=FOLDER")
 
     from tunesmith.jobs import store
 
@@ -184,7 +194,7 @@ def main() -> None:
         queries = [row["text"] for row in csv.DictReader(f)]
     work = Path(tempfile.mkdtemp(prefix="serve_load-"))
     print(f"making {args.adapters} adapters in {work}")
-    runs = make_adapters(work / "adapters", args.adapters)
+    runs = make_adapters(work / "adapters", args.adapters, base)
     results: dict = {"settings": vars(args) | {"json": str(args.json) if args.json else None}, "load": {}}
     for max_batch in (16, 1):
         data_dir = work / f"server-{max_batch}"
@@ -194,12 +204,12 @@ def main() -> None:
         adapter_models = []
         with sessions.begin() as s:
             for i, run in enumerate(runs):
-                model_id = f"ft:{BASE}:bench:a{i}:{i:08d}"
-                s.add(store.Model(id=model_id, project="bench", base=BASE, job_id=f"ftjob-{i}", run_dir=str(run)))
+                model_id = f"ft:{base_name}:bench:a{i}:{i:08d}"
+                s.add(store.Model(id=model_id, project="bench", base=base_name, job_id=f"ftjob-{i}", run_dir=str(run)))
                 adapter_models.append(model_id)
-        proc, url = start_server(data_dir, max_batch, args.threads)
+        proc, url = start_server(data_dir, max_batch, args.threads, args.model)
         try:
-            for mix, models in (("base", [BASE]), ("base + adapters", [BASE, *adapter_models])):
+            for mix, models in (("base", [base_name]), ("base + adapters", [base_name, *adapter_models])):
                 r = asyncio.run(load(url, key, models, args.clients, args.requests, args.max_tokens, queries))
                 results["load"][f"{mix}, max_batch {max_batch}"] = r
                 print(f"{mix:16s} max_batch {max_batch:2d}: {r['requests_per_s']:.2f} req/s, p50 {r['p50_s']:.2f} s, "
@@ -212,7 +222,7 @@ def main() -> None:
         ratio = batched["requests_per_s"] / single["requests_per_s"]
         results[f"throughput_ratio ({mix})"] = round(ratio, 2)
         print(f"throughput, batched / one at a time ({mix}): {ratio:.2f}x")
-    memory = measure_memory(runs)
+    memory = measure_memory(runs, base)
     results["memory"] = memory
     ratio = memory["copies"]["peak_rss_mb"] / memory["engine"]["peak_rss_mb"]
     results["memory_ratio"] = round(ratio, 2)

@@ -221,6 +221,7 @@ def warm_up(model_name: str, examples: list[dict], pad_id: int) -> None:
 
 def run_trl(args, train_rows: list[dict], workdir: Path):
     """Plain TRL: SFTTrainer + peft LoraConfig, padded batches, loss on the answer only."""
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
@@ -228,8 +229,6 @@ def run_trl(args, train_rows: list[dict], workdir: Path):
     from trl.chat_template_utils import get_training_chat_template
 
     from tunesmith.models import default_dtype, resolve_model
-
-    import torch
 
     source = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(source)

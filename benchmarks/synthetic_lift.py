@@ -4,6 +4,8 @@ Run from the repository root, in the project's virtualenv:
 
     python benchmarks/synthetic_lift.py                          # 5 seed rows per intent, 5 synthetic
     python benchmarks/synthetic_lift.py --test-rows 300 --steps 10   # a quick check that it works
+    python benchmarks/synthetic_lift.py --model PATH --teacher PATH --train SMALL.csv --test TEST.csv \
+        --per-intent 2 --synth-per-intent 1 --steps 1 --test-rows 4   # a smoke test (CI)
 
 Steps, all in this one process:
 
@@ -46,6 +48,10 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--per-intent", type=int, default=5, help="seed rows per intent")
     p.add_argument("--synth-per-intent", type=int, default=5, help="synthetic rows kept per intent")
+    p.add_argument("--model", default="smollm2-135m", help="the model every arm fine-tunes (name or local folder)")
+    p.add_argument("--train", default=str(SHARED / "train.csv"),
+                   help="Banking77-style CSV (text,category): the seed is drawn from it and the referee trained on it")
+    p.add_argument("--test", default=str(SHARED / "test.csv"), help="Banking77-style CSV the arms are scored on")
     p.add_argument("--teacher", default="smollm2-135m", help="local teacher model")
     p.add_argument("--teacher-url", default=None, help="OpenAI-compatible endpoint instead of a local teacher")
     p.add_argument("--teacher-model", default=None)
@@ -80,18 +86,19 @@ def accuracy(run: str, prompts, labels) -> tuple[float, list[str]]:
     return exact_match(answers, labels), answers
 
 
-def train_and_test(name: str, train_file: Path, out: Path, steps: int, prompts, labels, seed: int) -> dict:
+def train_and_test(name: str, train_file: Path, out: Path, steps: int, prompts, labels, seed: int,
+                   model: str = "smollm2-135m") -> dict:
     from tunesmith.config import RunConfig
-    from tunesmith.workflows.quickstart import SYSTEM_PROMPT
     from tunesmith.inference.generate import write_jsonl
     from tunesmith.train.sft import train_sft
+    from tunesmith.workflows.quickstart import SYSTEM_PROMPT
 
     run_dir = out / f"run-{name}"
     result_file = run_dir / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
     config = RunConfig.model_validate({
-        "model": {"name": "smollm2-135m"},
+        "model": {"name": model},
         "data": {"train": str(train_file), "system_prompt": SYSTEM_PROMPT, "validation_split": 0.0, "test_split": 0.0},
         "train": {"max_steps": steps, "epochs": 100, "seed": seed},
     })
@@ -133,17 +140,17 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from tunesmith.runtime import quiet_libraries as _quiet_libraries
     from tunesmith.data.augment import augment, parse_methods
     from tunesmith.data.synth import SynthOptions, synthesize
     from tunesmith.inference.teacher import make_teacher
+    from tunesmith.runtime import quiet_libraries as _quiet_libraries
 
     _quiet_libraries()
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train = read_banking(SHARED / "train.csv")
-    test = read_banking(SHARED / "test.csv")
+    train = read_banking(Path(args.train))
+    test = read_banking(Path(args.test))
     rng = random.Random(args.seed)
     if args.test_rows:
         test = rng.sample(test, args.test_rows)
@@ -181,7 +188,8 @@ def main() -> None:
         # The control: the seed alone with that many steps, so more compute is not mistaken for better data.
         arms["seed, same longer budget"] = seed_file
         steps["seed, same longer budget"] = steps["seed+synthetic, equal epochs"]
-    results = {name: train_and_test(name.replace(", ", "-").replace(" ", "-"), path, out, steps[name], prompts, labels, args.seed)
+    results = {name: train_and_test(name.replace(", ", "-").replace(" ", "-"), path, out, steps[name], prompts, labels, args.seed,
+                                    args.model)
                for name, path in arms.items()}
     base = results["seed"]["accuracy"]
     dropped_rows = [json.loads(line) for line in (out / "synthetic.dropped.jsonl").read_text().splitlines()]

@@ -50,6 +50,48 @@ def test_exact_match_unchanged():
     assert exact_match(["Card_Arrival.", "no"], ["card_arrival", "yes"]) == 0.5
 
 
+# (model answer, reference, same answer?): the evaluation metric and the RL rewards must agree.
+ANSWER_PAIRS = [
+    ("Card_Arrival.", "card_arrival", True),  # case and a trailing full stop
+    ("card_arrival!", "Card_Arrival", True),  # a trailing exclamation mark
+    ("card_arrival!!.", "card_arrival", True),
+    ("  top   up\n failed ", "Top up failed", True),  # extra and odd whitespace
+    ("card arrival .", "card arrival", True),  # a stop after a space
+    ("card_arrival", "card_arrival.", True),  # the reference's punctuation, too
+    ("card_arrival?", "card_arrival", False),  # a question is a different answer
+    ("card_lost", "card_arrival", False),
+    ("card_arrival soon", "card_arrival", False),
+]
+
+
+@pytest.mark.parametrize(("answer", "reference", "same"), ANSWER_PAIRS)
+def test_metric_and_rl_reward_agree_on_the_same_answer(answer, reference, same):
+    """One normalisation (tunesmith.data.answers) for scoring and for training: the RL
+    reward used to keep trailing punctuation, so "card_arrival." earned 0 reward for an
+    answer the evaluation counted as right."""
+    from tunesmith.data.answers import normalize, same_answer
+    from tunesmith.train.rl import contains_answer as contains_reward
+    from tunesmith.train.rl import exact_match as exact_match_reward
+
+    assert metrics.normalize is normalize  # the metric's `normalize` is the shared one
+    assert same_answer(answer, reference) is same
+    assert exact_match([answer], [reference]) == float(same)
+    completion = [{"role": "assistant", "content": answer}]
+    assert exact_match_reward([completion], [reference]) == [float(same)]
+    if same:  # an answer equal to the reference also contains it
+        assert contains_reward([completion], [reference]) == [1.0]
+
+
+def test_contains_answer_reward_normalises_both_sides():
+    from tunesmith.train.rl import contains_answer as contains_reward
+
+    said = [[{"role": "assistant", "content": "It is  CARD_ARRIVAL, I think."}]]
+    assert contains_reward(said, ["card_arrival!"]) == [1.0]
+    assert contains_reward(said, ["card_lost"]) == [0.0]
+    assert contains_reward(said, ["..."]) == [0.0]  # normalises to nothing: contained in nothing
+    assert contains_reward(said, [""]) == [None]  # no reference: no reward
+
+
 @pytest.mark.parametrize("fn", [token_f1, rouge_l, bleu, labelling, semantic_similarity])
 def test_lengths_must_match(fn):
     with pytest.raises(ValueError, match="differ in length"):

@@ -15,11 +15,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import DataError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `evaluate.metrics` imports this module and stays light
+    import numpy as np
 
 __all__ = ["LabelIssue", "embed", "embedding_model_path", "suspected_label_errors"]
 
@@ -64,6 +65,7 @@ def embed(
     which reproduces sentence-transformers' output for this model. Texts are truncated to
     128 tokens. ``on_batch`` is called with the number of texts done after each batch.
     """
+    import numpy as np
     import torch
 
     if not texts:
@@ -120,6 +122,8 @@ def suspected_label_errors(
     left out of the check and never reported. With fewer than 2 usable classes there is
     nothing to compare against and the result is empty.
     """
+    import numpy as np
+
     if len(texts) != len(labels):
         raise DataError(
             f"Got {len(texts)} texts but {len(labels)} labels; give one label per text."

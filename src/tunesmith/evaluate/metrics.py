@@ -16,6 +16,7 @@ from collections.abc import Callable
 from itertools import pairwise
 
 from tunesmith.data import labels as label_data
+from tunesmith.data.answers import normalize, same_answer
 
 # Direction of each metric the report shows, so it can colour a change as better or worse.
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -37,12 +38,6 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-def normalize(text: str) -> str:
-    """Lower-case, trim, collapse whitespace, drop trailing punctuation: `Card_Arrival.` and
-    `card_arrival` are the same answer."""
-    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".!")
-
-
 def _check_lengths(predictions: list, references: list) -> None:
     if len(predictions) != len(references):
         raise ValueError(
@@ -51,12 +46,13 @@ def _check_lengths(predictions: list, references: list) -> None:
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
-    """Share of predictions equal to their reference after `normalize`."""
+    """Share of predictions equal to their reference after `normalize`
+    (`tunesmith.data.answers`, the rule the RL `exact_match` reward uses too)."""
     if len(predictions) != len(references):
         raise ValueError("predictions and references differ in length")
     if not references:
         return 0.0
-    hits = sum(normalize(p) == normalize(r) for p, r in zip(predictions, references))
+    hits = sum(same_answer(p, r) for p, r in zip(predictions, references))
     return hits / len(references)
 
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from tunesmith.config import RunConfig
+from tunesmith.data.answers import contains_answer as answer_contains
+from tunesmith.data.answers import same_answer
 from tunesmith.data.rows import fit_prompt, load_prompts
 from tunesmith.data.splits import split_validation, training_data
 from tunesmith.data.synth import parse_score
@@ -62,18 +63,16 @@ def _text(completion) -> str:
     return str(completion)
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
 def exact_match(completions, answer, **kwargs) -> list[float]:
-    """1.0 when the answer equals the row's reference answer (case and spacing ignored)."""
-    return [float(_norm(_text(c)) == _norm(a)) if a else None for c, a in zip(completions, answer)]
+    """1.0 when the answer equals the row's reference answer, compared as the evaluation's
+    `exact_match` metric compares them (`tunesmith.data.answers.normalize`: case, spacing and
+    a trailing full stop or exclamation mark ignored)."""
+    return [float(same_answer(_text(c), a)) if a else None for c, a in zip(completions, answer)]
 
 
 def contains_answer(completions, answer, **kwargs) -> list[float]:
-    """1.0 when the answer contains the reference answer (case and spacing ignored)."""
-    return [float(_norm(a) in _norm(_text(c))) if a else None for c, a in zip(completions, answer)]
+    """1.0 when the answer contains the reference answer (both normalised as in `exact_match`)."""
+    return [float(answer_contains(_text(c), a)) if a else None for c, a in zip(completions, answer)]
 
 
 def length(completions, answer, **kwargs) -> list[float]:
