@@ -1,0 +1,187 @@
+"""What the command groups share: the two consoles, the user-error wrapper, option types, the
+service's data folder and database, and the renderer of an evaluation's results.
+
+The library modules a command calls are imported inside the command when they load torch,
+transformers, pydantic models, numpy, sqlalchemy or fastapi (each such import names on its line
+what it loads): `tunesmith --help` then starts in a fifth of a second instead of several."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunesmith.errors import TunesmithError
+from tunesmith.models import BUILTIN_MODELS, builtin_cache_dir, ensure_builtin
+
+console = Console()
+err = Console(stderr=True)  # progress, notes and errors: stdout stays the result alone
+
+# A teacher behind an OpenAI-compatible endpoint (augment, synth, auto).
+TeacherUrlOpt = Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint as teacher instead of a local model, e.g. http://localhost:8000/v1.")]
+TeacherModelOpt = Annotated[Optional[str], typer.Option(help="Model name to ask the endpoint for.")]
+TeacherKeyOpt = Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")]
+
+# The service's folder and database (serve, worker, keys, and the commands that register runs).
+DataDirOpt = Annotated[Optional[Path], typer.Option(help="Where the service keeps uploaded files, runs and its SQLite database "
+                                                    "(default: $TUNESMITH_DATA, else ~/.tunesmith).")]
+# Read from the environment too: a URL with a password on the command line is visible to every
+# user of the machine in `ps`, so `tunesmith serve` hands it to its workers this way.
+DatabaseOpt = Annotated[Optional[str], typer.Option(envvar="TUNESMITH_DATABASE_URL", show_envvar=True,
+                                                    help="SQLAlchemy database URL (e.g. postgresql://...); default SQLite in --data-dir. "
+                                                    "Prefer the environment variable when the URL holds a password.")]
+
+
+def user_errors(fn):
+    """Turn a TunesmithError into one red sentence and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TunesmithError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def default_run_dir(prefix: str = "run") -> Path:
+    return Path("runs") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("TUNESMITH_DATA", Path.home() / ".tunesmith"))
+
+
+def parse_columns_option(columns: str | None) -> dict[str, str] | None:
+    """The --columns option (`field=column,...`) as a mapping; None when not given."""
+    # heavy: imported when the command runs, not for --help
+    from tunesmith.data.formats import parse_columns  # numpy
+
+    return parse_columns(columns) if columns else None
+
+
+def convert_builtin_once(target: str | None) -> None:
+    """The first use of a built-in model converts its GGUF file (about 20 s): say so with a
+    spinner instead of sitting silent. `target` is a model name or a run directory."""
+    # heavy: imported when the command runs, not for --help
+    from tunesmith.runs import RunDir  # pydantic
+
+    name = target
+    if target and (run := RunDir(target)).exists:
+        name = run.config.model.name
+    if name in BUILTIN_MODELS and not (builtin_cache_dir(name) / "config.json").exists():
+        with err.status(f"first use of {name}: converting the bundled model once (about 20 s)"):
+            ensure_builtin(name)
+
+
+def open_store(data_dir: Path | None, database_url: str | None):
+    """The service's database (created when missing) as a session factory."""
+    # heavy: imported when the command runs, not for --help
+    from tunesmith.jobs import store  # sqlalchemy
+
+    # The service's files (uploads, runs, the SQLite database and its -wal/-shm) hold other
+    # people's data and the key hashes: everything it creates from here on is owner-only.
+    os.umask(0o077)
+    data_dir = data_dir or default_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    url = database_url or store.default_database_url(data_dir)
+    try:
+        return store.connect(url)
+    except Exception as exc:  # a bad URL or an unreachable server: one sentence, not a traceback
+        raise TunesmithError(f"Cannot open the database {store.safe_url(url)}: {type(exc).__name__}; "
+                             "check --database-url.") from None
+
+
+def ensure_database(data_dir: Path | None, database_url: str | None) -> tuple[Path, str]:
+    """The service's data folder and database URL, once the database exists (created when
+    missing, or one sentence saying why it cannot be)."""
+    # heavy: imported when the command runs, not for --help
+    from tunesmith.jobs.store import default_database_url  # sqlalchemy
+
+    data_dir = data_dir or default_data_dir()
+    open_store(data_dir, database_url)
+    return data_dir, database_url or default_database_url(data_dir)
+
+
+class EvalBars:
+    """Rich progress bars for `evaluate_run`'s progress(what, done, total) events: one bar per
+    step (base answers, tuned answers, probes...), started on the first event."""
+
+    def __init__(self, console: Console):
+        # rich.progress: imported when a command shows bars, not for --help
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, int] = {}
+        self.started = False
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        if what not in self.tasks:
+            self.tasks[what] = self.progress.add_task(what, total=total)
+        self.progress.update(self.tasks[what], completed=done, total=total)
+
+    def stop(self) -> None:
+        if self.started:
+            self.progress.stop()
+            self.started = False
+
+
+def print_evaluation(results: dict, run_dir: Path) -> None:
+    """Base vs tuned per metric, the judge's verdict, any alarm (overfitting, forgetting, bias),
+    the value estimate, and where the report, model card and numbers are."""
+    # heavy: imported when the command runs, not for --help
+    from tunesmith.evaluate.metrics import HIGHER_IS_BETTER  # numpy
+    from tunesmith.runs import RunDir  # pydantic
+
+    base, tuned = results["metrics"]["base"], results["metrics"]["tuned"]
+    table = Table(title=f"base vs tuned on {results['test']['rows']} test rows", caption=results["test"]["source"])
+    for col in ("metric", "base", "tuned", "change"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, before in base.items():
+        after = tuned[name]
+        scale = name not in ("perplexity", "bleu")
+        show = (lambda v: f"{v:.1%}") if scale else (lambda v: f"{v:.2f}")
+        better = (after > before) == HIGHER_IS_BETTER.get(name, True)
+        colour = "green" if better and after != before else "red" if after != before else ""
+        change = f"{after - before:+.1%}" if scale else f"{after - before:+.2f}"
+        table.add_row(name, show(before), show(after), f"[{colour}]{change}[/{colour}]" if colour else change)
+    console.print(table)
+    j = results.get("judge")
+    if j:
+        console.print(f"judge ({j['judge']}): tuned wins {j['wins']}, loses {j['losses']}, ties {j['ties']} "
+                      f"of {j['prompts']} ({j['inconsistent']} inconsistent verdicts counted as ties)")
+    f, b = results.get("forgetting"), results.get("bias")
+    alarms = [results["overfitting"]["message"]] if results["overfitting"]["flagged"] else []
+    alarms += [f"forgetting: {line}" for line in (f["findings"] if f else [])]
+    alarms += [f"bias: {line}" for line in (b["tuned"]["findings"] if b else [])]
+    for alarm in alarms:
+        console.print(f"[yellow]alarm:[/yellow] {alarm}")
+    if f and not f["flagged"]:
+        console.print(f"forgetting: none beyond the threshold (general-text perplexity {f['general_perplexity']['change']:+.1%}, "
+                      f"probes {f['probes']['base']:.0%} -> {f['probes']['tuned']:.0%})")
+    if b and not b["tuned"]["flagged"]:
+        console.print(f"bias: none flagged ({b['tuned']['pairs']} counterfactual pairs, "
+                      f"{b['tuned']['changed_rate']:.1%} changed answers)")
+    v = results.get("value")
+    if v:
+        console.print(f"value: about {v['hours_saved_per_week']:.1f} hours saved per week at {v['accuracy']:.1%} {v['accuracy_metric']}")
+    run = RunDir(run_dir)
+    console.print(f"report: {run.report_file}   model card: {run.model_card_file}   numbers: {run.results_file}")
