@@ -60,8 +60,8 @@ def test_preference_method_raises_the_margin(method, tmp_path, tiny_model_dir):
     assert all(math.isfinite(x) for x in losses) and len(set(losses)) > 1
     margins = metric_series(run, "rewards/margins")
     assert rises(margins), margins
-    assert summary["task"] == method and (run / "adapter" / "adapter_config.json").exists()
-    assert summary["beta"] == {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1}[method]
+    assert summary.task == method and (run / "adapter" / "adapter_config.json").exists()
+    assert summary.beta == {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1}[method]
 
 
 @pytest.mark.parametrize("loss", ["ipo", "robust"])
@@ -112,7 +112,7 @@ def test_kto_reads_unpaired_feedback_and_balances_it(tmp_path, tiny_model_dir):
     pair = {"prompt": [], "chosen": ["a"], "rejected": ["b"]}
     assert [r["label"] for r in unpaired([pair])] == [True, False]
     summary = train(align_config(tiny_model_dir, path, "kto", max_steps=8), tmp_path / "run")
-    assert summary["train_rows"] > 0 and math.isfinite(summary["train_loss"])
+    assert summary.train_rows > 0 and math.isfinite(summary.train_loss)
 
 
 def test_dpo_on_chat_data_is_one_sentence(tmp_path, tiny_model_dir, tiny_chat_file):
@@ -148,7 +148,7 @@ def test_reward_model_learns_the_preference_and_scores(tmp_path, tiny_model_dir)
     config = align_config(tiny_model_dir, data, "reward", max_steps=20)
     config.data.validation_split = 0.25
     summary = train(config, tmp_path / "rm")
-    assert summary["task"] == "reward" and summary["pairwise_accuracy"] >= 0.9, summary
+    assert summary.task == "reward" and summary.pairwise_accuracy >= 0.9, summary
     assert rises(metric_series(tmp_path / "rm", "accuracy"), k=2) or metric_series(tmp_path / "rm", "accuracy")[-1] == 1.0
     rm = load_reward_model(tmp_path / "rm")
     rows, result = score_file(rm, str(data))
@@ -206,8 +206,8 @@ def test_rl_with_a_python_reward_raises_the_mean_reward(method, tmp_path, tiny_m
     config.train.batch_size = 16
     summary = train(config, tmp_path / "run")
     run = tmp_path / "run"
-    assert summary["rewards"] == ["reward_letter_e"]
-    assert summary["reward_end"] > summary["reward_start"], summary
+    assert summary.rewards == ["reward_letter_e"]
+    assert summary.reward_end > summary.reward_start, summary
     assert metric_series(run, "kl") and metric_series(run, "reward_std")
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert samples and "reward_letter_e" in samples[0]["rewards"] and "answer" in samples[0]
@@ -293,11 +293,11 @@ def test_sft_reward_grpo_in_one_config(tmp_path, tiny_model_dir):
     config.train.batch_size = 4
     summary = train(config, tmp_path / "run")
     run = tmp_path / "run"
-    assert [s["stage"] for s in summary["stages"]] == ["sft", "reward", "grpo"]
+    assert [s.stage for s in summary.stages] == ["sft", "reward", "grpo"]
     assert load_config(run / "reward" / "config.yaml").model.name == str(run / "sft" / "merged")
     grpo = load_config(run / "grpo" / "config.yaml")
     assert grpo.model.name == str(run / "sft" / "merged") and grpo.method.reward_model == str(run / "reward")
-    assert summary["rewards"] == ["reward_model"]
+    assert summary.rewards == ["reward_model"]
     assert "grpo" in load_for_inference(str(run)).name
 
 
@@ -343,5 +343,5 @@ def test_every_preference_format_trains_dpo(name, tmp_path, tiny_model_dir):
     config.data.validation_split = 0.0
     config.data.force = True  # the format files are tiny, not clean
     summary = train(config, tmp_path / "run")
-    assert math.isfinite(summary["train_loss"])
+    assert math.isfinite(summary.train_loss)
     assert load_pairs(str(Path(__file__).parent / "data_files" / "kto.jsonl"), kto=True)

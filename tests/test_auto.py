@@ -88,7 +88,7 @@ def test_auto_chat_with_a_test_file_and_a_budget(tmp_path, tiny_model_dir):
         assert config.reasons.get(key), key
     assert "s per step measured over 3 probe steps" in config.reasons["train.max_steps"]
     assert not (tmp_path / "run" / "probe").exists()
-    assert result.evaluation and result.evaluation["test"]["rows"] == 8
+    assert result.evaluation and result.evaluation.test.rows == 8
     html = (tmp_path / "run" / "report.html").read_text()
     assert 'id="decisions-table"' in html and "auto.memory" in html
     assert any("the data gate passed" in line for line in said)

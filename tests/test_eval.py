@@ -60,10 +60,11 @@ def test_test_rows_are_held_out_of_every_training_read(tmp_path):
 
 def test_train_evaluates_at_the_end_and_writes_report_and_card(evaluated_run):
     run, summary, events, _ = evaluated_run
-    results = summary["evaluation"]
+    results = summary.evaluation.to_json()  # the typed object, as results.json holds it
+    assert summary.evaluation.task == "labels" and summary.evaluation.test.rows == 12
     assert results["task"] == "labels"  # chat rows whose answers are intent names
     assert results["test"]["rows"] == 12 and "held out" in results["test"]["source"]
-    assert summary["train_rows"] + summary["validation_rows"] + summary["skipped_rows"] == 36  # 48 - 12 test rows
+    assert summary.train_rows + summary.validation_rows + summary.skipped_rows == 36  # 48 - 12 test rows
     for side in ("base", "tuned"):
         assert set(results["metrics"][side]) == {"accuracy", "macro_f1", "perplexity"}
         assert 0.0 <= results["metrics"][side]["accuracy"] <= 1.0
@@ -122,7 +123,7 @@ def test_generation_metrics_and_position_fair_judge(tiny_model_dir, tmp_path, st
 
     stub_openai.reply = lambda messages: "A"
     opts = EvalConfig(judge_url=stub_openai.url, judge_model="stub", forgetting=False, bias=False, max_new_tokens=8)
-    results = evaluate_run(tmp_path / "run", test=str(test), options=opts)
+    results = evaluate_run(tmp_path / "run", test=str(test), options=opts).to_json()
     assert results["task"] == "generation"
     assert set(results["metrics"]["tuned"]) == {"exact_match", "token_f1", "rouge_l", "bleu", "semantic_similarity", "perplexity"}
     judge = results["judge"]
@@ -162,7 +163,7 @@ def test_classifier_run_is_compared_with_its_base_asked_for_a_label(tiny_model_d
     config.method.stages = ["classify"]
     train(config, tmp_path / "run")
     opts = EvalConfig(forgetting=True, bias=True)
-    results = evaluate_run(tmp_path / "run", test=str(path), options=opts)
+    results = evaluate_run(tmp_path / "run", test=str(path), options=opts).to_json()
     assert results["task"] == "labels" and results["labels"]["labels"] == ["age_limit", "atm_support", "card_arrival"]
     assert "asked to reply with one label" in results["labels"]["base_prompt"]
     assert results["forgetting"] is None and "classifier" in results["skipped"]["forgetting"]

@@ -35,7 +35,7 @@ def test_smollm2_lora_train_reload_generate_stops_at_eos(tmp_path):
     )
     run_dir = tmp_path / "run"
     summary = train_sft(config, run_dir)
-    assert summary["global_step"] == 4
+    assert summary.global_step == 4
     losses = [r["train_loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
               if "train_loss" in r]
     assert losses[-1] < losses[0]
@@ -119,11 +119,11 @@ def test_smollm2_classifier_head_learns_and_reloads(tmp_path):
         }
     )
     summary = train(config, tmp_path / "run")
-    assert summary["eval_accuracy"] > 0.3, summary  # chance is 0.1
+    assert summary.eval_accuracy > 0.3, summary  # chance is 0.1
     texts = [r["text"] for r in rows[1::2]]
     predictions = predict(load_classifier(tmp_path / "run"), texts)
     accuracy = sum(p["label"] == r["category"] for p, r in zip(predictions, rows[1::2])) / len(texts)
-    assert accuracy == pytest.approx(summary["eval_accuracy"], abs=0.01)  # other batches, other padding
+    assert accuracy == pytest.approx(summary.eval_accuracy, abs=0.01)  # other batches, other padding
 
 
 def test_smollm2_dpo_and_grpo_on_real_data(tmp_path):
@@ -153,7 +153,7 @@ def test_smollm2_dpo_and_grpo_on_real_data(tmp_path):
     summary = train(config, tmp_path / "dpo")
     margins = [r["rewards/margins"] for r in map(json.loads, (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines())
                if "rewards/margins" in r]
-    assert math.isfinite(summary["train_loss"]) and margins[-1] > margins[0], margins
+    assert math.isfinite(summary.train_loss) and margins[-1] > margins[0], margins
 
     data = write_chat_file(tmp_path / "chat.jsonl", n=24)
     config = RunConfig.model_validate({
@@ -162,6 +162,6 @@ def test_smollm2_dpo_and_grpo_on_real_data(tmp_path):
         "train": {"max_steps": 3, "eval_steps": 3},
     })
     summary = train(config, tmp_path / "grpo")
-    assert summary["global_step"] == 3 and math.isfinite(summary["train_loss"])
-    assert summary["rewards"] == ["exact_match", "length"] and summary["kl_end"] is not None
+    assert summary.global_step == 3 and math.isfinite(summary.train_loss)
+    assert summary.rewards == ["exact_match", "length"] and summary.kl_end is not None
     assert (tmp_path / "grpo" / "samples.jsonl").exists()

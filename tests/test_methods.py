@@ -69,10 +69,10 @@ def test_every_adapter_trains_and_reloads(adapter, tmp_path, tiny_model_dir):
     loss = losses(tmp_path / "run")
     assert len(loss) == 12 and all(x == x for x in loss)  # finite
     assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3, f"{adapter}: loss did not fall: {loss}"
-    assert 0 < summary["trainable_params"] <= summary["total_params"]
+    assert 0 < summary.trainable_params <= summary.total_params
     if adapter != "full":
-        assert summary["trainable_params"] < summary["total_params"] / 2
-    assert (tmp_path / "run" / summary["weights"]).is_dir()
+        assert summary.trainable_params < summary.total_params / 2
+    assert (tmp_path / "run" / summary.weights).is_dir()
 
     loaded = load_for_inference(str(tmp_path / "run"))
     torch.testing.assert_close(last_logits(loaded.model), probe.logits, atol=2e-4, rtol=1e-3)
@@ -148,7 +148,7 @@ def test_qlora_trains_on_gpu(tmp_path, tiny_model_dir):
     config.method.quantize = "4bit"
     summary = train_sft(config, tmp_path / "run")
     loss = losses(tmp_path / "run")
-    assert loss[-1] < loss[0] and summary["weights"] == "adapter"
+    assert loss[-1] < loss[0] and summary.weights == "adapter"
     load_for_inference(str(tmp_path / "run"))
 
 
@@ -189,8 +189,8 @@ def test_pretrain_trains_on_every_token_with_replay(tmp_path, tiny_model_dir):
     config.data.replay_ratio = 0.25
     probe = FinalLogits()
     summary = train_pretrain(config, tmp_path / "run", callbacks=[probe])
-    assert summary["task"] == "pretrain" and summary["replay_blocks"] == round(summary["train_blocks"] / 3)
-    assert summary["best_eval_perplexity"] == pytest.approx(2.718281828 ** summary["best_eval_loss"])
+    assert summary.task == "pretrain" and summary.replay_blocks == round(summary.train_blocks / 3)
+    assert summary.best_eval_perplexity == pytest.approx(2.718281828 ** summary.best_eval_loss)
     loss = losses(tmp_path / "run")
     assert loss[-1] < loss[0]
     loaded = load_for_inference(str(tmp_path / "run"))
@@ -253,10 +253,10 @@ def test_classifier_learns_and_predict_reloads(adapter, tmp_path, tiny_model_dir
         if adapter == "prefix" and "past key values" in str(exc):
             pytest.skip("this transformers version gives classification heads no key/value cache to prefix")
         raise
-    assert summary["labels"] == 3 and summary["validation_rows"] == 24
-    assert summary["eval_accuracy"] is not None and 0 <= summary["eval_macro_f1"] <= 1
+    assert summary.labels == 3 and summary.validation_rows == 24
+    assert summary.eval_accuracy is not None and 0 <= summary.eval_macro_f1 <= 1
     if adapter not in ("prompt", "prefix", "ia3"):  # these steer a random tiny model only weakly
-        assert summary["eval_accuracy"] > 0.6, summary
+        assert summary.eval_accuracy > 0.6, summary
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_accuracy" in r and "eval_macro_f1" in r for r in rows)
 
@@ -299,7 +299,7 @@ def test_pretrain_then_sft_starts_from_the_first_stage(tmp_path, tiny_model_dir)
     summary = train_stages(config, tmp_path / "run")
 
     run = tmp_path / "run"
-    assert [s["stage"] for s in summary["stages"]] == ["pretrain", "sft"]
+    assert [s.stage for s in summary.stages] == ["pretrain", "sft"]
     for stage in ("pretrain", "sft"):
         assert (run / stage / "adapter").is_dir() and (run / stage / "metrics.jsonl").exists()
         assert (run / stage / "config.yaml").exists() and (run / stage / "run.json").exists()
@@ -338,6 +338,6 @@ def test_pretrain_then_classify(tmp_path, tiny_model_dir):
     config.method.stages = ["pretrain", "classify"]
     config.data.pretrain = str(write_text_file(tmp_path / "notes.txt"))
     summary = train_stages(config, tmp_path / "run")
-    assert summary["task"] == "classify"
+    assert summary.task == "classify"
     classifier = load_classifier(tmp_path / "run")
     assert predict(classifier, ["card number 3"])[0]["label"] in classifier.labels

@@ -192,7 +192,7 @@ def test_lora_run_learns_and_writes_run_dir(tiny_run):
     assert "auto" not in (run_dir / "config.yaml").read_text().replace("reasons", "")
 
     info = json.loads((run_dir / "run.json").read_text())
-    assert info == json.loads(json.dumps(summary))
+    assert info == summary.to_json()
     assert info["global_step"] == 12 and info["method"] == "lora" and info["weights"] == "adapter"
     assert info["train_rows"] + info["validation_rows"] == 40
     assert any(p.name.startswith("checkpoint-") for p in (run_dir / "checkpoints").iterdir())
@@ -204,7 +204,7 @@ def test_full_fine_tune_writes_model(tmp_path, tiny_model_dir):
     config = tiny_run_config(tiny_model_dir, write_chat_file(tmp_path / "chat.jsonl", n=16), max_steps=2, eval_steps=2)
     config.method.adapter = "full"
     summary = train_sft(config, tmp_path / "run")
-    assert summary["weights"] == "model" and summary["global_step"] == 2
+    assert summary.weights == "model" and summary.global_step == 2
     model_dir = tmp_path / "run" / "model"
     assert (model_dir / "config.json").exists()
     assert list(model_dir.glob("*.safetensors"))
@@ -244,15 +244,15 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     assert not (interrupted / "run.json").exists()
 
     resumed = train_sft(None, interrupted, resume=True)
-    assert resumed["global_step"] == 8
+    assert resumed.global_step == 8
     assert json.loads((interrupted / "run.json").read_text())["global_step"] == 8
 
     straight = train_sft(config, tmp_path / "straight")
-    assert straight["global_step"] == 8
+    assert straight.global_step == 8
     a, b = last_train_loss(interrupted), last_train_loss(tmp_path / "straight")
     assert a["step"] == b["step"] == 8
     assert abs(a["train_loss"] - b["train_loss"]) < 1e-4, (a, b)
-    assert abs(resumed["best_eval_loss"] - straight["best_eval_loss"]) < 1e-4
+    assert abs(resumed.best_eval_loss - straight.best_eval_loss) < 1e-4
     wa = load_file(interrupted / "adapter" / "adapter_model.safetensors")
     wb = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
     assert wa.keys() == wb.keys()

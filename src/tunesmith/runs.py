@@ -41,6 +41,46 @@ REPORT_FILE = "report.html"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 
 
+class TestSet(BaseModel):
+    source: str
+    """Where the test rows came from (a file, or the rows held out of the training file)."""
+    rows: int
+    file: str
+    """The rows as scored, relative to the run folder."""
+
+
+class EvalResults(BaseModel):
+    """The before/after evaluation of a run: `RUN/eval/results.json`. Built by `evaluate.run`,
+    read by the CLI, the worker, the API, the report and the model card. The nested sections
+    (labels, judge, forgetting, bias, value, overfitting) are documented in `evaluate/run.py`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run: str
+    task: str
+    """What was measured: labels, generation, perplexity, preference or reward."""
+    stage: str
+    base_model: str
+    tuned_model: str
+    test: TestSet
+    created: str
+    metrics: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    """side ("base", "tuned") -> metric name -> value."""
+    labels: dict | None = None
+    judge: dict | None = None
+    forgetting: dict | None = None
+    bias: dict | None = None
+    value: dict | None = None
+    skipped: dict[str, str] = Field(default_factory=dict)
+    """What was not measured, and why."""
+    overfitting: dict | None = None
+    samples: list[dict] = Field(default_factory=list)
+    seconds: float | None = None
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
+
+
 class TrainSummary(BaseModel):
     """What training a run (or one stage of it) did: `RUN/run.json`. Built by the recipes, read
     by the CLI, the worker, the API, the report and the model card. A figure a recipe does not
@@ -98,46 +138,6 @@ class TrainSummary(BaseModel):
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json", exclude_unset=True, exclude={"evaluation"})
-
-
-class TestSet(BaseModel):
-    source: str
-    """Where the test rows came from (a file, or the rows held out of the training file)."""
-    rows: int
-    file: str
-    """The rows as scored, relative to the run folder."""
-
-
-class EvalResults(BaseModel):
-    """The before/after evaluation of a run: `RUN/eval/results.json`. Built by `evaluate.run`,
-    read by the CLI, the worker, the API, the report and the model card. The nested sections
-    (labels, judge, forgetting, bias, value, overfitting) are documented in `evaluate/run.py`."""
-
-    model_config = ConfigDict(extra="allow")
-
-    run: str
-    task: str
-    """What was measured: labels, generation, perplexity, preference or reward."""
-    stage: str
-    base_model: str
-    tuned_model: str
-    test: TestSet
-    created: str
-    metrics: dict[str, dict[str, float | None]] = Field(default_factory=dict)
-    """side ("base", "tuned") -> metric name -> value."""
-    labels: dict | None = None
-    judge: dict | None = None
-    forgetting: dict | None = None
-    bias: dict | None = None
-    value: dict | None = None
-    skipped: dict[str, str] = Field(default_factory=dict)
-    """What was not measured, and why."""
-    overfitting: dict | None = None
-    samples: list[dict] = Field(default_factory=list)
-    seconds: float | None = None
-
-    def to_json(self) -> dict:
-        return self.model_dump(mode="json")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from tunesmith.data.load import read_records
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.report import (
     alarms,
+    as_json,
     fmt_number,
     higher_is_better,
     metric_name,
@@ -33,7 +34,7 @@ from tunesmith.evaluate.report import (
     verdict,
 )
 from tunesmith.models import BUILTIN_MODELS
-from tunesmith.runs import CONFIG_FILE, RunDir
+from tunesmith.runs import CONFIG_FILE, EvalResults, RunDir
 
 SMALL_TEST = 100  # test sets under this many rows get a warning about wide intervals
 WEAK_F1 = 0.5  # classes below this tuned F1 are listed as a limitation
@@ -702,12 +703,12 @@ def render_card(run_dir: str | Path, results: dict) -> str:
     return _front_matter(run) + "\n" + "\n\n".join(s for s in sections if s) + "\n"
 
 
-def write_card(run_dir: str | Path, results: dict) -> Path:
+def write_card(run_dir: str | Path, results: EvalResults | dict) -> Path:
     """Write `RUN/MODEL_CARD.md`: a Hugging Face style model card (front matter with base model,
     licence, tags and pipeline tag) filled from the run and its evaluation results: summary,
     intended use, licence, training data (quality, personal data, synthetic share), procedure
     with the reasons for each auto setting, before/after evaluation, forgetting, bias, value,
     limitations, ethics, usage and how to reproduce. Returns the file's path."""
     path = RunDir(Path(run_dir)).model_card_file
-    path.write_text(render_card(run_dir, results), encoding="utf-8")
+    path.write_text(render_card(run_dir, as_json(results)), encoding="utf-8")
     return path

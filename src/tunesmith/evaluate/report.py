@@ -32,7 +32,7 @@ from pathlib import Path
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.metrics import HIGHER_IS_BETTER
-from tunesmith.runs import RunDir
+from tunesmith.runs import EvalResults, RunDir
 
 CONFUSION_FULL_MAX = 20  # labels up to which the whole confusion matrix is drawn
 CONFUSION_TOP = 20  # labels drawn for larger label sets: the most confused ones
@@ -205,9 +205,16 @@ def verdict(results: dict) -> str:
     return line
 
 
-def alarms(results: dict, run_dir: str | Path | None = None) -> list[str]:
+def as_json(results: EvalResults | dict) -> dict:
+    """The JSON form of evaluation results, which the report and the model card render (a
+    results.json written by an earlier version, or a partial one, renders as well)."""
+    return results.to_json() if isinstance(results, EvalResults) else results
+
+
+def alarms(results: EvalResults | dict, run_dir: str | Path | None = None) -> list[str]:
     """One sentence for everything flagged: overfitting, forgetting, bias, and training on
     data the quality gate rejected."""
+    results = as_json(results)
     out = []
     over = results.get("overfitting") or {}
     if over.get("flagged"):
@@ -846,14 +853,14 @@ def render_report(run_dir: str | Path, results: dict) -> str:
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
-def write_report(run_dir: str | Path, results: dict) -> Path:
+def write_report(run_dir: str | Path, results: EvalResults | dict) -> Path:
     """Write `RUN/report.html`: the base and the tuned model side by side (metrics table and
     chart, training curves, confusion matrices, per-class scores, judge, forgetting, bias,
     value, samples) with an alarms box on top. One self-contained file: plots are embedded
     PNGs and nothing loads from the network. Returns the file's path."""
     run_dir = Path(run_dir)
     path = RunDir(run_dir).report_file
-    path.write_text(render_report(run_dir, results), encoding="utf-8")
+    path.write_text(render_report(run_dir, as_json(results)), encoding="utf-8")
     return path
 
 

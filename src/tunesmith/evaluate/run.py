@@ -55,7 +55,7 @@ from tunesmith.inference.generate import (
 from tunesmith.inference.reward import load_reward_model
 from tunesmith.inference.teacher import make_teacher
 from tunesmith.models import load_tokenizer
-from tunesmith.runs import RunDir
+from tunesmith.runs import EvalResults, RunDir
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 GENERAL_TEXT = SAMPLES / "general_text.jsonl"
@@ -76,7 +76,7 @@ def evaluate_run(
     options: EvalConfig | None = None,
     columns: dict | None = None,
     progress: Progress | None = None,
-) -> dict:
+) -> EvalResults:
     """Evaluate the run in `run_dir` against its base model on `test` (default: the run's test
     file or held-out split) with `options` (default: the run's `eval` settings). Returns the
     results (also written to `eval/results.json`) and writes the report and the model card."""
@@ -148,10 +148,11 @@ def evaluate_run(
             {"prompt": p, "reference": r, "base": b, "tuned": t}
             for p, r, b, t in zip(task.requests, task.references, base["answers"], tuned["answers"])
         ])
-    folder.results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    write_report(run, results)
-    write_card(run, results)
-    return results
+    evaluation = EvalResults.model_validate(results)
+    folder.results_file.write_text(json.dumps(evaluation.to_json(), indent=2, ensure_ascii=False))
+    write_report(run, evaluation)
+    write_card(run, evaluation)
+    return evaluation
 
 
 # --------------------------------------------------------------------------- test data

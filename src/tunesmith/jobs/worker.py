@@ -52,7 +52,7 @@ from tunesmith.jobs.store import (
     Job,
     Model,
 )
-from tunesmith.runs import RunDir
+from tunesmith.runs import EvalResults, RunDir, TrainSummary
 from tunesmith.workflows.train_eval import train
 
 
@@ -326,14 +326,14 @@ def client_message(text: str, names: dict[str, str], data_dir: Path) -> str:
     return _ABSOLUTE_PATH.sub("[server path]", text)
 
 
-def _succeed(lease: Lease, job: Job, data_dir: Path, summary: dict) -> str:
+def _succeed(lease: Lease, job: Job, data_dir: Path, summary: TrainSummary) -> str:
     lease.check()  # no result files for a job that is no longer ours
     files = _result_files(job, data_dir)
 
     def finish(s: Session) -> None:
         # The status, the result files and the model commit together: a client that sees
         # `succeeded` can download and chat.
-        store.finish_job(s, job.id, lease.worker, SUCCEEDED, trained_tokens=summary.get("tokens_seen"),
+        store.finish_job(s, job.id, lease.worker, SUCCEEDED, trained_tokens=summary.tokens_seen,
                          result_files=[file_id for file_id, _, _ in files])
         for file_id, path, name in files:
             s.add(File(id=file_id, project=job.project, filename=name, purpose="fine-tune-results",
@@ -349,21 +349,21 @@ def _succeed(lease: Lease, job: Job, data_dir: Path, summary: dict) -> str:
     return SUCCEEDED
 
 
-def _register(s, job: Job, summary: dict) -> None:
+def _register(s, job: Job, summary: TrainSummary) -> None:
     s.merge(Model(id=job.fine_tuned_model, project=job.project, base=job.model, job_id=job.id, run_dir=job.run_dir))
-    evaluation = summary.get("evaluation")
+    evaluation = summary.evaluation
     if evaluation:
-        store.add_event(s, job.id, _evaluation_line(evaluation), data={"metrics": evaluation["metrics"]})
+        store.add_event(s, job.id, _evaluation_line(evaluation), data={"metrics": evaluation.metrics})
         for alarm in alarms(evaluation, job.run_dir):
             store.add_event(s, job.id, alarm, level="warn")
     store.add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
     store.add_event(s, job.id, "The job has successfully completed.")
 
 
-def _evaluation_line(evaluation: dict) -> str:
-    base, tuned = evaluation["metrics"]["base"], evaluation["metrics"]["tuned"]
+def _evaluation_line(evaluation: EvalResults) -> str:
+    base, tuned = evaluation.metrics["base"], evaluation.metrics["tuned"]
     parts = [f"{name} {base[name]:.4g} -> {tuned[name]:.4g}" for name in list(base)[:3]]
-    return f"Evaluation on {evaluation['test']['rows']} test rows, base -> tuned: " + "; ".join(parts) + "."
+    return f"Evaluation on {evaluation.test.rows} test rows, base -> tuned: " + "; ".join(parts) + "."
 
 
 def _result_files(job: Job, data_dir: Path) -> list[tuple[str, Path, str]]:

@@ -17,7 +17,7 @@ from tunesmith.data.rows import load_labelled
 from tunesmith.data.splits import split_validation, training_data
 from tunesmith.errors import DataError
 from tunesmith.models import load_tokenizer
-from tunesmith.runs import LABELS_FILE
+from tunesmith.runs import LABELS_FILE, TrainSummary
 from tunesmith.train.auto import resolve
 from tunesmith.train.common import (
     begin_run,
@@ -47,7 +47,7 @@ def metrics(eval_pred) -> dict:
     }
 
 
-def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> dict:
+def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> TrainSummary:
     """Train a classifier from `config.data.train` (text+label rows) into `run_dir`.
     Returns a summary dict (also written to `run.json`) with validation accuracy and macro-F1."""
     from datasets import Dataset
@@ -121,26 +121,26 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     out_dir = save_weights(trainer, tokenizer, config, run_dir)
     # The restored best model's figures (predict, unlike evaluate, adds no line to the log).
     final = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval").metrics if has_eval else {}
-    summary = {
-        "task": "classify",
-        "base_model": config.model.name,
-        "method": config.method.adapter,
-        "weights": out_dir.name,
-        "labels": len(labels),
-        "trainable_params": trainable,
-        "total_params": total,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "best_eval_loss": final.get("eval_loss"),
-        "eval_accuracy": final.get("eval_accuracy"),
-        "eval_macro_f1": final.get("eval_macro_f1"),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "tokens_seen": trainer.state.num_input_tokens_seen,
-        "train_rows": len(train_examples),
-        "validation_rows": len(val_examples),
-        "truncated_rows": sum(1 for e in train_examples + val_examples if len(e["input_ids"]) >= max_length),
-    }
+    summary = TrainSummary(
+        task="classify",
+        base_model=config.model.name,
+        method=config.method.adapter,
+        weights=out_dir.name,
+        labels=len(labels),
+        trainable_params=trainable,
+        total_params=total,
+        global_step=trainer.state.global_step,
+        train_loss=result.training_loss,
+        best_eval_loss=final.get("eval_loss"),
+        eval_accuracy=final.get("eval_accuracy"),
+        eval_macro_f1=final.get("eval_macro_f1"),
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        train_runtime_s=result.metrics.get("train_runtime"),
+        tokens_seen=trainer.state.num_input_tokens_seen,
+        train_rows=len(train_examples),
+        validation_rows=len(val_examples),
+        truncated_rows=sum(1 for e in train_examples + val_examples if len(e["input_ids"]) >= max_length),
+    )
     write_summary(run_dir, summary)
     return summary
 

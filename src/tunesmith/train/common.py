@@ -25,6 +25,7 @@ from tunesmith.runs import (
     INIT_ADAPTER_DIR,
     MODEL_DIR,
     RunDir,
+    TrainSummary,
     complete_checkpoints,
 )
 from tunesmith.train.callbacks import MetricsFileCallback
@@ -276,10 +277,10 @@ def begin_run(config: RunConfig, run_dir: Path, card=None) -> None:
         write_card(card, run_dir)
 
 
-def write_summary(run_dir: Path, summary: dict) -> None:
+def write_summary(run_dir: Path, summary: TrainSummary) -> None:
     """The run's `run.json` (in a launched run, from the main process only)."""
     if is_main_process():
-        RunDir(run_dir).summary_file.write_text(json.dumps(summary, indent=2))
+        RunDir(run_dir).summary_file.write_text(json.dumps(summary.to_json(), indent=2))
 
 
 def _save_as_plain_lora(model, out: Path, init_dir: Path) -> None:

@@ -25,6 +25,7 @@ from tunesmith import errors
 from tunesmith.config import RunConfig, save_config
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.models import BUILTIN_MODELS, ensure_builtin
+from tunesmith.runs import TrainSummary
 
 LAUNCHED = "TUNESMITH_LAUNCHED"  # set in every process `launch` starts
 LAUNCH_CONFIG = "accelerate.yaml"  # the accelerate config a run was launched with, kept in its folder
@@ -144,7 +145,7 @@ def check(config: RunConfig, cluster: Cluster) -> bool:
     return gpu
 
 
-def launch(config: RunConfig, run_dir: Path, resume: bool, progress: bool = False, cluster: Cluster | None = None) -> dict:
+def launch(config: RunConfig, run_dir: Path, resume: bool, progress: bool = False, cluster: Cluster | None = None) -> TrainSummary:
     """Train `config`'s stages into `run_dir` in `distributed.num_processes` processes and
     return the summary the main one wrote. A user error in any process comes back as the
     same one-sentence error; `progress` draws the progress bar from the main process."""
@@ -178,7 +179,7 @@ def launch(config: RunConfig, run_dir: Path, resume: bool, progress: bool = Fals
             )
         if (run_dir / "config.yaml").exists():
             (run_dir / LAUNCH_CONFIG).write_text((tmp / LAUNCH_CONFIG).read_text())
-    return result["summary"]
+    return TrainSummary.model_validate(result["summary"])
 
 
 def _prepare_model(config: RunConfig) -> None:

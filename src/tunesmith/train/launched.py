@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_once(args.result, {"error": type(exc).__name__, "message": str(exc)})
         return 1
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # the first process of each machine answers its launcher
-        _write_once(args.result, {"summary": summary})
+        _write_once(args.result, {"summary": summary.to_json()})
     return 0
 
 

@@ -18,6 +18,7 @@ from tunesmith.data.rows import fit_prompt, load_pairs
 from tunesmith.data.splits import split_validation, training_data
 from tunesmith.errors import DataError
 from tunesmith.models import load_tokenizer
+from tunesmith.runs import TrainSummary
 from tunesmith.train.auto import resolve
 from tunesmith.train.common import (
     begin_run,
@@ -102,7 +103,7 @@ def trainer_for(config: RunConfig, run_dir: Path, has_eval: bool, train_rows: li
     return CPOTrainer, CPOConfig(**args, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=m.simpo_gamma * float(m.beta))
 
 
-def train_preference(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> dict:
+def train_preference(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> TrainSummary:
     """Align `config.model.name` with the preference data in `config.data.train` by the
     method of the last stage (dpo, orpo, simpo or kto). Returns a summary (also in
     `run.json`) with the validation loss, reward accuracy and margin."""
@@ -150,25 +151,25 @@ def train_preference(config: RunConfig, run_dir: str | Path, callbacks: list | N
     if has_eval:
         trainer.evaluate()
         final = trainer.state.log_history[-1]
-    summary = {
-        "task": method,
-        "base_model": config.model.name,
-        "method": config.method.adapter,
-        "weights": out_dir.name,
-        "beta": float(config.method.beta),
-        "trainable_params": trainable,
-        "total_params": total,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "best_eval_loss": final.get("eval_loss"),
+    summary = TrainSummary(
+        task=method,
+        base_model=config.model.name,
+        method=config.method.adapter,
+        weights=out_dir.name,
+        beta=float(config.method.beta),
+        trainable_params=trainable,
+        total_params=total,
+        global_step=trainer.state.global_step,
+        train_loss=result.training_loss,
+        best_eval_loss=final.get("eval_loss"),
         # KTO has no pairs, so no pairwise accuracy; its margin compares good and bad rows.
-        "reward_accuracy": final.get("eval_rewards/accuracies"),
-        "reward_margin": final.get("eval_rewards/margins"),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "train_rows": len(rows),
-        "validation_rows": len(val_rows),
-        "truncated_rows": cut_train + cut_val,
-    }
+        reward_accuracy=final.get("eval_rewards/accuracies"),
+        reward_margin=final.get("eval_rewards/margins"),
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        train_runtime_s=result.metrics.get("train_runtime"),
+        train_rows=len(rows),
+        validation_rows=len(val_rows),
+        truncated_rows=cut_train + cut_val,
+    )
     write_summary(run_dir, summary)
     return summary

@@ -17,6 +17,7 @@ from tunesmith.data.rows import load_texts
 from tunesmith.data.splits import split_validation, training_data
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models import load_tokenizer
+from tunesmith.runs import TrainSummary
 from tunesmith.train.auto import resolve
 from tunesmith.train.common import (
     PROMPT_LEARNING,
@@ -61,7 +62,7 @@ def replay_blocks(n_domain: int, ratio: float, general: list[list[int]], seed: i
     return out
 
 
-def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> dict:
+def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> TrainSummary:
     """Continue pretraining `config.model.name` on the raw text in `config.data.train`.
     Returns a summary dict (also written to `run.json`), with validation perplexity."""
     from datasets import Dataset
@@ -121,26 +122,26 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
 
     out_dir = save_weights(trainer, tokenizer, config, run_dir)
     best = trainer.state.best_metric
-    summary = {
-        "task": "pretrain",
-        "base_model": config.model.name,
-        "method": config.method.adapter,
-        "weights": out_dir.name,
-        "trainable_params": trainable,
-        "total_params": total,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "best_eval_loss": best,
-        "best_eval_perplexity": math.exp(best) if best is not None else None,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "tokens_seen": trainer.state.num_input_tokens_seen,
-        "train_rows": len(docs),
-        "validation_rows": len(val_docs),
-        "train_blocks": len(train_blocks),
-        "replay_blocks": len(replay),
-        "validation_blocks": len(val_blocks),
-        "train_tokens": sum(len(b) for b in train_blocks),
-    }
+    summary = TrainSummary(
+        task="pretrain",
+        base_model=config.model.name,
+        method=config.method.adapter,
+        weights=out_dir.name,
+        trainable_params=trainable,
+        total_params=total,
+        global_step=trainer.state.global_step,
+        train_loss=result.training_loss,
+        best_eval_loss=best,
+        best_eval_perplexity=math.exp(best) if best is not None else None,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        train_runtime_s=result.metrics.get("train_runtime"),
+        tokens_seen=trainer.state.num_input_tokens_seen,
+        train_rows=len(docs),
+        validation_rows=len(val_docs),
+        train_blocks=len(train_blocks),
+        replay_blocks=len(replay),
+        validation_blocks=len(val_blocks),
+        train_tokens=sum(len(b) for b in train_blocks),
+    )
     write_summary(run_dir, summary)
     return summary

@@ -17,6 +17,7 @@ from tunesmith.data.rows import encode_answers, load_pairs
 from tunesmith.data.splits import split_validation, training_data
 from tunesmith.inference.reward import score_ids
 from tunesmith.models import load_tokenizer
+from tunesmith.runs import TrainSummary
 from tunesmith.train.auto import resolve
 from tunesmith.train.common import (
     begin_run,
@@ -43,7 +44,7 @@ def encode_pairs(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dic
     return examples, shortened
 
 
-def train_reward(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> dict:
+def train_reward(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> TrainSummary:
     """Train a reward model on `config.data.train` (preference pairs) into `run_dir`. Returns a
     summary (also in `run.json`) with the pairwise accuracy on the validation pairs."""
     from datasets import Dataset
@@ -93,23 +94,23 @@ def train_reward(config: RunConfig, run_dir: str | Path, callbacks: list | None 
     chosen = score_ids(model, tokenizer, [e["chosen_ids"] for e in val_examples])
     rejected = score_ids(model, tokenizer, [e["rejected_ids"] for e in val_examples])
     wins = [c > r for c, r in zip(chosen, rejected)]
-    summary = {
-        "task": "reward",
-        "base_model": config.model.name,
-        "method": config.method.adapter,
-        "weights": out_dir.name,
-        "trainable_params": trainable,
-        "total_params": total,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "pairwise_accuracy": sum(wins) / len(wins) if wins else None,
-        "mean_margin": sum(c - r for c, r in zip(chosen, rejected)) / len(wins) if wins else None,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "train_rows": len(train_examples),
-        "validation_rows": len(val_examples),
-        "truncated_rows": cut_train + cut_val,
-    }
+    summary = TrainSummary(
+        task="reward",
+        base_model=config.model.name,
+        method=config.method.adapter,
+        weights=out_dir.name,
+        trainable_params=trainable,
+        total_params=total,
+        global_step=trainer.state.global_step,
+        train_loss=result.training_loss,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        pairwise_accuracy=sum(wins) / len(wins) if wins else None,
+        mean_margin=sum(c - r for c, r in zip(chosen, rejected)) / len(wins) if wins else None,
+        train_runtime_s=result.metrics.get("train_runtime"),
+        train_rows=len(train_examples),
+        validation_rows=len(val_examples),
+        truncated_rows=cut_train + cut_val,
+    )
     write_summary(run_dir, summary)
     return summary
 

@@ -30,6 +30,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.inference.reward import load_reward_model
 from tunesmith.inference.teacher import make_teacher
 from tunesmith.models import load_tokenizer
+from tunesmith.runs import TrainSummary
 from tunesmith.train.auto import resolve
 from tunesmith.train.common import (
     begin_run,
@@ -211,7 +212,7 @@ class SamplesCallback(TrainerCallback):
 # --------------------------------------------------------------------------- recipe
 
 
-def train_rl(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> dict:
+def train_rl(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> TrainSummary:
     """Optimise `config.model.name` against the configured rewards on the prompts of
     `config.data.train`, by GRPO or RLOO (the last stage). Returns a summary (also in
     `run.json`) with the mean reward at the start and the end of training."""
@@ -273,26 +274,26 @@ def train_rl(config: RunConfig, run_dir: str | Path, callbacks: list | None = No
         values = [h[key] for h in part if key in h]
         return sum(values) / len(values) if values else None
 
-    summary = {
-        "task": method,
-        "base_model": config.model.name,
-        "method": config.method.adapter,
-        "weights": out_dir.name,
-        "rewards": [f.__name__ for f in rewards],
-        "beta": float(m.beta),
-        "trainable_params": trainable,
-        "total_params": total,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "reward_start": mean("reward", logged[:k]),
-        "reward_end": mean("reward", logged[-k:]),
-        "kl_end": mean("kl", logged[-k:]),
-        "best_eval_reward": trainer.state.best_metric if has_eval else None,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "train_rows": len(rows),
-        "validation_rows": len(val_rows),
-        "truncated_rows": shortened,
-    }
+    summary = TrainSummary(
+        task=method,
+        base_model=config.model.name,
+        method=config.method.adapter,
+        weights=out_dir.name,
+        rewards=[f.__name__ for f in rewards],
+        beta=float(m.beta),
+        trainable_params=trainable,
+        total_params=total,
+        global_step=trainer.state.global_step,
+        train_loss=result.training_loss,
+        reward_start=mean("reward", logged[:k]),
+        reward_end=mean("reward", logged[-k:]),
+        kl_end=mean("kl", logged[-k:]),
+        best_eval_reward=trainer.state.best_metric if has_eval else None,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        train_runtime_s=result.metrics.get("train_runtime"),
+        train_rows=len(rows),
+        validation_rows=len(val_rows),
+        truncated_rows=shortened,
+    )
     write_summary(run_dir, summary)
     return summary

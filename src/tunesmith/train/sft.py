@@ -15,6 +15,7 @@ from tunesmith.data.rows import load_chat_rows
 from tunesmith.data.splits import split_validation, training_data
 from tunesmith.errors import DataError
 from tunesmith.models import load_tokenizer
+from tunesmith.runs import TrainSummary
 from tunesmith.train.auto import resolve
 from tunesmith.train.common import (
     PROMPT_LEARNING,
@@ -136,7 +137,7 @@ def trainer_args(config: RunConfig, run_dir: Path, has_eval: bool):
     )
 
 
-def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> dict:
+def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> TrainSummary:
     """Fine-tune `config.model.name` on `config.data.train` into `run_dir`.
 
     With `resume=True`, `run_dir` must hold an interrupted run: its saved config is used and
@@ -170,20 +171,20 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
     out_dir = save_weights(trainer, tokenizer, config, run_dir)
-    summary = {
-        "task": "sft",
-        "base_model": config.model.name,
-        "method": config.method.adapter,
-        "weights": out_dir.name,
-        "trainable_params": trainable,
-        "total_params": total,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "best_eval_loss": trainer.state.best_metric,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "tokens_seen": trainer.state.num_input_tokens_seen,
+    summary = TrainSummary(
+        task="sft",
+        base_model=config.model.name,
+        method=config.method.adapter,
+        weights=out_dir.name,
+        trainable_params=trainable,
+        total_params=total,
+        global_step=trainer.state.global_step,
+        train_loss=result.training_loss,
+        best_eval_loss=trainer.state.best_metric,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        train_runtime_s=result.metrics.get("train_runtime"),
+        tokens_seen=trainer.state.num_input_tokens_seen,
         **stats,
-    }
+    )
     write_summary(run_dir, summary)
     return summary

@@ -8,7 +8,6 @@ saved as `RUN/<stage>/merged/`, full weights are used as they are.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig
@@ -24,7 +23,7 @@ from tunesmith.data.splits import resolve_test_split, training_data
 from tunesmith.errors import ConfigError
 from tunesmith.export.merge import save_merged
 from tunesmith.models import load_tokenizer
-from tunesmith.runs import RunDir
+from tunesmith.runs import RunDir, TrainSummary
 from tunesmith.train import distributed
 from tunesmith.train.auto import resolve
 from tunesmith.train.callbacks import RichProgressCallback
@@ -57,7 +56,7 @@ def stage_data(config: RunConfig, stage: str) -> str | None:
 
 def run_stages(
     config: RunConfig, run_dir: Path, callbacks: list | None = None, resume: bool = False, cluster: Cluster | None = None
-) -> dict:
+) -> TrainSummary:
     """Train every stage of `config` into `run_dir` and return the last stage's summary. A
     config with `distributed.num_processes` above 1 trains in that many launched processes
     (`train.distributed`, on this machine's part of `cluster`); of the callbacks only the
@@ -70,7 +69,7 @@ def run_stages(
     return train_stages(config, run_dir, callbacks, resume)
 
 
-def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resume: bool) -> dict:
+def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resume: bool) -> TrainSummary:
     """Train every stage in this process (or in each launched process)."""
     run = RunDir(run_dir)
     if resume and run.exists:
@@ -80,7 +79,7 @@ def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resum
         if resume and run.summary_file.exists():
             # Trained to the end before an interruption (during the evaluation): resuming the
             # trainer would run one step past max_steps.
-            return json.loads(run.summary_file.read_text())
+            return run.summary()
         if not config.data.train and stage_data(config, stages[0]):
             config = config.model_copy(deep=True)
             config.data.train = stage_data(config, stages[0])
@@ -94,7 +93,7 @@ def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resum
             # Decided once for the whole run, so every stage on data.train holds out the same rows.
             config = resolve_test_split(config, len(load_data(config.data.train, columns=config.data.columns).records))
         begin_run(config, run_dir)
-    summaries: list[dict] = []
+    summaries: list[TrainSummary] = []
     model = config.model.name  # the policy: each stage but reward starts from, and advances, it
     for i, stage in enumerate(stages):
         stage_dir = run.stage_dir(stage)
@@ -102,7 +101,7 @@ def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resum
             if hasattr(cb, "description"):
                 cb.description = f"{stage} ({i + 1}/{len(stages)})"
         if stage_dir.summary_file.exists():  # finished before an interruption
-            summary = json.loads(stage_dir.summary_file.read_text())
+            summary = stage_dir.summary()
         else:
             stage_config = config.model_copy(deep=True)
             stage_config.method.stages = [stage]
@@ -116,13 +115,13 @@ def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resum
                 stage_config.method.reward_model = str(run.stage_dir("reward").path)
             stage_resume = resume and stage_dir.exists
             summary = recipe(stage)(stage_config, stage_dir.path, callbacks, stage_resume)
-        summaries.append({"stage": stage, **summary})
+        summaries.append(summary.model_copy(update={"stage": stage}))
         # A reward model scores the policy; it does not become it (InstructGPT's layout: it
         # starts from the SFT weights, and RL starts from them too).
         if i < len(stages) - 1 and stage != "reward":
             model = str(_weights_for_next_stage(stage_dir))
-    write_summary(run_dir, {"stages": summaries, "final_stage": stages[-1]})
-    return {**summaries[-1], "stages": summaries}
+    write_summary(run_dir, TrainSummary(stages=summaries, final_stage=stages[-1]))
+    return summaries[-1].model_copy(update={"stages": summaries})
 
 
 def _check_multistage(config: RunConfig) -> None:

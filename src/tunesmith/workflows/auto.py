@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.config import STAGE_TASKS, RunConfig, apply_overrides
@@ -34,6 +34,7 @@ from tunesmith.data.synth import SynthOptions, synthesize
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.inference.teacher import make_teacher
 from tunesmith.models import count_params, resolve_model
+from tunesmith.runs import EvalResults, TrainSummary
 from tunesmith.train.auto import available_memory_gb, hardware, plan_memory
 from tunesmith.workflows.train_eval import train
 
@@ -60,9 +61,9 @@ class AutoResult:
     run_dir: Path
     model_id: str | None
     decisions: dict[str, str]
-    evaluation: dict | None
+    evaluation: EvalResults | None
     seconds: float
-    summary: dict = field(default_factory=dict)
+    summary: TrainSummary
 
 
 def parse_budget(text: str | None) -> float | None:
@@ -254,4 +255,4 @@ def run_auto(
         decide("auto.budget", why)
     config.reasons.update(decisions)
     summary = train(config, out, callbacks=callbacks, eval_progress=eval_progress)
-    return AutoResult(out, None, decisions, summary.get("evaluation"), time.perf_counter() - start, summary)
+    return AutoResult(out, None, decisions, summary.evaluation, time.perf_counter() - start, summary)

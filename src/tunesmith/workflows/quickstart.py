@@ -47,14 +47,14 @@ def run_quickstart(
     run_dir = Path(run_dir)
     start = time.perf_counter()
     summary = train(quickstart_config(model, max_steps, max_test_rows), run_dir, train_callbacks, eval_progress=eval_progress)
-    results = summary.pop("evaluation")
+    results = summary.evaluation
     report = {
-        "test_rows": results["test"]["rows"],
-        "base_accuracy": results["metrics"]["base"]["accuracy"],
-        "tuned_accuracy": results["metrics"]["tuned"]["accuracy"],
-        "train_seconds": round(summary["train_runtime_s"], 1),
+        "test_rows": results.test.rows,
+        "base_accuracy": results.metrics["base"]["accuracy"],
+        "tuned_accuracy": results.metrics["tuned"]["accuracy"],
+        "train_seconds": round(summary.train_runtime_s, 1),
         "total_seconds": round(time.perf_counter() - start, 1),
-        "train": summary,
+        "train": summary.to_json(),
         "evaluation": "eval/results.json",
     }
     (run_dir / "quickstart.json").write_text(json.dumps(report, indent=2))

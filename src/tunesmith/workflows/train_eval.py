@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tunesmith.config import RunConfig
 from tunesmith.evaluate.run import evaluate_run
-from tunesmith.runs import RunDir
+from tunesmith.runs import RunDir, TrainSummary
 from tunesmith.train.distributed import Cluster
 from tunesmith.train.stages import run_stages
 
@@ -21,7 +21,7 @@ def train(
     resume: bool = False,
     eval_progress=None,
     cluster: Cluster | None = None,
-) -> dict:
+) -> TrainSummary:
     """Train every stage of `config` into `run_dir`, then, when the run has a test set and
     `eval.enabled`, measure it against its base (`evaluate.run`; `eval_progress(what, done,
     total)` follows that). Returns the last stage's summary, with `evaluation` (the results)
@@ -31,5 +31,5 @@ def train(
         return summary  # machine 0 evaluates
     config = RunDir(Path(run_dir)).config  # resolved: it knows whether a test split was held out
     if config.eval.enabled and config.has_test_set():
-        summary["evaluation"] = evaluate_run(run_dir, progress=eval_progress)
+        summary.evaluation = evaluate_run(run_dir, progress=eval_progress)
     return summary

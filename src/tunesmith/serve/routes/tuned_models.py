@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 import time
 import zipfile
@@ -61,14 +60,13 @@ def weights_of(model: Model) -> list[str]:
 def model_details(model: Model) -> dict:
     final = final_of(model)
     config = final.config if final.exists else None
-    results_file = RunDir(model.run_dir).results_file
-    results = json.loads(results_file.read_text()) if results_file.exists() else None
+    results = RunDir(model.run_dir).results()
     return {
         "id": model.id, "object": "model", "created": int(model.created_at), "owned_by": model.project,
         "base": model.base, "job": model.job_id,
         "method": config.method.stages[-1] if config else None, "adapter": config.method.adapter if config else None,
-        "metrics": results["metrics"] if results else None,
-        "test_rows": results["test"]["rows"] if results else None,
+        "metrics": results.metrics if results else None,
+        "test_rows": results.test.rows if results else None,
         "alarms": alarms(results, model.run_dir) if results else [],
         "weights": weights_of(model),
     }
