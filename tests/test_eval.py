@@ -222,7 +222,7 @@ def test_a_local_judge_model(evaluated_run, tiny_model_dir):
 
     run, _, _, _ = evaluated_run
     opts = EvalConfig(judge=str(tiny_model_dir), judge_prompts=3, forgetting=False, bias=False)
-    judge = evaluate_run(run, options=opts)["judge"]
+    judge = evaluate_run(run, options=opts).judge
     assert judge["prompts"] == 3 and judge["judge"] == str(tiny_model_dir)
     assert judge["wins"] + judge["losses"] + judge["ties"] == 3
     assert judge["ties"] >= sum(v["base_first"] is None and v["tuned_first"] is None for v in judge["verdicts"])

@@ -11,7 +11,7 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.table import Table
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models import BUILTIN_MODELS, builtin_cache_dir, ensure_builtin
+
+if TYPE_CHECKING:  # for annotations only: importing runs costs pydantic at start-up
+    from tunesmith.runs import EvalResults
 
 console = Console()
 err = Console(stderr=True)  # progress, notes and errors: stdout stays the result alone
@@ -144,15 +147,15 @@ class EvalBars:
             self.started = False
 
 
-def print_evaluation(results: dict, run_dir: Path) -> None:
+def print_evaluation(results: EvalResults, run_dir: Path) -> None:
     """Base vs tuned per metric, the judge's verdict, any alarm (overfitting, forgetting, bias),
     the value estimate, and where the report, model card and numbers are."""
     # heavy: imported when the command runs, not for --help
     from tunesmith.evaluate.metrics import HIGHER_IS_BETTER  # numpy
     from tunesmith.runs import RunDir  # pydantic
 
-    base, tuned = results["metrics"]["base"], results["metrics"]["tuned"]
-    table = Table(title=f"base vs tuned on {results['test']['rows']} test rows", caption=results["test"]["source"])
+    base, tuned = results.metrics["base"], results.metrics["tuned"]
+    table = Table(title=f"base vs tuned on {results.test.rows} test rows", caption=results.test.source)
     for col in ("metric", "base", "tuned", "change"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, before in base.items():
@@ -164,12 +167,12 @@ def print_evaluation(results: dict, run_dir: Path) -> None:
         change = f"{after - before:+.1%}" if scale else f"{after - before:+.2f}"
         table.add_row(name, show(before), show(after), f"[{colour}]{change}[/{colour}]" if colour else change)
     console.print(table)
-    j = results.get("judge")
+    j = results.judge
     if j:
         console.print(f"judge ({j['judge']}): tuned wins {j['wins']}, loses {j['losses']}, ties {j['ties']} "
                       f"of {j['prompts']} ({j['inconsistent']} inconsistent verdicts counted as ties)")
-    f, b = results.get("forgetting"), results.get("bias")
-    alarms = [results["overfitting"]["message"]] if results["overfitting"]["flagged"] else []
+    f, b = results.forgetting, results.bias
+    alarms = [results.overfitting["message"]] if results.overfitting and results.overfitting["flagged"] else []
     alarms += [f"forgetting: {line}" for line in (f["findings"] if f else [])]
     alarms += [f"bias: {line}" for line in (b["tuned"]["findings"] if b else [])]
     for alarm in alarms:
@@ -180,7 +183,7 @@ def print_evaluation(results: dict, run_dir: Path) -> None:
     if b and not b["tuned"]["flagged"]:
         console.print(f"bias: none flagged ({b['tuned']['pairs']} counterfactual pairs, "
                       f"{b['tuned']['changed_rate']:.1%} changed answers)")
-    v = results.get("value")
+    v = results.value
     if v:
         console.print(f"value: about {v['hours_saved_per_week']:.1f} hours saved per week at {v['accuracy']:.1%} {v['accuracy_metric']}")
     run = RunDir(run_dir)

@@ -3,9 +3,8 @@ the before/after evaluation when the run has a test set."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -28,6 +27,9 @@ from tunesmith.cli.common import (
 )
 from tunesmith.errors import TunesmithError
 from tunesmith.runtime import quiet_libraries
+
+if TYPE_CHECKING:  # for annotations only: importing runs costs pydantic at start-up
+    from tunesmith.runs import TrainSummary
 
 
 @user_errors
@@ -161,49 +163,49 @@ def train_cmd(
         raise typer.Exit(130) from None
     bars.stop()
     print_train_summary(summary, run_dir)
-    if summary.get("evaluation"):
-        print_evaluation(summary["evaluation"], run_dir)
+    if summary.evaluation:
+        print_evaluation(summary.evaluation, run_dir)
     elif RunDir(run_dir).config.eval.enabled:
         console.print(f"no test set, so no before/after report: run `tunesmith eval {run_dir} --test FILE`")
 
 
-def print_train_summary(summary: dict, run_dir: Path) -> None:
+def print_train_summary(summary: TrainSummary, run_dir: Path) -> None:
     """The training summary (per stage for a multi-stage run), where the weights are, and the
     command that tries them."""
     # heavy: imported when the command runs, not for --help
     from tunesmith.runs import RunDir  # pydantic
 
     table = Table(show_header=False, title="training finished")
-    for stage in summary.get("stages", [])[:-1]:
-        table.add_row(f"stage {stage['stage']}", f"{stage['global_step']} steps, loss {stage['train_loss']:.4f}")
-    table.add_row("steps", str(summary["global_step"]))
-    table.add_row("train rows / validation rows", f"{summary['train_rows']} / {summary['validation_rows']}")
-    if summary.get("truncated_rows") or summary.get("skipped_rows"):
-        table.add_row("cut at max_length / skipped", f"{summary['truncated_rows']} / {summary.get('skipped_rows', 0)}")
-    if summary.get("trainable_params"):
-        share = summary["trainable_params"] / summary["total_params"]
-        table.add_row("trained parameters", f"{summary['trainable_params']:,} ({share:.2%})")
-    table.add_row("final train loss", f"{summary['train_loss']:.4f}")
-    if summary.get("best_eval_loss") is not None:
-        table.add_row("best validation loss", f"{summary['best_eval_loss']:.4f}")
-    if summary.get("best_eval_perplexity") is not None:
-        table.add_row("validation perplexity", f"{summary['best_eval_perplexity']:.2f}")
-    if summary.get("eval_accuracy") is not None:
-        table.add_row("validation accuracy / macro-F1", f"{summary['eval_accuracy']:.1%} / {summary['eval_macro_f1']:.3f}")
-    if summary.get("pairwise_accuracy") is not None:
-        table.add_row("validation pairwise accuracy", f"{summary['pairwise_accuracy']:.1%} (mean margin {summary['mean_margin']:.3f})")
-    if summary.get("reward_accuracy") is not None:
-        table.add_row("validation reward accuracy / margin", f"{summary['reward_accuracy']:.1%} / {summary['reward_margin']:.3f}")
-    if summary.get("reward_start") is not None:
-        table.add_row("mean reward, first / last steps", f"{summary['reward_start']:.3f} -> {summary['reward_end']:.3f}")
-    table.add_row("time", f"{summary['train_runtime_s']:.0f} s")
-    table.add_row("weights", str(RunDir(run_dir).final.path / summary["weights"]))
+    for stage in (summary.stages or [])[:-1]:
+        table.add_row(f"stage {stage.stage}", f"{stage.global_step} steps, loss {stage.train_loss:.4f}")
+    table.add_row("steps", str(summary.global_step))
+    table.add_row("train rows / validation rows", f"{summary.train_rows} / {summary.validation_rows}")
+    if summary.truncated_rows or summary.skipped_rows:
+        table.add_row("cut at max_length / skipped", f"{summary.truncated_rows} / {summary.skipped_rows or 0}")
+    if summary.trainable_params:
+        share = summary.trainable_params / summary.total_params
+        table.add_row("trained parameters", f"{summary.trainable_params:,} ({share:.2%})")
+    table.add_row("final train loss", f"{summary.train_loss:.4f}")
+    if summary.best_eval_loss is not None:
+        table.add_row("best validation loss", f"{summary.best_eval_loss:.4f}")
+    if summary.best_eval_perplexity is not None:
+        table.add_row("validation perplexity", f"{summary.best_eval_perplexity:.2f}")
+    if summary.eval_accuracy is not None:
+        table.add_row("validation accuracy / macro-F1", f"{summary.eval_accuracy:.1%} / {summary.eval_macro_f1:.3f}")
+    if summary.pairwise_accuracy is not None:
+        table.add_row("validation pairwise accuracy", f"{summary.pairwise_accuracy:.1%} (mean margin {summary.mean_margin:.3f})")
+    if summary.reward_accuracy is not None:
+        table.add_row("validation reward accuracy / margin", f"{summary.reward_accuracy:.1%} / {summary.reward_margin:.3f}")
+    if summary.reward_start is not None:
+        table.add_row("mean reward, first / last steps", f"{summary.reward_start:.3f} -> {summary.reward_end:.3f}")
+    table.add_row("time", f"{summary.train_runtime_s:.0f} s")
+    table.add_row("weights", str(RunDir(run_dir).final.path / summary.weights))
     console.print(table)
-    if summary["task"] == "classify":
+    if summary.task == "classify":
         console.print(f"try it: tunesmith predict {run_dir} --text \"...\"")
-    elif summary["task"] == "reward":
+    elif summary.task == "reward":
         console.print(f"try it: tunesmith score {run_dir} --file PAIRS.jsonl")
-    elif summary["task"] != "pretrain":
+    elif summary.task != "pretrain":
         console.print(f"try it: tunesmith chat {run_dir}")
 
 
@@ -239,7 +241,7 @@ def quickstart_cmd(
         raise typer.Exit(130) from None
     finally:
         bars.stop()
-    print_evaluation(json.loads(RunDir(run_dir).results_file.read_text()), run_dir)
+    print_evaluation(RunDir(run_dir).results(), run_dir)
     console.print(
         f"Banking77 intent accuracy on {report['test_rows']} held-out queries: base {report['base_accuracy']:.1%}, "
         f"tuned {report['tuned_accuracy']:.1%}. Training {report['train_seconds']:.0f} s, total "
@@ -366,10 +368,10 @@ def auto_cmd(
     result.model_id = register_run(url, run_dir, model, project)
     if result.evaluation:
         print_evaluation(result.evaluation, run_dir)
-        name, base = next(iter(result.evaluation["metrics"]["base"].items()))
-        tuned = result.evaluation["metrics"]["tuned"][name]
+        name, base = next(iter(result.evaluation.metrics["base"].items()))
+        tuned = result.evaluation.metrics["tuned"][name]
         show = (lambda v: f"{v:.2f}") if name in ("perplexity", "bleu") else (lambda v: f"{v:.1%}")
-        console.print(f"{name}: base {show(base)} -> tuned {show(tuned)} on {result.evaluation['test']['rows']} test rows",
+        console.print(f"{name}: base {show(base)} -> tuned {show(tuned)} on {result.evaluation.test.rows} test rows",
                       soft_wrap=True)
     else:
         console.print("no test set (fewer than 200 rows and no --test), so no before/after figures", soft_wrap=True)
