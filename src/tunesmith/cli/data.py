@@ -138,7 +138,7 @@ def augment_cmd(
 
     from tunesmith.data.augment import augment, parse_methods  # numpy
     from tunesmith.data.formats import load_data  # numpy
-    from tunesmith.inference.generate import write_jsonl  # pydantic
+    from tunesmith.data.load import write_jsonl  # pydantic
     from tunesmith.inference.teacher import make_teacher  # pydantic
 
     chosen = parse_methods(methods)

@@ -34,11 +34,11 @@ def generate_cmd(
     # heavy: imported when the command runs, not for --help
     from rich.progress import Progress
 
+    from tunesmith.data.load import write_jsonl  # pydantic
     from tunesmith.inference.generate import (  # pydantic
         generate,
         load_for_inference,
         read_prompts,
-        write_jsonl,
     )
 
     if (prompt is None) == (file is None):
@@ -111,8 +111,8 @@ def predict_cmd(
     from rich.progress import Progress
 
     from tunesmith.data.formats import load_data  # numpy
+    from tunesmith.data.load import write_jsonl  # pydantic
     from tunesmith.inference.classifier import load_classifier, predict  # pydantic
-    from tunesmith.inference.generate import write_jsonl  # pydantic
 
     if (text is None) == (file is None):
         raise TunesmithError("Give exactly one of --text TEXT or --file FILE.")
@@ -154,7 +154,7 @@ def score_cmd(
     # heavy: imported when the command runs, not for --help
     from rich.progress import Progress
 
-    from tunesmith.inference.generate import write_jsonl  # pydantic
+    from tunesmith.data.load import write_jsonl  # pydantic
     from tunesmith.inference.reward import (  # numpy, pydantic
         load_reward_model,
         score_file,

@@ -450,3 +450,10 @@ def _pick_split(dataset_dict, path: Path, notes: list[str]):
         )
     notes.append(f"DatasetDict folder: using the '{split}' split.")
     return dataset_dict[split]
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Write `rows` as JSON Lines (one object per line, non-ASCII kept as is)."""
+    with Path(path).open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

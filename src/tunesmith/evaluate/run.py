@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tunesmith.config import EvalConfig, RunConfig
 from tunesmith.data.formats import load_data
+from tunesmith.data.load import write_jsonl
 from tunesmith.data.rows import (
     chat_tokens,
     load_labelled,
@@ -50,7 +51,6 @@ from tunesmith.inference.generate import (
     generate,
     load_for_inference,
     with_system,
-    write_jsonl,
 )
 from tunesmith.inference.reward import load_reward_model
 from tunesmith.inference.teacher import make_teacher

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +137,3 @@ def read_prompts(path: str) -> list[list[dict]]:
     return conversations
 
 
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    with Path(path).open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
