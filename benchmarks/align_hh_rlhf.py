@@ -58,14 +58,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def train_stage(stage: str, out: Path, n_train: int, args) -> dict:
+def train_stage(stage: str, out: Path, n_train: int, args):
     """Train one stage on the training pairs (or reuse a finished one); its summary."""
     from tunesmith.config import RunConfig
+    from tunesmith.runs import RunDir
     from tunesmith.workflows.train_eval import train
 
     run = out / stage
-    if args.reuse and (run / "run.json").exists():
-        return json.loads((run / "run.json").read_text())
+    if args.reuse and RunDir(run).summary_file.exists():
+        return RunDir(run).summary()
     shutil.rmtree(run, ignore_errors=True)
     config = RunConfig.model_validate({
         "model": {"name": args.model},
@@ -113,9 +114,9 @@ def main() -> None:
     rm = load_reward_model(out / "reward")
     _, scored = score_file(rm, str(out / "test.jsonl"))
     results["reward_model"] = {
-        "steps": rm_summary["global_step"],
-        "train_s": round(rm_summary["train_runtime_s"]),  # the trainer's own clock
-        "validation_pairwise_accuracy": rm_summary["pairwise_accuracy"],
+        "steps": rm_summary.global_step,
+        "train_s": round(rm_summary.train_runtime_s),  # the trainer's own clock
+        "validation_pairwise_accuracy": rm_summary.pairwise_accuracy,
         "test_pairwise_accuracy": scored["pairwise_accuracy"],
         "test_mean_margin": scored["mean_margin"],
     }
@@ -124,11 +125,11 @@ def main() -> None:
     # 4. DPO.
     dpo_summary = train_stage("dpo", out, len(train_pairs), args)
     results["dpo"] = {
-        "steps": dpo_summary["global_step"],
-        "train_s": round(dpo_summary["train_runtime_s"]),
+        "steps": dpo_summary.global_step,
+        "train_s": round(dpo_summary.train_runtime_s),
         "learning_rate": load_config(out / "dpo" / "config.yaml").train.learning_rate,
-        "validation_reward_accuracy": dpo_summary["reward_accuracy"],
-        "validation_reward_margin": dpo_summary["reward_margin"],
+        "validation_reward_accuracy": dpo_summary.reward_accuracy,
+        "validation_reward_margin": dpo_summary.reward_margin,
     }
     print("dpo:", results["dpo"], flush=True)
 

@@ -79,7 +79,7 @@ def macro_f1(predicted: list[str], labels: list[str]) -> float:
 def run_classify(args, out: Path, rows: list[dict]) -> dict:
     from tunesmith.config import RunConfig
     from tunesmith.inference.classifier import load_classifier, predict
-    from tunesmith.inference.generate import write_jsonl
+    from tunesmith.data.load import write_jsonl
     from tunesmith.workflows.train_eval import train
 
     batch = 32
@@ -101,10 +101,10 @@ def run_classify(args, out: Path, rows: list[dict]) -> dict:
                 [{"text": r["text"], "label": r["label"], **p} for r, p in zip(rows, predictions)])
     return {
         "arm": "classify",
-        "steps": summary["global_step"],
-        "examples_seen": summary["global_step"] * batch,
+        "steps": summary.global_step,
+        "examples_seen": summary.global_step * batch,
         "learning_rate": _config(out / "classify")["train"]["learning_rate"],
-        "train_seconds": round(summary["train_runtime_s"], 1),
+        "train_seconds": round(summary.train_runtime_s, 1),
         "test_accuracy": sum(p == y for p, y in zip(predicted, labels)) / len(labels),
         "test_macro_f1": macro_f1(predicted, labels),
         "eval_seconds": round(eval_s, 1),
@@ -115,7 +115,7 @@ def run_generate(args, out: Path, rows: list[dict]) -> dict:
     from tunesmith.config import RunConfig
     from tunesmith.data.formats import token_lengths
     from tunesmith.data.rows import load_chat_rows
-    from tunesmith.inference.generate import write_jsonl
+    from tunesmith.data.load import write_jsonl
     from tunesmith.models import load_tokenizer
     from tunesmith.train.auto import resolve
     from tunesmith.workflows.quickstart import SYSTEM_PROMPT
@@ -145,13 +145,13 @@ def run_generate(args, out: Path, rows: list[dict]) -> dict:
     eval_s = time.perf_counter() - start
     write_jsonl(out / "generate" / "test_answers.jsonl",
                 [{"text": r["text"], "label": r["label"], "answer": a} for r, a in zip(rows, answers)])
-    tokens_per_example = summary["train_tokens"] / summary["train_rows"]
+    tokens_per_example = summary.train_tokens / summary.train_rows
     return {
         "arm": "generate",
-        "steps": summary["global_step"],
-        "examples_seen": round(summary["tokens_seen"] / tokens_per_example),
+        "steps": summary.global_step,
+        "examples_seen": round(summary.tokens_seen / tokens_per_example),
         "learning_rate": _config(out / "generate")["train"]["learning_rate"],
-        "train_seconds": round(summary["train_runtime_s"], 1),
+        "train_seconds": round(summary.train_runtime_s, 1),
         "test_accuracy": acc,
         "test_macro_f1": macro_f1(answers, labels),
         "eval_seconds": round(eval_s, 1),

@@ -101,13 +101,13 @@ def main() -> None:
         lr = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["learning_rate"]
         result = {
             "method": method,
-            "trainable_params": s["trainable_params"],
-            "trainable_share": s["trainable_params"] / s["total_params"],
+            "trainable_params": s.trainable_params,
+            "trainable_share": s.trainable_params / s.total_params,
             "learning_rate": lr,
             "tokens_per_s": training_speed(run_dir),
-            "train_seconds": round(s["train_runtime_s"], 1),
-            "validation_accuracy": s["eval_accuracy"],
-            "validation_macro_f1": s["eval_macro_f1"],
+            "train_seconds": round(s.train_runtime_s, 1),
+            "validation_accuracy": s.eval_accuracy,
+            "validation_macro_f1": s.eval_macro_f1,
         }
         print(json.dumps(result), flush=True)
         results.append(result)

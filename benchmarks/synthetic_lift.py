@@ -89,7 +89,7 @@ def accuracy(run: str, prompts, labels) -> tuple[float, list[str]]:
 def train_and_test(name: str, train_file: Path, out: Path, steps: int, prompts, labels, seed: int,
                    model: str = "smollm2-135m") -> dict:
     from tunesmith.config import RunConfig
-    from tunesmith.inference.generate import write_jsonl
+    from tunesmith.data.load import write_jsonl
     from tunesmith.train.sft import train_sft
     from tunesmith.workflows.quickstart import SYSTEM_PROMPT
 
@@ -108,10 +108,10 @@ def train_and_test(name: str, train_file: Path, out: Path, steps: int, prompts, 
     acc, answers = accuracy(str(run_dir), prompts, labels)
     write_jsonl(run_dir / "test_answers.jsonl",
                 [{"text": p[-1]["content"], "label": y, "answer": a} for p, y, a in zip(prompts, labels, answers)])
-    result = {"arm": name, "train_rows": summary["train_rows"], "steps": summary["global_step"],
-              "train_loss": summary["train_loss"], "train_seconds": round(train_s), "accuracy": acc}
+    result = {"arm": name, "train_rows": summary.train_rows, "steps": summary.global_step,
+              "train_loss": summary.train_loss, "train_seconds": round(train_s), "accuracy": acc}
     result_file.write_text(json.dumps(result, indent=2))
-    print(f"  {name}: accuracy {acc:.1%} ({summary['train_rows']} rows, {train_s:.0f} s training)", flush=True)
+    print(f"  {name}: accuracy {acc:.1%} ({summary.train_rows} rows, {train_s:.0f} s training)", flush=True)
     return result
 
 

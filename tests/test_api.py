@@ -346,11 +346,15 @@ def test_pause_resume_and_sigkill_mid_training_then_resume_from_checkpoint(servi
 def test_evaluation_alarms_become_warning_events(tmp_path):
     from tunesmith.evaluate.report import alarms
     from tunesmith.jobs.worker import _register
+    from tunesmith.runs import EvalResults, TrainSummary
 
-    evaluation = {"overfitting": {"flagged": True, "message": "Validation loss rose after step 40."},
-                  "forgetting": {"flagged": True, "findings": ["general-text perplexity rose 132%"]},
-                  "bias": {"tuned": {"flagged": True, "findings": ["ethnicity: 21% of answers changed"]}},
-                  "metrics": {"base": {"accuracy": 0.0}, "tuned": {"accuracy": 0.5}}, "test": {"rows": 10}}
+    evaluation = EvalResults(
+        run="run", task="labels", stage="sft", base_model="tiny", tuned_model="run", created="2026-11-30T00:00:00Z",
+        test={"source": "test.jsonl", "rows": 10, "file": "eval/test.jsonl"},
+        overfitting={"flagged": True, "message": "Validation loss rose after step 40."},
+        forgetting={"flagged": True, "findings": ["general-text perplexity rose 132%"]},
+        bias={"tuned": {"flagged": True, "findings": ["ethnicity: 21% of answers changed"]}},
+        metrics={"base": {"accuracy": 0.0}, "tuned": {"accuracy": 0.5}})
     sessions = store.connect(store.default_database_url(tmp_path))
     job = Job(id="ftjob-alarm", project="acme", model="tiny", source="tiny", training_file="file-x", seed=1,
               method={"type": "supervised"}, status="running", run_dir=str(tmp_path / "run"),
@@ -358,7 +362,7 @@ def test_evaluation_alarms_become_warning_events(tmp_path):
     with sessions.begin() as s:
         s.add(job)
         s.flush()
-        _register(s, job, {"evaluation": evaluation})
+        _register(s, job, TrainSummary(evaluation=evaluation))
     with sessions() as s:
         warnings = [e.message for e in s.query(store.Event).filter_by(job_id="ftjob-alarm", level="warn").order_by(store.Event.seq)]
     assert warnings == alarms(evaluation) == ["Overfitting: Validation loss rose after step 40.",

@@ -140,9 +140,11 @@ def authenticate(request: Request, sessions: SessionDep) -> Caller:
 CallerDep = Annotated[Caller, Depends(authenticate)]
 
 
-def get_engine(request: Request, settings: SettingsDep) -> Engine:
+async def get_engine(request: Request, settings: SettingsDep) -> Engine:
     """The inference engine, started by the first generation request: a server that only
-    trains never starts one."""
+    trains never starts one. Async on purpose: it runs on the event loop, so two first
+    requests cannot start two engines (a sync dependency runs in a thread pool, and two
+    engines loading the same model at once race in transformers' meta-device loading)."""
     state = request.app.state
     if state.engine is None:
         state.engine = Engine(max_adapters=settings.max_adapters, max_batch=settings.max_batch)

@@ -13,7 +13,7 @@ from pathlib import Path
 from tunesmith.config import RunConfig
 from tunesmith.workflows.train_eval import train
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SAMPLE_TRAIN = SAMPLES / "banking77_train.csv"
 SAMPLE_TEST = SAMPLES / "banking77_test.csv"
 # Short on purpose: every token of it is paid for in every training example.
