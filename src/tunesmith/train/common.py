@@ -78,6 +78,11 @@ def load_base(config: RunConfig, head: str = "lm", **kwargs):
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": 0}
+    import torch
+
+    # A new head (a classifier's, a reward model's) is drawn from the global generator: seed it,
+    # so the run does not depend on what this process drew before (a repeat gives the same run).
+    torch.manual_seed(config.train.seed)
     model = load_model(config.model.name, head=head, **kwargs)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
