@@ -256,3 +256,12 @@ def test_redact_leaves_no_pii_behind(pieces, sep):
     redacted, matches = redact(text)
     assert find_pii(redacted) == []
     assert redacted.count("[") - text.count("[") == len(matches)
+
+
+def test_code_spans_hold_no_pii_but_distinctive_secrets_still_count():
+    text = "Call sorted(words, key=str.lower) or mail a@b.org"
+    assert [m.kind for m in find_pii("Use key=str.lower to sort.")] == []
+    code = [(5, 33)]
+    assert [m.kind for m in find_pii(text, code)] == ["email"]
+    assert [m.kind for m in find_pii("aws = 'AKIAIOSFODNN7EXAMPLE'", [(0, 28)])] == ["secret"]
+    assert redact("x = 'jane@corp.com'", [(0, 19)]) == ("x = 'jane@corp.com'", [])

@@ -305,3 +305,73 @@ def test_fix_drops_training_rows_that_are_in_the_test_file(tmp_path):
     log = [json.loads(line) for line in Path(result.log_path).read_text().splitlines()]
     assert {line["reason"] for line in log} == {"also in the test file test.jsonl"}
     assert test.read_text().count("\n") == 3  # the test set is left as it is
+
+
+def test_code_answers_are_not_secrets_or_html_and_fix_keeps_code(tmp_path):
+    page = "<!DOCTYPE html>\n<html>\n<body>\n<p>Hello</p>\n</body>\n</html>"
+    fenced = "Sort ignoring case:\n```python\nwords.sort(key=str.lower)\n```\nThen print them."
+    rows = [
+        _chat("How do I sort words ignoring case in Python?", "sorted(words, key=str.lower)"),
+        _chat("Write a minimal HTML page.", page),
+        _chat("And in place?", fenced),
+        _chat("Where do I write?", "Write to jane.doe@example.org and use key AKIAIOSFODNN7EXAMPLE for the bucket."),
+    ]
+    path = _write_jsonl(tmp_path / "code.jsonl", rows)
+    card = check_data(path)
+    pii_rows = {row for f in card.findings if f.check == "pii" for row in f.rows}
+    assert pii_rows == {4}
+    assert not [f for f in card.findings if f.check == "encoding"]
+    fix_data(path, tmp_path / "fixed.jsonl")
+    fixed = [json.loads(line) for line in (tmp_path / "fixed.jsonl").read_text().splitlines()]
+    answers = [r["messages"][-1]["content"] for r in fixed]
+    assert answers[:3] == ["sorted(words, key=str.lower)", page, fenced]
+    assert "[EMAIL]" in answers[3] and "[SECRET]" in answers[3]
+
+
+def test_one_word_check_counts_cjk_characters(tmp_path):
+    rows = [_chat(f"Question {i}?", f"This is a longer answer number {i} for you.") for i in range(6)]
+    rows += [_chat("你好吗？", "我今天很高兴去公园散步。"), _chat("元気？", "はい、とても元気です。"), _chat("Ok?", "Yes")]
+    card = check_data(_write_jsonl(tmp_path / "cjk.jsonl", rows))
+    one_word = [f for f in card.findings if "single word" in f.message]
+    assert [f.rows for f in one_word] == [[9]]
+
+
+def test_length_outlier_in_a_small_file(tmp_path, tiny_tokenizer):
+    rows = [_chat(f"Question {i} about my card?", "Answer " + "about the card " * (i % 5 + 1)) for i in range(12)]
+    path = _write_jsonl(tmp_path / "normal.jsonl", rows)
+    assert not [f for f in check_data(path, tokenizer=tiny_tokenizer).findings if f.check == "length"]
+    rows.append(_chat("Tell me everything.", "card " * 8000))  # row 13
+    path = _write_jsonl(tmp_path / "small.jsonl", rows)
+    length = [f for f in check_data(path, tokenizer=tiny_tokenizer).findings if f.check == "length"]
+    assert [(f.rows, "outlier" in f.message) for f in length] == [([13], True)]
+
+
+def test_empty_user_turn_is_an_error_and_fix_drops_it(tmp_path):
+    rows = [_chat("Hello?", "Hi, how can I help?"), _chat("   ", "An answer to nothing."), _chat("", "Another.")]
+    path = _write_jsonl(tmp_path / "empty_prompt.jsonl", rows)
+    found = [f for f in check_data(path).findings if "empty user turn" in f.message]
+    assert [(f.severity, f.rows) for f in found] == [("error", [2, 3])]
+    result = fix_data(path, tmp_path / "fixed.jsonl")
+    assert result.rows_out == 1
+
+
+def test_csv_rows_are_editor_lines(tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text("prompt,completion\nhi there,hello friend\nhi there,a different answer\n")
+    conflicts = [f for f in check_data(path).findings if f.check == "conflicts"]
+    assert [f.rows for f in conflicts] == [[2, 3]]
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("keep-majority", "answer b"), ("keep-first", "answer a")])
+def test_fix_resolves_conflicts_when_asked(tmp_path, policy, kept):
+    rows = [_chat("Same question?", "answer a"), _chat("Same question?", "answer b"), _chat("Same question?", "Answer B")]
+    path = _write_jsonl(tmp_path / "conflict.jsonl", rows)
+    (finding,) = [f for f in check_data(path).findings if f.check == "conflicts"]
+    assert "--conflicts keep-majority" in finding.message
+    fix_data(path, tmp_path / "fixed.jsonl")
+    # Not resolved unless asked: both answers stay (row 3 goes as a duplicate of row 2).
+    assert len((tmp_path / "fixed.jsonl").read_text().splitlines()) == 2
+    fix_data(path, tmp_path / "fixed.jsonl", conflicts=policy)
+    fixed = [json.loads(line) for line in (tmp_path / "fixed.jsonl").read_text().splitlines()]
+    assert {r["messages"][-1]["content"].lower() for r in fixed} == {kept}
+    assert not [f for f in check_data(tmp_path / "fixed.jsonl").findings if f.check == "conflicts"]

@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 
 from tunesmith.data.textcheck import (
+    code_spans,
     detect_language,
     language_mix,
     load_lexicon,
+    looks_like_code,
     toxic_terms,
+    word_count,
 )
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "samples"
@@ -105,3 +108,34 @@ def test_toxic_terms_clean_banking_rows() -> None:
         rows = [row["text"] for _, row in zip(range(300), csv.DictReader(f))]
     assert len(rows) == 300
     assert [row for row in rows if toxic_terms(row)] == []
+
+
+def test_word_count_counts_cjk_characters() -> None:
+    assert word_count("Yes") == 1
+    assert word_count("我今天很高兴去公园散步。") == 11
+    assert word_count("はい、とても元気です。") > 3
+
+
+def test_code_spans_and_looks_like_code() -> None:
+    assert looks_like_code("def f(x):\n    return x + 1\n")
+    assert not looks_like_code("The answer is 42.\nIt is not 43.")
+    assert not looks_like_code("<p>This is a sentence scraped from the web.</p>")
+    text = "Use `key=str.lower` like this:\n```\nwords.sort(key=str.lower)\n```\n"
+    assert [text[s:e] for s, e in code_spans(text)] == ["`key=str.lower`", "```\nwords.sort(key=str.lower)\n```"]
+    assert code_spans("sorted(words, key=str.lower)", answer=True) == [(0, 28)]
+    assert code_spans("sorted(words, key=str.lower)") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "For questions, email jane@example.org",
+        "If you like, call me back.",
+        "# Steps\n* Open the app\n* Choose Security",
+        "From my experience, return it within 30 days.",
+        "Contact support (jane@example.org)",
+    ],
+)
+def test_prose_is_not_code(text: str) -> None:
+    assert not looks_like_code(text)
+    assert code_spans(text, answer=True) == []

@@ -124,6 +124,9 @@ _ASSIGNMENT = re.compile(
     r"(?<![\w-])([A-Za-z][\w.-]{0,40})[ \t]{0,3}[:=][ \t]{0,3}[\"']?([^\s\"'<>,;]{8,250})"
 )
 _BRACKETED = re.compile(r"\[[A-Z]+\]")  # a placeholder, or find_pii's mask of a hit
+# A value that is a dotted name ("str.lower", "os.environ[") is code referring to a value,
+# not the value itself.
+_CODE_REFERENCE = re.compile(r"[A-Za-z_]+(?:\.[A-Za-z_]+)+[(\[]?")
 _SECRET_NAME_ENDINGS = (
     "apikey", "secretkey", "accesskey", "privatekey", "secret", "token", "password",
     "passwd", "pwd",
@@ -335,7 +338,7 @@ def _secrets(text: str) -> Iterator[PiiMatch]:
             # A sentence-final "." or ")" is punctuation; "!" and "?" may be in the secret.
             value = m.group(2).rstrip(".)")
             start = m.start(2)
-            if _BRACKETED.fullmatch(value) or len(value) < 8:
+            if _BRACKETED.fullmatch(value) or _CODE_REFERENCE.fullmatch(value) or len(value) < 8:
                 continue  # a placeholder or mask, or too short once the sentence end is gone
             # A value of plain letters ("Password: incorrect") is usually prose; demand a
             # digit or symbol unless it is long enough to be a generated secret.
@@ -381,13 +384,35 @@ def _is_free(starts: list[int], ends: list[int], start: int, end: int) -> bool:
     return (i == 0 or ends[i - 1] <= start) and (i == len(starts) or starts[i] >= end)
 
 
-def find_pii(text: str) -> list[PiiMatch]:
+def _distinctive_secret(value: str) -> bool:
+    """A secret in a format of its own (a provider key, a JWT, a PEM private key): a leak
+    even inside code, unlike ``name = value`` guesses or e-mails and numbers."""
+    return (
+        any(p.fullmatch(value) for p in _SECRET_PATTERNS)
+        or _JWT.fullmatch(value) is not None
+        or value.startswith("-----BEGIN ")
+        or _OPENAI_KEY.fullmatch(value) is not None
+    )
+
+
+def find_pii(text: str, code: list[tuple[int, int]] | None = None) -> list[PiiMatch]:
     """Return the PII found in ``text``: non-overlapping matches sorted by start.
 
     Kinds are detected from most to least specific (secret, IBAN, card, SSN, email, IP,
     phone); each kind's matches are masked out before the next kind looks, and within a
-    kind the longer of two overlapping matches wins.
+    kind the longer of two overlapping matches wins. ``code`` holds sorted, disjoint
+    ``(start, end)`` spans of code: a match touching one counts only when it is a
+    distinctive secret (code is full of ``key=...``, addresses and numbers that are not
+    personal data).
     """
+    found = _find_pii(text)
+    if not code:
+        return found
+    starts, ends = [s for s, _ in code], [e for _, e in code]
+    return [m for m in found if _is_free(starts, ends, m.start, m.end) or _distinctive_secret(m.text)]
+
+
+def _find_pii(text: str) -> list[PiiMatch]:
     many_digits = _count_digits(text) >= 9  # cards, IBANs and phones all need 9+
     masked = text
     kept: list[PiiMatch] = []
@@ -411,13 +436,14 @@ def find_pii(text: str) -> list[PiiMatch]:
     return kept
 
 
-def redact(text: str) -> tuple[str, list[PiiMatch]]:
-    """Replace each PII match in ``text`` by its placeholder, e.g. ``[EMAIL]``.
+def redact(text: str, code: list[tuple[int, int]] | None = None) -> tuple[str, list[PiiMatch]]:
+    """Replace each PII match in ``text`` by its placeholder, e.g. ``[EMAIL]``; inside
+    ``code`` spans only distinctive secrets (see ``find_pii``).
 
     Returns the redacted text and the matches that were replaced (spans refer to the
     original text).
     """
-    matches = find_pii(text)
+    matches = find_pii(text, code)
     parts: list[str] = []
     pos = 0
     for m in matches:

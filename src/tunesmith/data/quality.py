@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import statistics
 from collections import Counter
@@ -29,6 +30,8 @@ from dataclasses import asdict, dataclass, field, replace
 from html.entities import name2codepoint
 from itertools import pairwise
 from pathlib import Path
+
+import numpy as np
 
 from tunesmith.data import dedup, pii, textcheck
 from tunesmith.data import labels as label_check
@@ -53,6 +56,8 @@ EXAMPLE_CHARS = 160
 NEAR_THRESHOLD = 0.85
 # Outliers: 3x the 99th percentile is far beyond the normal tail of any real data set.
 OUTLIER_FACTOR = 3
+# In a small file an outlier must also be 10x the median row: a few rows vary a lot.
+SMALL_FILE_MEDIAN_FACTOR = 10
 # Classes under 5 rows cannot be learned or evaluated reliably (not even one per CV fold).
 RARE_CLASS_ROWS = 5
 # max/min class ratio above 10: the model learns to ignore the small classes.
@@ -305,16 +310,23 @@ def write_card(card: DataCard, out_dir) -> None:
     (out / "data_card.html").write_text(card.to_html())
 
 
-def fix_data(card_input_path, out_path, columns=None, test_path=None) -> FixResult:
+CONFLICT_POLICIES = ("keep-majority", "keep-first")
+
+
+def fix_data(card_input_path, out_path, columns=None, test_path=None, conflicts: str | None = None) -> FixResult:
     """Write a cleaned copy of a data file as canonical JSONL, and ``fix_log.jsonl`` next to it.
 
     Safe fixes only: drop exact duplicates (the first copy stays), drop rows without an
     answer (empty assistant turn, no assistant turn, an empty preference side), drop rows
     whose prompt is also in ``test_path`` (the test set stays as it is), strip control
     characters and HTML tags (entities are unescaped), redact PII with typed placeholders
-    such as ``[EMAIL]``. Conflicting answers are reported by ``check_data``, never resolved
-    here. The input file is never modified.
+    such as ``[EMAIL]``. Conflicting answers (one prompt, different answers) stay unless
+    ``conflicts`` says which to keep: "keep-majority" (the most common answer, the first
+    on a tie) or "keep-first"; rows with the other answers are dropped. The input file is
+    never modified.
     """
+    if conflicts is not None and conflicts not in CONFLICT_POLICIES:
+        raise DataError(f"--conflicts must be one of {', '.join(CONFLICT_POLICIES)}, not {conflicts!r}.")
     columns = parse_columns(columns) if isinstance(columns, str) else columns
     src, out = Path(card_input_path), Path(out_path)
     if out.resolve() == src.resolve():
@@ -324,7 +336,7 @@ def fix_data(card_input_path, out_path, columns=None, test_path=None) -> FixResu
     log: list[dict] = [{"row": row, "action": "dropped", "reason": reason} for row, reason in bad]
     drop: dict[int, str] = {}  # index -> reason
     for i, record in enumerate(data.records):
-        reason = _missing_answer(record) or _identical_pair(record)
+        reason = _missing_answer(record) or _identical_pair(record) or _empty_prompt(record)
         if reason:
             drop[i] = reason
     index_of = {row: i for i, row in enumerate(data.rows)}
@@ -334,6 +346,13 @@ def fix_data(card_input_path, out_path, columns=None, test_path=None) -> FixResu
         for i, record in enumerate(data.records):
             if dedup.leak_key(record) in in_test:
                 drop.setdefault(i, f"also in the test file {name}")
+    if conflicts is not None:
+        for group in dedup.conflicting_answers(data.records, data.rows):
+            answers = [_answer_key(data.records[index_of[row]]) for row in group.rows]
+            keep = Counter(answers).most_common(1)[0][0] if conflicts == "keep-majority" else answers[0]
+            for row, answer in zip(group.rows, answers):
+                if answer != keep:
+                    drop.setdefault(index_of[row], f"conflicting answer ({conflicts})")
     for group in dedup.exact_duplicates(data.records, data.rows):
         for row in group.rows[1:]:
             drop.setdefault(index_of[row], f"exact duplicate of row {group.rows[0]}")
@@ -344,7 +363,7 @@ def fix_data(card_input_path, out_path, columns=None, test_path=None) -> FixResu
             log.append({"row": row, "action": "dropped", "reason": drop[i]})
             continue
         cleaned, fixes = _clean_record(record)
-        reason = _missing_answer(cleaned) or _identical_pair(cleaned)
+        reason = _missing_answer(cleaned) or _identical_pair(cleaned) or _empty_prompt(cleaned)
         if reason:
             log.append({"row": row, "action": "dropped", "reason": f"{reason} after cleaning"})
             continue
@@ -408,6 +427,20 @@ def _text_fields(record: dict) -> Iterator[str]:
         yield record["label"]
 
 
+def _code_fields(record: dict) -> Iterator[tuple[str, list[tuple[int, int]]]]:
+    """Every free-text string of a record with its code spans (``textcheck.code_spans``):
+    an assistant turn that is all code is one span."""
+    for key in ("messages", "prompt", "chosen", "rejected", "completion"):
+        for message in record.get(key) or []:
+            text = message["content"]
+            answer = message["role"] == "assistant" or key == "completion"
+            yield text, textcheck.code_spans(text, answer=answer)
+    if isinstance(record.get("text"), str):
+        yield record["text"], textcheck.code_spans(record["text"])
+    if isinstance(record.get("label"), str):
+        yield record["label"], []
+
+
 def _has_html(text: str) -> bool:
     if _HTML_TAG.search(text):
         return True
@@ -434,8 +467,10 @@ def _check_encoding(ctx: _Context) -> list[Finding]:
     found: dict[str, list[int]] = {name: [] for name, _, _ in _ENCODING_PROBLEMS}
     for record, row in zip(ctx.data.records, ctx.data.rows):
         texts = list(_text_fields(record))
+        # HTML in code is code (an answer that writes a web page), not leftover markup.
+        prose = [textcheck.prose(t, spans) for t, spans in _code_fields(record)]
         for name, test, _ in _ENCODING_PROBLEMS:
-            if any(test(t) for t in texts):
+            if any(test(t) for t in (prose if test is _has_html else texts)):
                 found[name].append(row)
     return [
         ctx.finding("encoding", "warning", f"{len(found[name])} rows contain {name}; {fix}.", found[name])
@@ -468,6 +503,20 @@ def _missing_answer(record: dict) -> str | None:
     return None
 
 
+def _answer_key(record: dict) -> str:
+    """The answer that ``dedup.conflicting_answers`` compares (the label for KTO)."""
+    pair = dedup.record_prompt_answer(record)
+    answer = str(record["label"]) if "completion" in record else (pair[1] if pair else "")
+    return dedup.normalize(answer)
+
+
+def _empty_prompt(record: dict) -> str | None:
+    """A user turn of nothing (or only whitespace); ``fix_data`` drops the row."""
+    if any(m["role"] == "user" and _blank(m["content"]) for m in record.get("messages") or []):
+        return "empty user turn"
+    return None
+
+
 def _identical_pair(record: dict) -> str | None:
     """A preference pair whose two sides say the same teaches nothing; ``fix_data`` drops it."""
     if "chosen" in record and _side_text(record["chosen"]) == _side_text(record["rejected"]):
@@ -476,7 +525,7 @@ def _identical_pair(record: dict) -> str | None:
 
 
 def _check_schema(ctx: _Context) -> list[Finding]:
-    empty, no_assistant, double, system_late, one_word = [], [], [], [], []
+    empty, no_assistant, double, system_late, one_word, no_prompt = [], [], [], [], [], []
     answers: list[tuple[int, int]] = []  # (row, words of the last assistant answer)
     for record, row in zip(ctx.data.records, ctx.data.rows):
         if "chosen" in record:
@@ -489,6 +538,8 @@ def _check_schema(ctx: _Context) -> list[Finding]:
         messages = record.get("messages")
         if not messages:
             continue
+        if _empty_prompt(record):
+            no_prompt.append(row)
         roles = [m["role"] for m in messages]
         if any(a == b == "assistant" for a, b in pairwise(roles)):
             double.append(row)
@@ -496,7 +547,7 @@ def _check_schema(ctx: _Context) -> list[Finding]:
             system_late.append(row)
         pair = dedup.record_prompt_answer(record)
         if pair is not None and not _blank(pair[1]):
-            answers.append((row, len(pair[1].split())))
+            answers.append((row, textcheck.word_count(pair[1])))
     findings = []
     if empty:
         findings.append(
@@ -515,6 +566,16 @@ def _check_schema(ctx: _Context) -> list[Finding]:
                 f"{len(no_assistant)} chats have no assistant turn, so there is nothing to learn; add an "
                 "answer or drop them (--fix drops them).",
                 no_assistant,
+            )
+        )
+    if no_prompt:
+        findings.append(
+            ctx.finding(
+                "schema",
+                "error",
+                f"{len(no_prompt)} chats have an empty user turn, so the answer replies to nothing; write the "
+                "prompt or drop them (--fix drops them).",
+                no_prompt,
             )
         )
     if double:
@@ -567,19 +628,36 @@ def _check_length(ctx: _Context, tokenizer, max_length: int | None, stats: dict)
                     [row for row, _ in over],
                 )
             )
-    limit = summary["p99"] * OUTLIER_FACTOR
+    limit, basis = _outlier_limit(lengths)
     outliers = [row for row, n in zip(ctx.data.rows, lengths) if n > limit]
     if outliers:
         findings.append(
             ctx.finding(
                 "length",
                 "warning",
-                f"{len(outliers)} rows are extreme length outliers (over {limit} tokens, {OUTLIER_FACTOR}x "
-                "the 99th percentile).",
+                f"{len(outliers)} rows are extreme length outliers (over {limit} tokens, {basis}); check "
+                "they belong in the data.",
                 outliers,
             )
         )
     return findings
+
+
+def _outlier_limit(lengths: list[int]) -> tuple[int, str]:
+    """The length above which a row is an extreme outlier, and how it was found.
+
+    OUTLIER_FACTOR x the 99th percentile; in a file under 200 rows the 99th percentile is
+    the outlier itself, so there the percentile leaves out the top two rows (1 - 2/n) and
+    the limit is also at least SMALL_FILE_MEDIAN_FACTOR x the median, so that ordinary
+    spread in a few rows is not an alarm.
+    """
+    q = 99.0 if len(lengths) >= 200 else max(0.0, 100 * (1 - 2 / len(lengths)))
+    base = math.ceil(float(np.percentile(lengths, q)))
+    if q == 99.0:
+        return base * OUTLIER_FACTOR, f"{OUTLIER_FACTOR}x the 99th percentile"
+    median = statistics.median(lengths)
+    limit = max(base * OUTLIER_FACTOR, math.ceil(median * SMALL_FILE_MEDIAN_FACTOR))
+    return limit, f"{OUTLIER_FACTOR}x the typical longest rows and {SMALL_FILE_MEDIAN_FACTOR}x the median"
 
 
 def _check_duplicates(ctx: _Context) -> list[Finding]:
@@ -621,7 +699,8 @@ def _check_duplicates(ctx: _Context) -> list[Finding]:
                 "conflicts",
                 "error",
                 f"{len(conflicts)} prompts appear with different {what} ({len(affected)} rows, e.g. rows "
-                f"{', '.join(map(str, first.rows[:5]))}); keep one {what[:-1]} per prompt.",
+                f"{', '.join(map(str, first.rows[:5]))}); keep one {what[:-1]} per prompt: edit the rows, or "
+                "`tunesmith data check FILE --fix OUT --conflicts keep-majority` (or keep-first) drops the others.",
                 affected,
             )
         )
@@ -664,8 +743,8 @@ def _check_pii(ctx: _Context) -> list[Finding]:
     rows_by_kind: dict[str, list[int]] = {}
     hits = Counter()
     for record, row in zip(ctx.data.records, ctx.data.rows):
-        for text in _text_fields(record):
-            for match in pii.find_pii(text):
+        for text, code in _code_fields(record):
+            for match in pii.find_pii(text, code):
                 hits[match.kind] += 1
                 found = rows_by_kind.setdefault(match.kind, [])
                 if not found or found[-1] != row:
@@ -852,7 +931,25 @@ def _side_text(messages: list[dict]) -> str:
     return dedup.normalize("\n".join(f"{m['role']}: {m['content']}" for m in messages))
 
 
-def _clean_text(text: str, changed: set[str], pii_kinds: Counter) -> str:
+def _clean_text(text: str, changed: set[str], pii_kinds: Counter, answer: bool = False) -> str:
+    """Clean prose; code spans keep their HTML and lose only distinctive secrets and control
+    characters, so a fix never rewrites code."""
+    parts, pos = [], 0
+    for start, end in textcheck.code_spans(text, answer=answer):
+        parts.append(_clean_prose(text[pos:start], changed, pii_kinds))
+        code = text[start:end]
+        cleaned = _CONTROL.sub("", code)
+        if cleaned != code:
+            changed.add("stripped control characters")
+        cleaned, matches = pii.redact(cleaned, [(0, len(cleaned))])
+        pii_kinds.update(m.kind for m in matches)
+        parts.append(cleaned)
+        pos = end
+    parts.append(_clean_prose(text[pos:], changed, pii_kinds))
+    return "".join(parts)
+
+
+def _clean_prose(text: str, changed: set[str], pii_kinds: Counter) -> str:
     cleaned = _CONTROL.sub("", text)
     if cleaned != text:
         changed.add("stripped control characters")
@@ -874,7 +971,10 @@ def _clean_record(record: dict) -> tuple[dict, dict]:
     cleaned = {}
     for key, value in record.items():
         if isinstance(value, list):
-            cleaned[key] = [{**m, "content": _clean_text(m["content"], changed, kinds)} for m in value]
+            cleaned[key] = [
+                {**m, "content": _clean_text(m["content"], changed, kinds, m["role"] == "assistant" or key == "completion")}
+                for m in value
+            ]
         elif key == "text":
             cleaned[key] = _clean_text(value, changed, kinds)
         else:

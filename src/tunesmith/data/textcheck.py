@@ -118,3 +118,71 @@ def toxic_terms(text: str) -> list[str]:
     """
     text = text.translate(_APOSTROPHES)
     return [" ".join(m.group().lower().split()) for m in _toxic_regex().finditer(text)]
+
+
+_CJK_CHAR = re.compile(rf"[{_CJK}]")
+
+
+def word_count(text: str) -> int:
+    """Words in ``text``; in Chinese or Japanese text each ideograph or kana counts as one,
+    since those scripts write a whole sentence without a space."""
+    if _CJK_CHAR.search(text) is None:
+        return len(text.split())
+    return len(_WORD_RE.findall(text))
+
+
+# Code in free text: fenced blocks (``` or ~~~, an unclosed fence runs to the end) and
+# inline `code` on one line.
+_FENCE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
+# A line that reads as code, not prose: a definition, an import, a block opener ending in
+# ":" or "{", a // comment, a line that ends in a brace or semicolon, a call or assignment
+# with no prose around it, or bare HTML tags. Prose starting "For ..." or "# Heading" is not.
+_CODE_LINE = re.compile(
+    r"^\s*(?:(?:def|class|fn|func|function)\s+\w+\s*[(:<{].*"
+    r"|import\s+[\w.]+(?:\s+as\s+\w+)?;?\s*|from\s+[\w.]+\s+import\s.*|#include\s.*"
+    r"|(?:const|let|var)\s+\w+\s*=.*|(?:if|elif|else|for|while|try|except|switch)\b.*[:{]\s*"
+    r"|return\s+[\w.()\[\]'\"]+(?:\s*[-+*/%<>=!&|]+\s*[\w.()\[\]'\"]+)*;?\s*"
+    r"|//.*|/\*.*|.*[{};]\s*"
+    r"|[\w.\[\]'\"]+(?:\(.*\)|\s*[+\-*/]?=\s*\S.*)\s*"
+    r"|<!DOCTYPE.*|</?[A-Za-z][\w-]*(?:\s[^<>]*)?/?>\s*(?:</?[A-Za-z][\w-]*(?:\s[^<>]*)?/?>\s*)*)$"
+)
+
+
+def looks_like_code(text: str) -> bool:
+    """True when most non-empty lines of ``text`` read as code (at least 60%, and the
+    whole text when it is one line)."""
+    lines = [line for line in text.split("\n") if line.strip()]
+    if not lines:
+        return False
+    code = sum(1 for line in lines if _CODE_LINE.match(line))
+    return code == len(lines) if len(lines) == 1 else code >= 0.6 * len(lines)
+
+
+def code_spans(text: str, answer: bool = False) -> list[tuple[int, int]]:
+    """Sorted, disjoint ``(start, end)`` spans of code in ``text``. An ``answer`` that is
+    code as a whole (no fences, most lines code) is one span."""
+    if answer and "```" not in text and "~~~" not in text and looks_like_code(text):
+        return [(0, len(text))]
+    spans = [m.span() for m in _FENCE.finditer(text)] if "```" in text or "~~~" in text else []
+    if "`" in text:
+        prose = _blank_out(text, spans)
+        spans += [m.span() for m in _INLINE_CODE.finditer(prose)]
+    return sorted(spans)
+
+
+def _blank_out(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each span replaced by spaces of the same length (offsets stay valid)."""
+    if not spans:
+        return text
+    parts, pos = [], 0
+    for start, end in spans:
+        parts += [text[pos:start], " " * (end - start)]
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def prose(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with its code spans blanked out, for checks that concern prose only."""
+    return _blank_out(text, spans)
