@@ -50,7 +50,14 @@ def inspect_data(
     table.add_row("format", data.format.value)
     table.add_row("task", data.task)
     table.add_row("rows", str(len(data.records)))
-    table.add_row("columns", ", ".join(f"{field} <- {col}" for field, col in data.column_map.items()))
+    for column, use in data.column_uses():  # every column of the file and what it became
+        table.add_row(f"column {column}", f"-> {use}")
+    if data.unused_columns:
+        table.add_row(
+            "not used",
+            f"{', '.join(data.unused_columns)} (the conversion ignores these columns; map them with --columns "
+            "if the model should see them)",
+        )
     pct = length_percentiles(lengths)
     table.add_row(f"tokens ({model})", "  ".join(f"{k} {v}" for k, v in pct.items()))
     if data.task == "classify":
@@ -76,6 +83,7 @@ def check_data_cmd(
     fix: Annotated[Optional[Path], typer.Option(help="Write a cleaned copy here (JSONL) plus fix_log.jsonl; FILE is never changed. Rows also in --test are dropped from it.")] = None,
     task: Annotated[Optional[str], typer.Option(help="What the data will train: chat, classify, pretrain, preference or kto (default: as detected).")] = None,
     label_check: Annotated[bool, typer.Option(help="Look for mislabelled rows with embeddings (classification data; ~60 s per 10k rows on 2 CPU cores).")] = True,
+    conflicts: Annotated[Optional[str], typer.Option(help="With --fix: resolve one prompt with different answers by keep-majority (most common answer) or keep-first.")] = None,
 ) -> None:
     """Check FILE for problems that spoil training (empty answers, conflicts, duplicates,
     leakage, PII, encoding, lengths, labels) and write a data card. Exit code 1 when a
@@ -104,7 +112,7 @@ def check_data_cmd(
     console.print(table if card.findings else f"{file}: {card.rows} rows, no problems found.")
     console.print(f"data card: {out / 'data_card.md'}, {out / 'data_card.html'}, {out / 'data_card.json'}")
     if fix:
-        result = fix_data(file, fix, columns=cols, test_path=test)
+        result = fix_data(file, fix, columns=cols, test_path=test, conflicts=conflicts)
         console.print(
             f"cleaned copy: {result.out_path} ({result.rows_out} of {result.rows_in} rows; dropped {result.dropped}, "
             f"redacted {result.redacted}, changed {result.changed}); every change is in {result.log_path}"

@@ -8,6 +8,15 @@ Canonical shapes (TRL's, see DESIGN.md "Canonical data shapes"):
 - preference: {"prompt": messages, "chosen": messages, "rejected": messages}
 - kto:        {"prompt": messages, "completion": messages, "label": bool}
 
+TRL's own dataset types load as themselves (conversational or standard): prompt-only rows
+``{"prompt": ...}`` (GRPO/RLOO prompt files) become chat rows that end on a user turn;
+prompt-completion, preference with an explicit or implicit prompt and unpaired preference
+take message lists or strings. Flat tables name their columns the Hugging Face way
+(question/answer, query/response, instruction/response, input/output, ...); an optional
+context column goes into the user turn as ``"{context}\n\n{prompt}"`` so no input is lost.
+Every column of the file that the conversion does not use is listed in
+``LoadedData.unused_columns``.
+
 Detection looks at every column that appears in any row. A row that does not fit the
 detected format is a ``DataError`` naming the file, the row (see ``load.py`` for what the
 row number means) and the reason; every other row is kept, even an empty answer: judging
@@ -36,6 +45,7 @@ class Format(str, Enum):
     ALPACA = "alpaca"
     SHAREGPT = "sharegpt"
     PROMPT_COMPLETION = "prompt_completion"
+    PROMPT_ONLY = "prompt_only"
     TEXT = "text"
     TEXT_LABEL = "text_label"
     PREFERENCE = "preference"
@@ -54,6 +64,7 @@ TASKS = {
     Format.ALPACA: "chat",
     Format.SHAREGPT: "chat",
     Format.PROMPT_COMPLETION: "chat",
+    Format.PROMPT_ONLY: "chat",  # chat rows ending on a user turn: prompts for grpo/rloo
     Format.TEXT: "pretrain",
     Format.TEXT_LABEL: "classify",
     Format.PREFERENCE: "preference",
@@ -67,7 +78,8 @@ FIELDS: dict[Format, tuple[tuple[str, ...], tuple[str, ...]]] = {
     Format.OPENAI_DPO: (("prompt", "chosen", "rejected"), ()),
     Format.ALPACA: (("instruction", "output"), ("input", "system")),
     Format.SHAREGPT: (("messages",), ()),
-    Format.PROMPT_COMPLETION: (("prompt", "completion"), ()),
+    Format.PROMPT_COMPLETION: (("prompt", "completion"), ("context",)),
+    Format.PROMPT_ONLY: (("prompt",), ()),
     Format.TEXT: (("text",), ()),
     Format.TEXT_LABEL: (("text", "label"), ()),
     Format.PREFERENCE: (("prompt", "chosen", "rejected"), ()),
@@ -77,14 +89,34 @@ FIELDS: dict[Format, tuple[tuple[str, ...], tuple[str, ...]]] = {
 CANONICAL_FIELDS = sorted({name for required, optional in FIELDS.values() for name in required + optional})
 
 # Column names recognised without --columns (matched case-insensitively, earlier names first).
-TEXT_NAMES = ("text", "sentence", "query", "utterance", "content")
-LABEL_NAMES = ("label", "labels", "category", "intent", "class", "target")
+TEXT_NAMES = ("text", "sentence", "query", "utterance", "content", "review", "tweet", "comment")
+LABEL_NAMES = (
+    "label",
+    "labels",
+    "category",
+    "intent",
+    "class",
+    "target",
+    "sentiment",
+    "answer",
+    "y",
+    "label_text",
+)
 PROMPT_COMPLETION_PAIRS = (
     ("prompt", "completion"),
     ("prompt", "response"),
     ("question", "answer"),
+    ("question", "response"),
+    ("query", "response"),
+    ("query", "answer"),
+    ("instruction", "response"),
     ("input", "output"),
+    ("input", "response"),
 )
+# An extra input column of instruction data (instruction/input/response, Dolly's context,
+# SQuAD's context); it is put before the prompt in the user turn.
+CONTEXT_NAMES = ("context", "passage", "input")
+CONTEXT_TEMPLATE = "{context}\n\n{prompt}"
 
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
 
@@ -100,6 +132,13 @@ class LoadedData:
     rows: list[int]  # source row number of each record (same length as records)
     column_map: dict[str, str]  # canonical field -> source column, e.g. {"text": "query"}
     notes: list[str] = field(default_factory=list)  # how the file was read, for the user
+    columns: list[str] = field(default_factory=list)  # every column of the file, in order of first appearance
+    unused_columns: list[str] = field(default_factory=list)  # columns the conversion ignored (report them)
+
+    def column_uses(self) -> list[tuple[str, str]]:
+        """Each column of the file with what it became: a canonical field, or "not used"."""
+        fields = {part: name for name, column in self.column_map.items() for part in _sources(column, self.columns)}
+        return [(column, fields.get(column, "not used")) for column in self.columns]
 
 
 # ---------------------------------------------------------------------------------------
@@ -138,6 +177,7 @@ def load_data(
             if bad_rows is None:
                 raise DataError(f"{path}: row {record.row} {e}.") from None
             bad_rows.append((record.row, str(e)))
+    keys = _all_keys(records)
     return LoadedData(
         path=str(path),
         format=fmt,
@@ -146,11 +186,17 @@ def load_data(
         rows=rows,
         column_map=column_map,
         notes=notes,
+        columns=keys,
+        unused_columns=[key for key in keys if not any(key in _sources(col, keys) for col in column_map.values())],
     )
 
 
 def parse_columns(spec: str) -> dict[str, str]:
-    """Parse a ``--columns`` value: ``"text=query,label=category"`` -> ``{"text": "query", "label": "category"}``."""
+    """Parse a ``--columns`` value: ``"text=query,label=category"`` -> ``{"text": "query", "label": "category"}``.
+
+    A text field may take several columns joined with ``+`` (``text=premise+hypothesis``):
+    their values go to the model in that order, separated by a blank line (see ``JOINABLE``).
+    """
     columns: dict[str, str] = {}
     for pair in spec.split(","):
         canonical, sep, column = (part.strip() for part in pair.partition("="))
@@ -165,6 +211,11 @@ def parse_columns(spec: str) -> dict[str, str]:
             )
         if canonical in columns:
             raise DataError(f"--columns gives the field '{canonical}' twice; give each field once.")
+        if "+" in column and canonical not in JOINABLE:
+            raise DataError(
+                f"--columns joins columns with + for the field '{canonical}', which takes one column; join "
+                f"columns only for {', '.join(sorted(JOINABLE))}."
+            )
         columns[canonical] = column
     return columns
 
@@ -288,9 +339,11 @@ def _choose_format(records, path, columns, format) -> tuple[Format, dict[str, st
 
     keys = _all_keys(records)
     for canonical, column in (columns or {}).items():
-        if column not in keys:
+        for part in _sources(column, keys):
+            if part in keys:
+                continue
             raise DataError(
-                f"{path}: --columns maps {canonical} to the column '{column}', which the file does not have "
+                f"{path}: --columns maps {canonical} to the column '{part}', which the file does not have "
                 f"(columns: {', '.join(keys)}); use one of those names."
             )
     if format is not None:
@@ -326,6 +379,7 @@ FORMATS_BY_FIELDS = (
     Format.TEXT,
     Format.TEXT_LABEL,
     Format.PROMPT_COMPLETION,
+    Format.PROMPT_ONLY,
     Format.KTO,
     Format.PREFERENCE,
     Format.HH_RLHF,
@@ -341,9 +395,14 @@ def _format_for_fields(fields: set[str], path) -> Format:
             return fmt
     raise DataError(
         f"{path}: --columns gives the fields {', '.join(sorted(fields))}, which match no format; give "
-        "text, text+label, messages, prompt+completion, prompt+completion+label, prompt+chosen+rejected, "
+        "text, text+label, messages, prompt, prompt+completion (+context), prompt+completion+label, prompt+chosen+rejected, "
         "chosen+rejected or instruction+output (+input, system)."
     )
+
+
+def _sources(column: str, keys) -> list[str]:
+    """The file columns a column-map entry reads: itself, or the parts of ``a+b`` joined with ``+``."""
+    return [column] if column in keys or "+" not in column else [part.strip() for part in column.split("+")]
 
 
 def _all_keys(records: list[Record]) -> list[str]:
@@ -378,6 +437,8 @@ def _match_alpaca(keys):
 def _match_prompt_completion(keys):
     for prompt, completion in PROMPT_COMPLETION_PAIRS:
         if cols := _columns(keys, prompt=prompt, completion=completion):
+            if context := _find([k for k in keys if k not in cols.values()], CONTEXT_NAMES):
+                cols["context"] = context
             return cols
     return None
 
@@ -390,6 +451,7 @@ MATCHERS = {
     Format.ALPACA: _match_alpaca,
     Format.SHAREGPT: lambda k: _columns(k, messages="conversations"),
     Format.PROMPT_COMPLETION: _match_prompt_completion,
+    Format.PROMPT_ONLY: lambda k: _columns(k, prompt="prompt"),
     Format.TEXT: lambda k: _columns(k, text="text"),
     Format.TEXT_LABEL: lambda k: _columns(k, text=TEXT_NAMES, label=LABEL_NAMES),
     Format.PREFERENCE: lambda k: _columns(k, prompt="prompt", chosen="chosen", rejected="rejected"),
@@ -416,12 +478,36 @@ class _RowError(Exception):
     """Why a row does not fit its format; completes the sentence "FILE: row N ..."."""
 
 
+# Fields whose value is text that may be joined from several columns (--columns text=a+b).
+JOINABLE = frozenset({"text", "prompt", "context", "instruction", "input", "system"})
+JOIN_SEPARATOR = "\n\n"
+
+
+def _raw(row: dict, column: str):
+    """The row's value in ``column``, or the joined text of the columns ``a+b``."""
+    if column not in row and "+" in column:
+        return _joined(row, column)
+    return row.get(column)
+
+
 def _value(row: dict, cols: dict, name: str):
     column = cols[name]
-    value = row.get(column)
+    value = _raw(row, column)
     if value is None:
         raise _RowError(f"has no value in the column '{column}'; fill it in or remove the row")
     return value
+
+
+def _joined(row: dict, column: str) -> str | None:
+    """The non-empty values of the columns ``a+b+...`` joined by a blank line; None if all are empty."""
+    parts = []
+    for part in _sources(column, ()):
+        value = row.get(part)
+        if value is not None and not isinstance(value, str):
+            raise _RowError(f"has a {type(value).__name__} in the column '{part}' where text is expected; make it a string")
+        if value and value.strip():
+            parts.append(value)
+    return JOIN_SEPARATOR.join(parts) if parts else None
 
 
 def _string(row: dict, cols: dict, name: str) -> str:
@@ -441,7 +527,7 @@ def _nonempty_text(row: dict, cols: dict, name: str) -> str:
 
 
 def _optional_string(row: dict, cols: dict, name: str) -> str:
-    return _string(row, cols, name) if name in cols and row.get(cols[name]) is not None else ""
+    return _string(row, cols, name) if name in cols and _raw(row, cols[name]) is not None else ""
 
 
 def _messages(value, column: str, default_role: str) -> list[dict]:
@@ -534,8 +620,15 @@ def _convert_alpaca(row, cols):
 
 def _convert_prompt_completion(row, cols):
     prompt = _prompt(_value(row, cols, "prompt"), cols["prompt"])
+    context = _optional_string(row, cols, "context")
+    if context:  # the context goes into the (last) user turn, before the question
+        prompt[-1] = {"role": "user", "content": CONTEXT_TEMPLATE.format(context=context, prompt=prompt[-1]["content"])}
     completion = _messages(_value(row, cols, "completion"), cols["completion"], "assistant")
     return {"messages": prompt + completion}
+
+
+def _convert_prompt_only(row, cols):
+    return {"messages": _prompt(_value(row, cols, "prompt"), cols["prompt"])}
 
 
 def _convert_text(row, cols):
@@ -602,6 +695,7 @@ CONVERTERS = {
     Format.OPENAI_DPO: _convert_preference,
     Format.ALPACA: _convert_alpaca,
     Format.PROMPT_COMPLETION: _convert_prompt_completion,
+    Format.PROMPT_ONLY: _convert_prompt_only,
     Format.TEXT: _convert_text,
     Format.TEXT_LABEL: _convert_text_label,
     Format.PREFERENCE: _convert_preference,
