@@ -20,7 +20,7 @@ from tunesmith.data.formats import (
     to_chat,
 )
 from tunesmith.data.load import read_records
-from tunesmith.data.rows import load_prompts
+from tunesmith.data.rows import load_chat_rows, load_prompts
 from tunesmith.errors import DataError
 
 FILES = Path(__file__).parent / "data_files"
@@ -82,11 +82,6 @@ def test_trl_prompt_only_conversational_feeds_rl_prompts():
     assert [r["answer"] for r in rows[:2]] == ["", ""]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data/rows.py load_prompts cuts chat rows at their last assistant turn even when a user turn "
-    "follows it; a row that ends on a user turn should be all prompt (fix belongs to rows.py's owner)",
-)
 def test_trl_multi_turn_prompt_only_keeps_its_last_user_turn():
     path = FILES / "trl_prompt_only.jsonl"
     rows = load_prompts(str(path), RunConfig())
@@ -270,3 +265,24 @@ def test_inspect_shows_every_column_and_what_it_became(tiny_model_dir):
     result = invoke("data", "inspect", FILES / "trl_prompt_only.jsonl", "--model", tiny_model_dir)
     assert result.exit_code == 0, result.output
     assert "prompt_only" in result.output
+
+
+def test_supervised_tuning_refuses_prompts_without_answers():
+    with pytest.raises(DataError, match="prompts without answers .* --method grpo"):
+        load_chat_rows(str(FILES / "trl_prompt_only.jsonl"), RunConfig())
+
+
+def test_an_unused_column_is_a_finding_the_user_sees_without_lowering_the_score(tmp_path):
+    from tunesmith.data.quality import check_data
+
+    path = tmp_path / "tickets.csv"
+    path.write_text("text,label,ticket_id\n" + "".join(f"my card {i} is late,card_arrival,{i}\n" for i in range(6))
+                    + "".join(f"refund order {i},refund,{i + 6}\n" for i in range(6)))
+    card = check_data(str(path), label_check=False)
+    unused = [f for f in card.findings if f.check == "schema" and "ticket_id" in f.message]
+    assert len(unused) == 1 and unused[0].severity == "warning" and unused[0].count == 0
+    assert "--columns" in unused[0].message
+    plain = tmp_path / "plain.csv"
+    plain.write_text("\n".join(",".join(line.split(",")[:2]) for line in path.read_text().splitlines()) + "\n")
+    assert card.score() == check_data(str(plain), label_check=False).score()
+    assert not [f for f in check_data(str(plain), label_check=False).findings if "not used" in f.message]

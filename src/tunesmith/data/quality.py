@@ -259,6 +259,15 @@ def check_data(
             "fix them (--fix drops them).",
             [r for r, _ in bad][:MAX_ROWS], len(bad), data.path,
         ))
+    if data.unused_columns:
+        # A file-level finding (no row is wrong, so the score is unchanged): nothing is dropped unseen.
+        names = ", ".join(data.unused_columns)
+        findings.append(Finding(
+            "schema", "warning",
+            f"Column(s) {names} are in the file but not used as {data.format.value} data; if they matter, map them "
+            "with --columns (see `tunesmith data inspect FILE`), e.g. text=a+b joins two text columns.",
+            [], 0, data.path,
+        ))
     stats: dict = {"characters": _char_stats(data.records)} if data.records else {}
     findings += _check_encoding(ctx)
     findings += _check_schema(ctx)

@@ -6,7 +6,7 @@ the token budget of a conversation under a chat template.
 from __future__ import annotations
 
 from tunesmith.config import RunConfig
-from tunesmith.data.formats import load_data, to_chat
+from tunesmith.data.formats import Format, load_data, to_chat
 from tunesmith.errors import DataError
 
 
@@ -83,6 +83,9 @@ def load_prompts(path: str, config: RunConfig) -> list[dict]:
         rows = []
         for c in to_chat(data, config.data.system_prompt):
             messages = c["messages"]
+            if messages and messages[-1]["role"] == "user":  # a prompt-only row: all of it is the prompt
+                rows.append({"prompt": messages, "answer": ""})
+                continue
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
             answer = messages[last]["content"] if last < len(messages) else ""
             rows.append({"prompt": messages[:last], "answer": answer})
@@ -104,7 +107,13 @@ def load_prompts(path: str, config: RunConfig) -> list[dict]:
 
 
 def load_chat_rows(path: str, config: RunConfig) -> list[dict]:
+    """Chats to learn the answers of (SFT): a file of prompts alone has nothing to learn."""
     data = load_data(path, columns=config.data.columns)
+    if data.format == Format.PROMPT_ONLY:
+        raise DataError(
+            f"{path} holds prompts without answers (TRL's prompt-only format), so supervised tuning has nothing to "
+            "learn; train it with --method grpo (or rloo) and a reward, or add the answers."
+        )
     return to_chat(data, system_prompt=config.data.system_prompt)
 
 
