@@ -114,11 +114,65 @@ def ensure_database(data_dir: Path | None, database_url: str | None) -> tuple[Pa
     return data_dir, database_url or default_database_url(data_dir)
 
 
+def progress_interval(default: float = 15.0) -> float:
+    """Seconds between plain progress lines: $TUNESMITH_PROGRESS_INTERVAL (tests set 0). The
+    same rule as tunesmith.train.callbacks, which this module must not import (torch)."""
+    value = os.environ.get("TUNESMITH_PROGRESS_INTERVAL")
+    try:
+        return max(0.0, float(value)) if value else default
+    except ValueError:
+        return default
+
+
+def duration(seconds: float) -> str:
+    """1h02m, 1m20s or 12s: short enough for a progress line."""
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class PlainProgress:
+    """Progress as plain lines, for a console that is not a terminal (a log file, CI, nohup),
+    where rich draws no live bars: a line when a phase starts, one every `interval` seconds
+    while it runs, and one when it ends."""
+
+    def __init__(self, console: Console, interval: float | None = None, clock=time.monotonic):
+        self.console = console
+        self.interval = progress_interval() if interval is None else interval
+        self.now = clock
+        self.phases: dict[str, dict] = {}  # per phase: start time, last line's time, finished
+
+    def update(self, what: str, done: int, total: int | None, note: str = "") -> None:
+        now = self.now()
+        phase = self.phases.get(what)
+        if phase is None or (phase["ended"] and total is not None and done < total):  # new, or run again
+            phase = self.phases[what] = {"start": now, "done0": done, "last": None, "ended": False}
+        if phase["ended"]:
+            return
+        ended = total is not None and done >= total
+        if phase["last"] is None or ended or now - phase["last"] >= self.interval:
+            phase["last"], phase["ended"] = now, ended
+            elapsed, count = now - phase["start"], done - phase["done0"]
+            parts = [f"{what}  {done}/{total if total is not None else '?'}"]
+            if note:
+                parts.append(note)
+            parts.append(f"elapsed {duration(elapsed)}")
+            if ended:
+                parts.append("done")
+            elif count > 0 and total:
+                parts.append(f"left {duration(elapsed / count * (total - done))}")
+            self.console.print("  ".join(parts), markup=False, highlight=False, soft_wrap=True)
+
+
 class EvalBars:
     """Rich progress bars for `evaluate_run`'s progress(what, done, total) events: one bar per
-    step (base answers, tuned answers, probes...), started on the first event."""
+    step (base answers, tuned answers, probes...), started on the first event; plain lines
+    (PlainProgress) when the console is not a terminal."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, interval: float | None = None):
         # rich.progress: imported when a command shows bars, not for --help
         from rich.progress import (
             BarColumn,
@@ -130,10 +184,14 @@ class EvalBars:
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=console)
+        self.plain = None if console.is_terminal else PlainProgress(console, interval)
         self.tasks: dict[str, int] = {}
         self.started = False
 
     def __call__(self, what: str, done: int, total: int) -> None:
+        if self.plain is not None:
+            self.plain.update(what, done, total)
+            return
         if not self.started:
             self.progress.start()
             self.started = True

@@ -3,6 +3,7 @@ the before/after evaluation when the run has a test set."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -13,6 +14,7 @@ from tunesmith.cli.common import (
     DatabaseOpt,
     DataDirOpt,
     EvalBars,
+    PlainProgress,
     TeacherKeyOpt,
     TeacherModelOpt,
     TeacherUrlOpt,
@@ -283,14 +285,25 @@ def tune_cmd(
     base = load_config(config)
     out = output or Path("runs") / f"tune-{config.stem}"
     convert_builtin_once(base.model.name)
+    # A log, not a terminal: rich draws no live bar there, so plain lines instead.
     progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-                        TimeElapsedColumn(), console=err)
-    with progress:
-        task = progress.add_task("trials", total=trials, note="")
+                        TimeElapsedColumn(), console=err) if err.is_terminal else None
+    plain, finished = PlainProgress(err), 0
+    with progress if progress is not None else contextlib.nullcontext():
+        if progress is not None:
+            task = progress.add_task("trials", total=trials, note="")
+        else:
+            plain.update("trials", 0, trials)
 
         def on_trial(t) -> None:
+            nonlocal finished
+            finished += 1
             value = "" if t.value is None else f": {objective} {t.value:.4g}"
-            progress.update(task, advance=1, note=f"trial {t.number} {t.state.name.lower()}{value}")
+            note = f"trial {t.number} {t.state.name.lower()}{value}"
+            if progress is not None:
+                progress.update(task, advance=1, note=note)
+            else:
+                plain.update("trials", finished, trials, note=note)
 
         summary = run_study(base, out, trials, objective, url, on_trial=on_trial, backend=backend,
                             ray_address=ray_address, parallel=parallel)

@@ -1,8 +1,10 @@
-"""Trainer callbacks: `metrics.jsonl` for machines, a rich progress bar for people."""
+"""Trainer callbacks: `metrics.jsonl` for machines, a rich progress bar for people (plain
+lines at a steady interval when the output is a log file rather than a terminal)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -55,10 +57,32 @@ class MetricsFileCallback(TrainerCallback):
         self._last_tokens = state.num_input_tokens_seen
 
 
-class RichProgressCallback(TrainerCallback):
-    """A rich progress bar over optimizer steps showing loss, validation loss and tokens/s."""
+def progress_interval(default: float = 15.0) -> float:
+    """Seconds between plain progress lines: $TUNESMITH_PROGRESS_INTERVAL (tests set 0)."""
+    value = os.environ.get("TUNESMITH_PROGRESS_INTERVAL")
+    try:
+        return max(0.0, float(value)) if value else default
+    except ValueError:
+        return default
 
-    def __init__(self, console=None, description: str = "training"):
+
+def duration(seconds: float) -> str:
+    """1h02m, 1m20s or 12s: short enough for a progress line."""
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class RichProgressCallback(TrainerCallback):
+    """A rich progress bar over optimizer steps showing loss, validation loss and tokens/s.
+
+    Rich draws nothing live when the console is not a terminal (a log file, CI, nohup), so
+    there the same figures go out as one plain line every `interval` seconds and at the end."""
+
+    def __init__(self, console=None, description: str = "training", interval: float | None = None, clock=time.monotonic):
         from rich.console import Console
 
         self.console = console or Console(stderr=True)
@@ -67,8 +91,18 @@ class RichProgressCallback(TrainerCallback):
         self.task = None
         self._stats = {"loss": "-", "eval": "-", "tok/s": "-"}
         self._clock = (time.perf_counter(), 0)
+        self.interval = progress_interval() if interval is None else interval
+        self.now = clock
+        self._plain: dict | None = None  # plain mode: start time and step, last line (time, figures), a line held back
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._clock = (time.perf_counter(), state.num_input_tokens_seen)
+        if not self.console.is_terminal:
+            now = self.now()
+            self._plain = {"start": now, "step0": state.global_step, "last": now, "total": state.max_steps,
+                           "due": False, "shown": None}
+            self._line(state.global_step)
+            return
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -91,17 +125,38 @@ class RichProgressCallback(TrainerCallback):
         self.task = self.progress.add_task(
             self.description, total=state.max_steps, completed=state.global_step, stats=self._render()
         )
-        self._clock = (time.perf_counter(), state.num_input_tokens_seen)
 
     def _render(self) -> str:
         return f"loss {self._stats['loss']}  val {self._stats['eval']}  {self._stats['tok/s']} tok/s"
 
+    def _line(self, step: int) -> None:
+        """One plain progress line: step/total, the figures known so far, elapsed and time left."""
+        plain = self._plain
+        now = self.now()
+        plain["last"], plain["due"] = now, False
+        if plain["shown"] == (step, dict(self._stats)):  # the end, just after an interval's line
+            return
+        plain["shown"] = (step, dict(self._stats))
+        elapsed, done, total = now - plain["start"], step - plain["step0"], plain["total"]
+        parts = [f"{self.description}  step {step}/{total}"]
+        parts += [f"{name} {value}" for name, value in self._stats.items() if value != "-"]
+        parts.append(f"elapsed {duration(elapsed)}")
+        if done > 0 and total:  # the pace since this run (or resume) began
+            parts.append(f"left {duration(elapsed / done * max(0, total - step))}")
+        self.console.print("  ".join(parts), markup=False, highlight=False, soft_wrap=True)
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
+        elif self._plain is not None and (self._plain["due"] or self.now() - self._plain["last"] >= self.interval):
+            # The step's loss and evaluation are logged after this event: wait for them.
+            if not self._plain["due"] and control is not None and (control.should_log or control.should_evaluate):
+                self._plain["due"] = True
+            else:
+                self._line(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress is None or not logs:
+        if (self.progress is None and self._plain is None) or not logs:
             return
         if "loss" in logs:
             self._stats["loss"] = f"{logs['loss']:.3f}"
@@ -119,12 +174,18 @@ class RichProgressCallback(TrainerCallback):
             else:
                 self._stats["eval"] = f"{logs['eval_loss']:.3f}"
             self._clock = (time.perf_counter(), state.num_input_tokens_seen)
-        self.progress.update(self.task, stats=self._render())
+        if self.progress is not None:
+            self.progress.update(self.task, stats=self._render())
+        elif self._plain["due"] and (any(k.startswith("eval_") for k in logs) or not getattr(control, "should_evaluate", False)):
+            self._line(state.global_step)  # the line held back at the step's end, now with its figures
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self._plain is not None:  # the last line: where training ended, and its figures
+            self._line(state.global_step)
         self.close()
 
     def close(self):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        self._plain = None
