@@ -136,3 +136,84 @@ def test_tune_command_prints_trial_and_evaluation_lines_to_a_log(tmp_path, tiny_
     # the best trial's evaluation: a line when each phase starts and when it ends
     assert "tuned: answering the test set  0/10  elapsed 0s\n" in result.output, result.output
     assert re.search(r"^tuned: answering the test set  10/10  elapsed \S+  done$", result.output, flags=re.MULTILINE), result.output
+
+
+def test_progress_for_plain_lines_on_a_log():
+    from tunesmith.cli.common import progress_for
+
+    console, clock = log_console(), FakeClock()
+    with progress_for(console, "generating", 6, interval=2, clock=clock) as progress:
+        for _ in range(3):
+            clock.t += 1.0
+            progress.advance(2)
+    with progress_for(console, "scoring", interval=100) as progress:  # no total: a done line at the end
+        progress.advance(5)
+    with progress_for(console, "loading", 10, interval=0) as progress:  # a new phase name, a note
+        progress.update(3, what="instruct", note="kept 3, dropped 1")
+    assert console.file.getvalue().splitlines() == [
+        "generating  0/6  elapsed 0s",
+        "generating  4/6  elapsed 2s  left 1s",
+        "generating  6/6  elapsed 3s  done",
+        "scoring  0/?  elapsed 0s",
+        "scoring  5/5  elapsed 0s  done",
+        "loading  0/10  elapsed 0s",
+        "instruct  3/10  kept 3, dropped 1  elapsed 0s",
+    ]
+
+
+def test_progress_for_on_a_terminal_keeps_the_bar():
+    from tunesmith.cli.common import progress_for
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with progress_for(console, "predicting", 4) as progress:
+        assert progress.plain is None and progress.bar is not None
+        progress.advance(4)
+    assert "predicting  4/4" not in console.file.getvalue()
+
+
+def test_data_augment_prints_progress_lines_to_a_log(tiny_chat_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNESMITH_PROGRESS_INTERVAL", "0")
+    out = tmp_path / "augmented.jsonl"
+    result = CliRunner().invoke(app, ["data", "augment", str(tiny_chat_file), "--out", str(out), "--methods", "typo,case"])
+    assert result.exit_code == 0, result.output
+    assert "augmenting chat.jsonl  0/40  elapsed 0s\n" in result.output, result.output
+    assert re.search(r"^augmenting chat\.jsonl  20/40  elapsed \S+  left \S+$", result.output, flags=re.MULTILINE), result.output
+    assert re.search(r"^augmenting chat\.jsonl  40/40  elapsed \S+  done$", result.output, flags=re.MULTILINE), result.output
+    assert "\x1b" not in result.output
+
+
+def test_generate_prints_progress_lines_to_a_log(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNESMITH_PROGRESS_INTERVAL", "0")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "card lost {i}"}}\n' for i in range(3)))
+    args = ["generate", tiny_model_dir, "--file", prompts, "--out", tmp_path / "answers.jsonl",
+            "--max-new-tokens", 3, "--batch-size", 2]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("generating")]
+    assert lines[0] == "generating  0/3  elapsed 0s", result.output
+    assert re.fullmatch(r"generating  2/3  elapsed \S+  left \S+", lines[1]), result.output
+    assert re.fullmatch(r"generating  3/3  elapsed \S+  done", lines[-1]), result.output
+
+
+def test_data_synth_prints_progress_lines_to_a_log(tmp_path, stub_openai, monkeypatch):
+    from conftest import banking_rows
+
+    monkeypatch.setenv("TUNESMITH_PROGRESS_INTERVAL", "0")
+    monkeypatch.setenv("TUNESMITH_TEACHER_KEY", "sk-test")
+    counter = iter(range(1000))
+
+    def reply(messages):
+        label = re.search(r'label "([^"]+)"', messages[-1]["content"]).group(1)
+        return f"Customer question {next(counter)} on {label}, asked in a new way {next(counter)}"
+
+    stub_openai.reply, stub_openai.key = reply, "sk-test"
+    rows = [r for r in banking_rows() if r[1] in ("card_arrival", "top_up_failed")][:24]
+    seed = tmp_path / "seed.csv"
+    seed.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in rows))
+    args = ["data", "synth", "--seed", seed, "--out", tmp_path / "synth.jsonl", "--n", 4, "--teacher-url", stub_openai.url,
+            "--teacher-model", "stub", "--label-check", "off", "--rouge", 1.0, "--cosine", 1.0]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "loading  0/4  elapsed 0s\n" in result.output, result.output
+    assert re.search(r"^classify  4/4  kept 4, dropped \d+  elapsed \S+  done$", result.output, flags=re.MULTILINE), result.output

@@ -7,9 +7,11 @@ what it loads): `tunesmith --help` then starts in a fifth of a second instead of
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -203,6 +205,61 @@ class EvalBars:
         if self.started:
             self.progress.stop()
             self.started = False
+
+
+class Tracker:
+    """What `progress_for` yields to a command: its library callback calls advance(n) (n more
+    items done) or update(done, what, note) (a count, a new phase name, a detail); a rich bar
+    on a terminal, PlainProgress lines otherwise."""
+
+    def __init__(self, console: Console, what: str, total: int | None, bar=None, interval: float | None = None,
+                 clock=time.monotonic):
+        self.what, self.total, self.done, self.note = what, total, 0, ""
+        self.bar = bar
+        self.plain = None if bar is not None else PlainProgress(console, interval, clock)
+        if bar is not None:
+            self.task = bar.add_task(what, total=total)
+        else:
+            self.plain.update(what, 0, total)
+
+    def advance(self, n: int = 1, what: str | None = None) -> None:
+        self.update(self.done + n, what)
+
+    def update(self, done: int, what: str | None = None, note: str = "") -> None:
+        self.done, self.what, self.note = done, what or self.what, note
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, description=f"{self.what}: {note}" if note else self.what)
+        else:
+            self.plain.update(self.what, done, self.total, note)
+
+    def finish(self) -> None:
+        """A count with no known total ends with a done line (a known total's line comes when it is reached)."""
+        if self.plain is not None and self.total is None and self.done > 0:
+            self.plain.update(self.what, self.done, self.done, self.note)
+
+
+@contextlib.contextmanager
+def progress_for(console: Console, what: str, total: int | None = None, *, eta: bool = False,
+                 interval: float | None = None, clock=time.monotonic) -> Iterator[Tracker]:
+    """Progress of one long command step: a transient rich bar on a terminal (with `eta`:
+    description, bar, n/total, time left), plain lines (PlainProgress) on a log, CI or nohup."""
+    if not console.is_terminal:
+        tracker = Tracker(console, what, total, interval=interval, clock=clock)
+        yield tracker
+        tracker.finish()
+        return
+    # rich.progress: imported when a command shows bars, not for --help
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) if eta else ()
+    with Progress(*columns, console=console, transient=True) as bar:
+        yield Tracker(console, what, total, bar)
 
 
 def print_evaluation(results: EvalResults, run_dir: Path) -> None:

@@ -16,6 +16,7 @@ from tunesmith.cli.common import (
     convert_builtin_once,
     err,
     parse_columns_option,
+    progress_for,
     user_errors,
 )
 from tunesmith.errors import TunesmithError
@@ -90,17 +91,14 @@ def check_data_cmd(
     finding is an error, which blocks training."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
-    from rich.progress import Progress
-
     from tunesmith.data.quality import check_data, fix_data, write_card  # scipy
 
     cols = parse_columns_option(columns)
     convert_builtin_once(model)
-    with Progress(console=err, transient=True) as bar:
-        bar_id = bar.add_task(f"checking {file}", total=None)
+    with progress_for(err, f"checking {file}") as progress:
         card = check_data(
             file, validation, test, tokenizer=load_tokenizer(model), max_length=max_length, columns=cols,
-            label_check=label_check, task=task, on_batch=lambda n: bar.update(bar_id, description="embedding for the label check", advance=n),
+            label_check=label_check, task=task, on_batch=lambda n: progress.advance(n, what="embedding for the label check"),
         )
     write_card(card, out)
     table = Table(title=f"{file}: {card.rows} rows, {card.format}, quality score {card.score()}/100")
@@ -142,8 +140,6 @@ def augment_cmd(
     `source_id` (its row in FILE) and `method`."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
-    from rich.progress import Progress
-
     from tunesmith.data.augment import augment, parse_methods  # numpy
     from tunesmith.data.formats import load_data  # numpy
     from tunesmith.data.load import write_jsonl  # pydantic
@@ -159,10 +155,9 @@ def augment_cmd(
         model = make_teacher(teacher, teacher_url, teacher_model, teacher_key)
         if not teacher_url:
             convert_builtin_once(model.target)
-    with Progress(console=err, transient=True) as bar:
-        task = bar.add_task(f"augmenting {file.name}", total=len(data.records))
+    with progress_for(err, f"augmenting {file.name}", len(data.records)) as progress:
         rows, report = augment(data.records, data.task, chosen, data.rows, copies, seed, model, originals,
-                               on_progress=lambda n: bar.advance(task, n))
+                               on_progress=progress.advance)
     write_jsonl(out, rows)
     table = Table(title=f"{out}: {report.rows_out} rows from {report.rows_in}")
     table.add_column("method")
@@ -216,13 +211,6 @@ def synth_cmd(
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
     import yaml
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     from tunesmith.data.synth import (  # numpy
         SynthOptions,
@@ -263,16 +251,14 @@ def synth_cmd(
         if local is not None and hasattr(local, "target"):
             convert_builtin_once(local.target)
     columns_map = parse_columns_option(columns)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
-    task = bar.add_task("loading", total=n)
-
-    def show(report) -> None:
-        bar.update(task, completed=min(report.kept, n),
-                   description=f"{report.kind}: kept {report.kept}, dropped {sum(report.dropped.values())}")
-
     dropped_path, report_path = sidecar_paths(out)
     try:
-        with bar:
+        with progress_for(err, "loading", n, eta=True) as progress:
+
+            def show(report) -> None:
+                progress.update(min(report.kept, n), what=report.kind,
+                                note=f"kept {report.kept}, dropped {sum(report.dropped.values())}")
+
             report = synthesize(out, the_teacher, options, seed, columns_map, the_judge, weaker, on_progress=show)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted.[/yellow] the rows kept so far are in {out}; run the same command to continue.")

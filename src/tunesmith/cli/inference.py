@@ -12,6 +12,7 @@ from tunesmith.cli.common import (
     convert_builtin_once,
     err,
     parse_columns_option,
+    progress_for,
     user_errors,
 )
 from tunesmith.errors import TunesmithError
@@ -32,8 +33,6 @@ def generate_cmd(
     """Answer one prompt or a file of prompts with a fine-tuned run (or its base model)."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
-    from rich.progress import Progress
-
     from tunesmith.data.load import write_jsonl  # pydantic
     from tunesmith.inference.generate import (  # pydantic
         generate,
@@ -47,11 +46,8 @@ def generate_cmd(
     convert_builtin_once(target)
     with err.status("loading model"):
         loaded = load_for_inference(target, base=base)
-    with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("generating", total=len(conversations))
-        answers = generate(
-            loaded, conversations, max_new_tokens, temperature, batch_size, on_batch=lambda n: bar.advance(task, n)
-        )
+    with progress_for(err, "generating", len(conversations)) as progress:
+        answers = generate(loaded, conversations, max_new_tokens, temperature, batch_size, on_batch=progress.advance)
     if out:
         write_jsonl(out, [{"messages": c, "answer": a} for c, a in zip(conversations, answers)])
         err.print(f"wrote {len(answers)} answers to {out}")
@@ -108,8 +104,6 @@ def predict_cmd(
     When the file has labels too, the accuracy is printed."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
-    from rich.progress import Progress
-
     from tunesmith.data.formats import load_data  # numpy
     from tunesmith.data.load import write_jsonl  # pydantic
     from tunesmith.inference.classifier import load_classifier, predict  # pydantic
@@ -125,9 +119,8 @@ def predict_cmd(
     convert_builtin_once(run)
     with err.status("loading classifier"):
         classifier = load_classifier(run)
-    with Progress(console=err, transient=True) as bar:
-        task_id = bar.add_task("predicting", total=len(rows))
-        predictions = predict(classifier, [r["text"] for r in rows], batch_size, top_k, lambda n: bar.advance(task_id, n))
+    with progress_for(err, "predicting", len(rows)) as progress:
+        predictions = predict(classifier, [r["text"] for r in rows], batch_size, top_k, progress.advance)
     results = [{"text": r["text"], **p, **({"true_label": r["label"]} if "label" in r else {})} for r, p in zip(rows, predictions)]
     if out:
         write_jsonl(out, results)
@@ -152,8 +145,6 @@ def score_cmd(
     answer scores above the rejected one (pairwise accuracy)."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
-    from rich.progress import Progress
-
     from tunesmith.data.load import write_jsonl  # pydantic
     from tunesmith.inference.reward import (  # numpy, pydantic
         load_reward_model,
@@ -163,9 +154,8 @@ def score_cmd(
     convert_builtin_once(run)
     with err.status("loading reward model"):
         rm = load_reward_model(run)
-    with Progress(console=err, transient=True) as bar:
-        task_id = bar.add_task("scoring", total=None)
-        rows, summary = score_file(rm, file, parse_columns_option(columns), lambda n: bar.advance(task_id, n))
+    with progress_for(err, "scoring") as progress:
+        rows, summary = score_file(rm, file, parse_columns_option(columns), progress.advance)
     if out:
         write_jsonl(out, rows)
         err.print(f"wrote {len(rows)} scored rows to {out}")
