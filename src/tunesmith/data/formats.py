@@ -3,6 +3,11 @@
 Canonical shapes (TRL's, see DESIGN.md "Canonical data shapes"):
 
 - chat:       {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+              OpenAI chat rows keep the rest of OpenAI's fine-tuning format: "tools" on the
+              row, and on messages "weight" (0 or 1, assistant), "name", "tool_calls"
+              (assistant; content "" when it only calls tools) and "tool_call_id" (role
+              "tool"). Legacy "functions" / "function_call" / role "function" become tools /
+              tool_calls / "tool"; text content parts are joined, other parts refused.
 - pretrain:   {"text": str}
 - classify:   {"text": str, "label": str}
 - preference: {"prompt": messages, "chosen": messages, "rejected": messages}
@@ -25,6 +30,7 @@ content is the quality gate's job, not this module's.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,7 +80,7 @@ TASKS = {
 
 # Canonical fields of each format: (required, optional). These are the names --columns uses.
 FIELDS: dict[Format, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    Format.OPENAI_CHAT: (("messages",), ()),
+    Format.OPENAI_CHAT: (("messages",), ("tools", "functions")),
     Format.OPENAI_DPO: (("prompt", "chosen", "rejected"), ()),
     Format.ALPACA: (("instruction", "output"), ("input", "system")),
     Format.SHAREGPT: (("messages",), ()),
@@ -118,7 +124,34 @@ PROMPT_COMPLETION_PAIRS = (
 CONTEXT_NAMES = ("context", "passage", "input")
 CONTEXT_TEMPLATE = "{context}\n\n{prompt}"
 
-ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function": "tool",  # OpenAI's legacy function-result turn
+    "human": "user",
+    "gpt": "assistant",
+}
+
+# OpenAI content parts: text parts are joined (in order) with this separator; any other
+# part (image, audio, file) is refused, since the models trained here read text only.
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
+PART_SEPARATOR = "\n\n"
+PART_KINDS = {
+    "image_url": "an image",
+    "input_image": "an image",
+    "image": "an image",
+    "input_audio": "an audio",
+    "audio": "an audio",
+    "file": "a file",
+    "input_file": "a file",
+}
+
+# How tool calls and tool definitions are written into the conversation when the chat
+# template does not render them itself (see ``template_inputs``).
+TOOLS_PREAMBLE = "You can call these tools:\n"
+
 
 
 @dataclass
@@ -267,8 +300,10 @@ def to_chat(data: LoadedData, system_prompt: str | None = None) -> list[dict]:
     ``system_prompt`` is put first in every conversation that has no system turn.
     Raises ``DataError`` for pretraining data.
     """
+    tools = [None] * len(data.records)
     if data.task == "chat":
         conversations = [record["messages"] for record in data.records]
+        tools = [record.get("tools") for record in data.records]
     elif data.task == "classify":
         conversations = [
             [{"role": "user", "content": r["text"]}, {"role": "assistant", "content": r["label"]}] for r in data.records
@@ -286,7 +321,8 @@ def to_chat(data: LoadedData, system_prompt: str | None = None) -> list[dict]:
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [
         {"messages": (system if system and not any(m["role"] == "system" for m in conv) else []) + list(conv)}
-        for conv in conversations
+        | ({"tools": row_tools} if row_tools else {})
+        for conv, row_tools in zip(conversations, tools)
     ]
 
 
@@ -299,7 +335,7 @@ def token_lengths(records: list[dict], task: str, tokenizer) -> list[int]:
     if task in ("pretrain", "classify"):
         return [len(ids) for ids in tokenizer([r["text"] for r in records])["input_ids"]]
     if task == "chat":
-        return [_chat_length(r["messages"], tokenizer) for r in records]
+        return [_chat_length(r["messages"], tokenizer, r.get("tools")) for r in records]
     if task == "preference":
         return [
             max(
@@ -443,8 +479,15 @@ def _match_prompt_completion(keys):
     return None
 
 
+def _match_openai_chat(keys):
+    cols = _columns(keys, messages="messages")
+    if cols:  # row-level tool definitions (and the legacy "functions") belong to the chat
+        cols.update({name: col for name in ("tools", "functions") if (col := _find(keys, name))})
+    return cols
+
+
 MATCHERS = {
-    Format.OPENAI_CHAT: lambda k: _columns(k, messages="messages"),
+    Format.OPENAI_CHAT: _match_openai_chat,
     Format.OPENAI_DPO: lambda k: _columns(
         k, prompt="input", chosen="preferred_output", rejected="non_preferred_output"
     ),
@@ -540,7 +583,14 @@ def _messages(value, column: str, default_role: str) -> list[dict]:
 
 
 def _turn(turn, number: int, column: str) -> dict:
-    """One turn, OpenAI style {"role", "content"} or ShareGPT style {"from", "value"}."""
+    """One turn, OpenAI style {"role", "content"} or ShareGPT style {"from", "value"}.
+
+    OpenAI's fine-tuning fields are kept: ``weight`` (0 or 1, assistant turns), ``name``,
+    ``tool_calls`` (assistant), ``tool_call_id`` (tool turns); the legacy ``function_call``
+    becomes ``tool_calls`` and the legacy ``function`` role becomes ``tool``. Content given
+    as a list of parts is the text of its text parts; any other part is refused. An
+    assistant turn that only calls tools (content null) gets the content "".
+    """
     where = f"message {number} in the column '{column}'"
     if not isinstance(turn, dict):
         raise _RowError(f'has {where} that is not an object; write each turn as {{"role": ..., "content": ...}}')
@@ -549,14 +599,109 @@ def _turn(turn, number: int, column: str) -> dict:
     content = turn.get("value" if sharegpt else "content")
     if not isinstance(role, str) or role not in ROLES:  # a list or object as role is not hashable
         raise _RowError(
-            f"has {where} with the unknown role {_short_repr(role)}; use system, user or assistant "
+            f"has {where} with the unknown role {_short_repr(role)}; use system, user, assistant or tool "
             "(human or gpt in ShareGPT)"
         )
+    role = ROLES[role]
+    message: dict = {"role": role}
+    if not sharegpt:
+        calls = _tool_calls(turn, role, where)
+        if calls:
+            message["tool_calls"] = calls
+    if isinstance(content, list):
+        content = _content_parts(content, where)
+    if content is None and "tool_calls" in message:
+        content = ""  # a turn that only calls tools
     if content is None:
         raise _RowError(f'has {where} with no content; give every turn a "content" string')
     if not isinstance(content, str):
         raise _RowError(f"has {where} whose content is a {type(content).__name__}, not text; make the content a string")
-    return {"role": ROLES[role], "content": content}
+    message["content"] = content
+    if sharegpt:
+        return message
+    if turn.get("name") is not None:
+        if not isinstance(turn["name"], str):
+            raise _RowError(f"has {where} whose name is a {type(turn['name']).__name__}; make the name a string")
+        message["name"] = turn["name"]
+    if turn.get("tool_call_id") is not None:
+        if role != "tool" or not isinstance(turn["tool_call_id"], str):
+            raise _RowError(
+                f"has {where} with a tool_call_id on the {role} turn or not as text; give tool_call_id "
+                "as a string on tool turns only"
+            )
+        message["tool_call_id"] = turn["tool_call_id"]
+    if "weight" in turn:
+        weight = turn["weight"]
+        if role != "assistant" or isinstance(weight, bool) or weight not in (0, 1):
+            raise _RowError(
+                f"has {where} with the weight {_short_repr(weight)} on the {role} turn; OpenAI's weight is 0 or 1 "
+                "on assistant turns only, so use 0 (context, not learned) or 1 (learned) there or remove it"
+            )
+        message["weight"] = int(weight)
+    return message
+
+
+def _content_parts(parts: list, where: str) -> str:
+    """The text of OpenAI content parts, joined in order; a non-text part is an error."""
+    texts = []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in TEXT_PART_TYPES and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+            continue
+        if not isinstance(kind, str) or kind in TEXT_PART_TYPES:
+            raise _RowError(
+                f"has {where} whose content is a list with the part {_short_repr(part)}, which is not an OpenAI "
+                'content part; give the content as a string or a list of {"type": "text", "text": ...} parts'
+            )
+        what = PART_KINDS.get(kind, f"a {_short_repr(kind)}")
+        raise _RowError(
+            f"has {what} part in {where}; this model reads text only, so give the content as text "
+            '(a string or {"type": "text", "text": ...} parts) or remove the row'
+        )
+    return PART_SEPARATOR.join(texts)
+
+
+def _tool_calls(turn: dict, role: str, where: str) -> list[dict]:
+    """An assistant turn's tool calls (OpenAI's ``tool_calls`` or the legacy ``function_call``)."""
+    calls, legacy = turn.get("tool_calls"), turn.get("function_call")
+    if calls is None and legacy is None:
+        return []
+    if role != "assistant" or (calls is not None and legacy is not None):
+        raise _RowError(
+            f"has {where} with tool calls on the {role} turn or with both tool_calls and function_call; "
+            "give tool calls on assistant turns only, in one of the two fields"
+        )
+    if legacy is not None:
+        calls = [{"type": "function", "function": legacy}]
+    if not isinstance(calls, list) or not all(_is_function(c.get("function") if isinstance(c, dict) else None) for c in calls):
+        raise _RowError(
+            f"has {where} with tool calls that are not a list of "
+            '{"type": "function", "function": {"name": ..., "arguments": ...}}; write them the way OpenAI does'
+        )
+    return calls
+
+
+def _is_function(value) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("name"), str) and bool(value["name"])
+
+
+def _row_tools(row: dict, cols: dict) -> list[dict]:
+    """A chat row's tool definitions: OpenAI's ``tools`` or the legacy ``functions``."""
+    tools = []
+    for name in ("tools", "functions"):
+        value = row.get(cols[name]) if name in cols else None
+        if value is None:
+            continue
+        if name == "functions" and isinstance(value, list):
+            value = [{"type": "function", "function": f} for f in value]
+        if not isinstance(value, list) or not all(isinstance(t, dict) and _is_function(t.get("function")) for t in value):
+            raise _RowError(
+                f"has tool definitions in the column '{cols[name]}' that are not a list of "
+                '{"type": "function", "function": {"name": ..., "parameters": ...}}; write them the way OpenAI does'
+            )
+        tools += value
+    return tools
 
 
 def _short_repr(value) -> str:
@@ -605,7 +750,10 @@ def _kto_label(row: dict, cols: dict) -> bool:
 
 
 def _convert_chat(row, cols):
-    return {"messages": _messages(_value(row, cols, "messages"), cols["messages"], "user")}
+    record = {"messages": _messages(_value(row, cols, "messages"), cols["messages"], "user")}
+    if tools := _row_tools(row, cols):
+        record["tools"] = tools
+    return record
 
 
 def _convert_alpaca(row, cols):
@@ -708,8 +856,66 @@ CONVERTERS = {
 # Token lengths
 
 
-def _chat_length(messages: list[dict], tokenizer) -> int:
-    ids = tokenizer.apply_chat_template(messages, tokenize=True)
+def template_inputs(messages: list[dict], tools: list[dict] | None, tokenizer) -> tuple[list[dict], list[dict] | None]:
+    """The messages and tools to give ``tokenizer.apply_chat_template`` for a canonical chat.
+
+    A conversation without tools or tool calls goes as it is. Otherwise tool calls go to
+    the template (arguments as objects, as Hugging Face templates expect) when it renders
+    them, that is when the rendered text names each called function; if it does not, each
+    assistant turn's calls are written as JSON text ``[{"name": ..., "arguments": ...}]``
+    after its content, and tool turns keep their result as content. Tool definitions go to
+    the template when it renders them (the text changes with ``tools``); if not, they are
+    written as JSON after ``TOOLS_PREAMBLE`` in the system turn (one is added first if the
+    conversation has none).
+    """
+    if not tools and not any(m.get("tool_calls") for m in messages):
+        return messages, None
+    templated = [{**m, "tool_calls": [_template_call(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+    names = [c["function"]["name"] for m in messages for c in m.get("tool_calls") or []]
+    plain = _render_or_none(tokenizer, templated, None)
+    if plain is None or not all(name in plain for name in names):
+        templated = [_serialised_calls(m) for m in messages]
+    if tools and _render_or_none(tokenizer, templated, tools) in (None, _render_or_none(tokenizer, templated, None)):
+        listing = TOOLS_PREAMBLE + json.dumps([t["function"] for t in tools], ensure_ascii=False)
+        if templated[0]["role"] == "system":
+            templated = [{**templated[0], "content": f"{templated[0]['content']}\n\n{listing}"}] + templated[1:]
+        else:
+            templated = [{"role": "system", "content": listing}] + templated
+        tools = None
+    return templated, tools or None
+
+
+def _render_or_none(tokenizer, messages, tools) -> str | None:
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    except Exception:  # noqa: BLE001 - any template error (jinja, TypeError on None, a raise_exception) means: fall back to text
+        return None
+
+
+def _template_call(call: dict) -> dict:
+    """A tool call for a chat template: arguments as an object when the file gives JSON text."""
+    function = dict(call["function"])
+    if isinstance(function.get("arguments"), str):
+        try:
+            function["arguments"] = json.loads(function["arguments"])
+        except ValueError:
+            pass
+    return {**call, "function": function}
+
+
+def _serialised_calls(message: dict) -> dict:
+    """An assistant turn with its tool calls written as JSON text after its content."""
+    if not message.get("tool_calls"):
+        return message
+    calls = [_template_call(c)["function"] for c in message["tool_calls"]]
+    text = json.dumps([{"name": c["name"], "arguments": c.get("arguments")} for c in calls], ensure_ascii=False)
+    content = f"{message['content']}\n{text}" if message["content"] else text
+    return {k: v for k, v in message.items() if k != "tool_calls"} | {"content": content}
+
+
+def _chat_length(messages: list[dict], tokenizer, tools: list[dict] | None = None) -> int:
+    messages, tools = template_inputs(messages, tools, tokenizer)
+    ids = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True)
     # transformers 5 returns a BatchEncoding (a mapping) here; older versions a list of ids.
     if isinstance(ids, Mapping):
         ids = ids["input_ids"]

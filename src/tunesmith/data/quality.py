@@ -429,7 +429,7 @@ def _text_fields(record: dict) -> Iterator[str]:
     """Every free-text string of a canonical record."""
     for key in ("messages", "prompt", "chosen", "rejected", "completion"):
         for message in record.get(key) or []:
-            yield message["content"]
+            yield message.get("content") or ""  # None: a turn that only calls tools
     if isinstance(record.get("text"), str):
         yield record["text"]
     if isinstance(record.get("label"), str):
@@ -441,7 +441,7 @@ def _code_fields(record: dict) -> Iterator[tuple[str, list[tuple[int, int]]]]:
     an assistant turn that is all code is one span."""
     for key in ("messages", "prompt", "chosen", "rejected", "completion"):
         for message in record.get(key) or []:
-            text = message["content"]
+            text = message.get("content") or ""
             answer = message["role"] == "assistant" or key == "completion"
             yield text, textcheck.code_spans(text, answer=answer)
     if isinstance(record.get("text"), str):
@@ -489,7 +489,7 @@ def _check_encoding(ctx: _Context) -> list[Finding]:
 
 
 def _blank(text) -> bool:
-    return not str(text).strip()
+    return text is None or not str(text).strip()
 
 
 def _missing_answer(record: dict) -> str | None:
@@ -498,7 +498,8 @@ def _missing_answer(record: dict) -> str | None:
         roles = [m["role"] for m in record["messages"]]
         if "assistant" not in roles:
             return "no assistant turn"
-        if any(m["role"] == "assistant" and _blank(m["content"]) for m in record["messages"]):
+        # A turn that calls tools answers with its calls, even with no text.
+        if any(m["role"] == "assistant" and _blank(m.get("content")) and not m.get("tool_calls") for m in record["messages"]):
             return "empty assistant answer"
     elif "chosen" in record:
         for side in ("chosen", "rejected"):
@@ -933,7 +934,7 @@ def _check_preference(ctx: _Context) -> list[Finding]:
 
 
 def _context_turns(messages: list[dict]) -> list[tuple[str, str]]:
-    return [(m["role"], m["content"].strip()) for m in messages if m["role"] != "assistant"]
+    return [(m["role"], (m.get("content") or "").strip()) for m in messages if m["role"] != "assistant"]
 
 
 def _side_text(messages: list[dict]) -> str:
@@ -979,9 +980,11 @@ def _clean_record(record: dict) -> tuple[dict, dict]:
     kinds: Counter = Counter()
     cleaned = {}
     for key, value in record.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and key != "tools":  # tool definitions are not text to clean
             cleaned[key] = [
                 {**m, "content": _clean_text(m["content"], changed, kinds, m["role"] == "assistant" or key == "completion")}
+                if m.get("content") is not None
+                else m
                 for m in value
             ]
         elif key == "text":

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.config import RunConfig
+from tunesmith.data.formats import template_inputs
 from tunesmith.data.rows import load_chat_rows
 from tunesmith.data.splits import split_validation, training_data
 from tunesmith.errors import DataError
@@ -41,18 +42,37 @@ class TokenizedChats:
     skipped: int = 0  # rows with no assistant token left after cutting
 
 
-def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    messages: list[dict], tokenizer, tools: list[dict] | None = None
+) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation with the chat template and return the text and the character
-    spans of each assistant reply, end-of-turn token included (so the model learns to stop)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans of each learned assistant reply, end-of-turn token included (so the model learns
+    to stop).
+
+    An assistant turn with OpenAI's ``weight`` 0 is context, not learned: it has no span.
+    Tool definitions and tool calls are rendered as ``formats.template_inputs`` says
+    (through the template when it renders them, else as JSON text); the span of an assistant
+    turn covers its tool calls, so the model learns to make them. Tool results are context.
+    """
+    messages, tools = template_inputs(messages, tools, tokenizer)
+    learned = [m["role"] == "assistant" and m.get("weight", 1) != 0 for m in messages]
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    except Exception as e:
+        if not any(m["role"] == "tool" for m in messages):
+            raise
+        raise DataError(
+            f"The model's chat template cannot render a conversation with tool turns ({e}); train a model whose "
+            "template supports tools, or remove the tool-calling rows."
+        ) from None
     eos = tokenizer.eos_token or ""
     spans = []
     cursor = 0
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if not learned[i]:
             continue
-        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        prefix = tokenizer.apply_chat_template(messages[:i], tools=tools, tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tools=tools, tokenize=False)
         if text.startswith(upto) and upto.startswith(prefix) and len(prefix) >= cursor:
             start, end = len(prefix), len(upto.rstrip())
         else:
@@ -67,8 +87,9 @@ def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[in
         spans.append((start, end))
         cursor = end
     # Templates that do not close the assistant turn with EOS would teach the model never to
-    # stop; append EOS to the final reply so generation ends where answers end.
-    if spans and eos and not text[: spans[-1][1]].endswith(eos):
+    # stop; append EOS to the final reply (when it is learned) so generation ends where answers end.
+    last_reply = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if spans and eos and learned[last_reply] and not text[: spans[-1][1]].endswith(eos):
         last_start, last_end = spans[-1]
         text = text[:last_end] + eos + text[last_end:]
         spans[-1] = (last_start, last_end + len(eos))
@@ -76,10 +97,13 @@ def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[in
 
 
 def tokenize_chats(rows: list[dict], tokenizer, max_length: int) -> TokenizedChats:
-    """Tokenize chat rows into `input_ids` + `assistant_masks` (1 = token is learned)."""
+    """Tokenize chat rows into `input_ids` + `assistant_masks` (1 = token is learned).
+
+    Only assistant turns whose ``weight`` is not 0 are learned; a row's ``tools`` go to the
+    chat template (see ``assistant_spans``)."""
     out = TokenizedChats()
     for row in rows:
-        text, spans = assistant_spans(row["messages"], tokenizer)
+        text, spans = assistant_spans(row["messages"], tokenizer, row.get("tools"))
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         # A token is learned when it overlaps a reply, not only when it starts inside one:
