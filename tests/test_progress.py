@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from tunesmith.cli import app
 from tunesmith.cli.common import EvalBars, PlainProgress
-from tunesmith.train.callbacks import RichProgressCallback, duration
+from tunesmith.runtime import duration
+from tunesmith.train.callbacks import RichProgressCallback
 
 
 class FakeClock:

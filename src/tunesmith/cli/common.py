@@ -21,6 +21,7 @@ from rich.table import Table
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models import BUILTIN_MODELS, builtin_cache_dir, ensure_builtin
+from tunesmith.runtime import duration, progress_interval
 
 if TYPE_CHECKING:  # for annotations only: importing runs costs pydantic at start-up
     from tunesmith.runs import EvalResults
@@ -114,26 +115,6 @@ def ensure_database(data_dir: Path | None, database_url: str | None) -> tuple[Pa
     data_dir = data_dir or default_data_dir()
     open_store(data_dir, database_url)
     return data_dir, database_url or default_database_url(data_dir)
-
-
-def progress_interval(default: float = 15.0) -> float:
-    """Seconds between plain progress lines: $TUNESMITH_PROGRESS_INTERVAL (tests set 0). The
-    same rule as tunesmith.train.callbacks, which this module must not import (torch)."""
-    value = os.environ.get("TUNESMITH_PROGRESS_INTERVAL")
-    try:
-        return max(0.0, float(value)) if value else default
-    except ValueError:
-        return default
-
-
-def duration(seconds: float) -> str:
-    """1h02m, 1m20s or 12s: short enough for a progress line."""
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class PlainProgress:

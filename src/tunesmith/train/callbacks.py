@@ -4,11 +4,11 @@ lines at a steady interval when the output is a log file rather than a terminal)
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+from tunesmith.runtime import duration, progress_interval
 
 # What metrics.jsonl keeps of a log event (the trainers log more): losses, classifier and
 # reward-model accuracy, preference reward margins, RL reward, its spread and the KL.
@@ -55,25 +55,6 @@ class MetricsFileCallback(TrainerCallback):
         # Evaluation time is not training time: restart the tokens/s clock.
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
-
-
-def progress_interval(default: float = 15.0) -> float:
-    """Seconds between plain progress lines: $TUNESMITH_PROGRESS_INTERVAL (tests set 0)."""
-    value = os.environ.get("TUNESMITH_PROGRESS_INTERVAL")
-    try:
-        return max(0.0, float(value)) if value else default
-    except ValueError:
-        return default
-
-
-def duration(seconds: float) -> str:
-    """1h02m, 1m20s or 12s: short enough for a progress line."""
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class RichProgressCallback(TrainerCallback):
