@@ -54,7 +54,7 @@ def stage_data(config: RunConfig, stage: str) -> str | None:
     return d.train
 
 
-def run_stages(
+def train_run(
     config: RunConfig, run_dir: Path, callbacks: list | None = None, resume: bool = False, cluster: Cluster | None = None
 ) -> TrainSummary:
     """Train every stage of `config` into `run_dir` and return the last stage's summary. A

@@ -11,7 +11,7 @@ from tunesmith.config import RunConfig
 from tunesmith.evaluate.run import evaluate_run
 from tunesmith.runs import RunDir, TrainSummary
 from tunesmith.train.distributed import Cluster
-from tunesmith.train.stages import run_stages
+from tunesmith.train.stages import train_run
 
 
 def train(
@@ -26,7 +26,7 @@ def train(
     `eval.enabled`, measure it against its base (`evaluate.run`; `eval_progress(what, done,
     total)` follows that). Returns the last stage's summary, with `evaluation` (the results)
     when it ran; a multi-stage run also writes `RUN/run.json` with every stage's summary."""
-    summary = run_stages(config, Path(run_dir), callbacks, resume, cluster)
+    summary = train_run(config, Path(run_dir), callbacks, resume, cluster)
     if cluster is not None and cluster.machine_rank > 0:
         return summary  # machine 0 evaluates
     config = RunDir(Path(run_dir)).config  # resolved: it knows whether a test split was held out
