@@ -89,6 +89,7 @@ def test_full_file_loads_with_nothing_lost():
     }
     # the one row-level column not read is reported, not silently dropped
     assert data.unused_columns == ["parallel_tool_calls"]
+    assert data.unused_keys == []  # every key on every message is read
     # to_chat (what SFT reads) keeps the tools
     chats = to_chat(data)
     assert chats[2]["tools"] == tools["tools"] and "tools" not in chats[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,6 +60,12 @@ def inspect_data(
             f"{', '.join(data.unused_columns)} (the conversion ignores these columns; map them with --columns "
             "if the model should see them)",
         )
+    if data.unused_keys:
+        table.add_row(
+            "not read",
+            f"{', '.join(data.unused_keys)} (keys inside the turns that the conversion does not read; the model "
+            "never sees them)",
+        )
     pct = length_percentiles(lengths)
     table.add_row(f"tokens ({model})", "  ".join(f"{k} {v}" for k, v in pct.items()))
     if data.task == "classify":
@@ -91,8 +98,21 @@ def check_data_cmd(
     finding is an error, which blocks training."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
-    from tunesmith.data.quality import check_data, fix_data, write_card  # scipy
+    from tunesmith.data.quality import (  # scipy
+        CONFLICT_POLICIES,
+        check_data,
+        fix_data,
+        write_card,
+    )
 
+    # Said before the slow checks run: --conflicts only chooses what --fix keeps.
+    if conflicts is not None and conflicts not in CONFLICT_POLICIES:
+        raise TunesmithError(f"--conflicts must be one of {', '.join(CONFLICT_POLICIES)}, not {conflicts!r}.")
+    if conflicts is not None and fix is None:
+        raise TunesmithError(
+            "--conflicts applies only with --fix, which writes the cleaned copy; run `tunesmith data check "
+            f"{shlex.quote(str(file))} --fix {shlex.quote(file.stem + '.clean.jsonl')} --conflicts {conflicts}`."
+        )
     cols = parse_columns_option(columns)
     convert_builtin_once(model)
     with progress_for(err, f"checking {file}") as progress:

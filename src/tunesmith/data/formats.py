@@ -7,7 +7,8 @@ Canonical shapes (TRL's, see DESIGN.md "Canonical data shapes"):
               row, and on messages "weight" (0 or 1, assistant), "name", "tool_calls"
               (assistant; content "" when it only calls tools) and "tool_call_id" (role
               "tool"). Legacy "functions" / "function_call" / role "function" become tools /
-              tool_calls / "tool"; text content parts are joined, other parts refused.
+              tool_calls / "tool"; text content parts are joined, other parts refused. An
+              assistant turn with no content but a "refusal" says that refusal.
 - pretrain:   {"text": str}
 - classify:   {"text": str, "label": str}
 - preference: {"prompt": messages, "chosen": messages, "rejected": messages}
@@ -20,7 +21,19 @@ take message lists or strings. Flat tables name their columns the Hugging Face w
 (question/answer, query/response, instruction/response, input/output, ...); an optional
 context column goes into the user turn as ``"{context}\n\n{prompt}"`` so no input is lost.
 Every column of the file that the conversion does not use is listed in
-``LoadedData.unused_columns``.
+``LoadedData.unused_columns``, and every key inside a turn that it does not read (like
+``messages[].timestamp``) in ``LoadedData.unused_keys``.
+
+LLaMA-Factory's formats (its data/README.md) load too: alpaca with ``history`` ([instruction,
+response] pairs before the current turn) and ``system``, and as preference data (``chosen``/
+``rejected`` strings) or KTO data (a boolean ``kto_tag``); sharegpt with the roles human, gpt,
+observation (a tool turn), function_call (JSON text ``{"name", "arguments"}``, an assistant turn
+with OpenAI-style tool_calls) and system, a row-level ``system`` and ``tools`` (JSON text of
+function definitions, made OpenAI's ``{"type": "function", "function": ...}``), and as
+preference data (``chosen``/``rejected`` turns) or KTO data. A ``dataset_info.json`` beside the
+file whose entry names it decides the format, columns and role tags (``--columns`` or a given
+format still win). Images, videos and audios (columns or ``<image>`` placeholders) are refused by row:
+the models here read text only.
 
 Detection looks at every column that appears in any row. A row that does not fit the
 detected format is a ``DataError`` naming the file, the row (see ``load.py`` for what the
@@ -35,6 +48,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +71,11 @@ class Format(str, Enum):
     PREFERENCE = "preference"
     HH_RLHF = "hh_rlhf"
     KTO = "kto"
+    # LLaMA-Factory's ranking and kto_tag variants of its alpaca and sharegpt formats
+    ALPACA_PREFERENCE = "alpaca_preference"
+    ALPACA_KTO = "alpaca_kto"
+    SHAREGPT_PREFERENCE = "sharegpt_preference"
+    SHAREGPT_KTO = "sharegpt_kto"
 
     @property
     def task(self) -> str:
@@ -76,14 +95,18 @@ TASKS = {
     Format.PREFERENCE: "preference",
     Format.HH_RLHF: "preference",
     Format.KTO: "kto",
+    Format.ALPACA_PREFERENCE: "preference",
+    Format.ALPACA_KTO: "kto",
+    Format.SHAREGPT_PREFERENCE: "preference",
+    Format.SHAREGPT_KTO: "kto",
 }
 
 # Canonical fields of each format: (required, optional). These are the names --columns uses.
 FIELDS: dict[Format, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    Format.OPENAI_CHAT: (("messages",), ("tools", "functions")),
+    Format.OPENAI_CHAT: (("messages",), ("tools", "functions", "system")),
     Format.OPENAI_DPO: (("prompt", "chosen", "rejected"), ()),
-    Format.ALPACA: (("instruction", "output"), ("input", "system")),
-    Format.SHAREGPT: (("messages",), ()),
+    Format.ALPACA: (("instruction", "output"), ("input", "system", "history", "tools")),
+    Format.SHAREGPT: (("messages",), ("system", "tools")),
     Format.PROMPT_COMPLETION: (("prompt", "completion"), ("context",)),
     Format.PROMPT_ONLY: (("prompt",), ()),
     Format.TEXT: (("text",), ()),
@@ -91,6 +114,10 @@ FIELDS: dict[Format, tuple[tuple[str, ...], tuple[str, ...]]] = {
     Format.PREFERENCE: (("prompt", "chosen", "rejected"), ()),
     Format.HH_RLHF: (("chosen", "rejected"), ()),
     Format.KTO: (("prompt", "completion", "label"), ()),
+    Format.ALPACA_PREFERENCE: (("instruction", "chosen", "rejected"), ("input", "system", "history")),
+    Format.ALPACA_KTO: (("instruction", "output", "kto_tag"), ("input", "system", "history")),
+    Format.SHAREGPT_PREFERENCE: (("messages", "chosen", "rejected"), ("system",)),
+    Format.SHAREGPT_KTO: (("messages", "kto_tag"), ("system",)),
 }
 CANONICAL_FIELDS = sorted({name for required, optional in FIELDS.values() for name in required + optional})
 
@@ -132,7 +159,15 @@ ROLES = {
     "function": "tool",  # OpenAI's legacy function-result turn
     "human": "user",
     "gpt": "assistant",
+    "observation": "tool",  # LLaMA-Factory's tool result
+    "function_call": "function_call",  # LLaMA-Factory's call: an assistant turn whose content is the call's JSON
 }
+FUNCTION_CALL = "function_call"
+# The keys of an OpenAI turn the conversion reads besides role and content ("refusal" only
+# where it becomes the content, "audio" to refuse it); any other key is reported unread.
+OPENAI_TURN_KEYS = frozenset({"name", "tool_calls", "tool_call_id", "weight", "function_call", "audio"})
+# Fields whose values are turns: their unread keys are collected into LoadedData.unused_keys.
+MESSAGE_FIELDS = ("messages", "prompt", "completion", "chosen", "rejected")
 
 # OpenAI content parts: text parts are joined (in order) with this separator; any other
 # part (image, audio, file) is refused, since the models trained here read text only.
@@ -148,10 +183,43 @@ PART_KINDS = {
     "input_file": "a file",
 }
 
+# Media inputs (LLaMA-Factory's column names and placeholders): refused by row, since the
+# models trained here read text only and dropping them would change what a row says.
+MEDIA_COLUMNS = {"images": "image", "videos": "video", "audios": "audio"}
+_PLACEHOLDER = re.compile(r"<(image|video|audio)>")
+
+# LLaMA-Factory's dataset list (data/README.md): an entry whose "file_name" is the data file
+# says how to read it. An entry with one of REMOTE_KEYS loads from elsewhere, not that file.
+DATASET_INFO = "dataset_info.json"
+REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+# Its "columns" names -> tunesmith's fields, and the columns it reads when "columns" is absent.
+LF_FIELDS = {
+    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
+               "system": "system", "tools": "tools", "chosen": "chosen", "rejected": "rejected", "kto_tag": "kto_tag"},
+    "sharegpt": {"messages": "messages", "system": "system", "tools": "tools", "chosen": "chosen",
+                 "rejected": "rejected", "kto_tag": "kto_tag"},
+}
+LF_DEFAULT_COLUMNS = {"alpaca": {"prompt": "instruction", "query": "input", "response": "output"},
+                      "sharegpt": {"messages": "conversations"}}
+# Its "tags" with their defaults, and the role each role tag stands for.
+LF_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+           "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
+LF_TAG_ROLES = {"user_tag": "user", "assistant_tag": "assistant", "observation_tag": "tool",
+                "function_tag": FUNCTION_CALL, "system_tag": "system"}
+
 # How tool calls and tool definitions are written into the conversation when the chat
 # template does not render them itself (see ``template_inputs``).
 TOOLS_PREAMBLE = "You can call these tools:\n"
 
+
+@dataclass
+class Tags:
+    """How a file's turns name their role and content, and which role each role value is
+    (LLaMA-Factory's "tags" in dataset_info.json)."""
+
+    role: str = "from"
+    content: str = "value"
+    roles: dict[str, str] = field(default_factory=dict)  # role value -> user|assistant|tool|system|function_call
 
 
 @dataclass
@@ -167,6 +235,7 @@ class LoadedData:
     notes: list[str] = field(default_factory=list)  # how the file was read, for the user
     columns: list[str] = field(default_factory=list)  # every column of the file, in order of first appearance
     unused_columns: list[str] = field(default_factory=list)  # columns the conversion ignored (report them)
+    unused_keys: list[str] = field(default_factory=list)  # keys inside turns it did not read, e.g. "messages[].timestamp"
 
     def column_uses(self) -> list[tuple[str, str]]:
         """Each column of the file with what it became: a canonical field, or "not used"."""
@@ -199,18 +268,35 @@ def load_data(
         return path
     notes: list[str] = []
     records = read_records(path, notes)
-    fmt, column_map = _choose_format(records, path, columns, format)
+    keys = _all_keys(records)
+    media = {key: kind for key, kind in MEDIA_COLUMNS.items() if key in keys}
+    tags = None
+    entry = _dataset_info_entry(Path(path), notes)
+    if entry and (columns or format):
+        given = "--columns says" if columns else f"the format {_as_format(format).value} was given, which says"
+        notes.append(f"{DATASET_INFO}: the entry '{entry[0]}' is not applied, since {given} how to read the file.")
+    if entry and not (columns or format):
+        fmt, column_map, tags, mapped_media = _dataset_info_format(*entry, keys, Path(path), notes)
+        media.update(mapped_media)
+    else:
+        fmt, column_map = _choose_format(records, path, columns, format)
     convert = CONVERTERS[fmt]
+    if tags is not None:  # only the sharegpt converters read turns under the entry's tags
+        convert = partial(convert, tags=tags)
+    used = [part for column in column_map.values() for part in _sources(column, keys)]
+    # Placeholders are looked for in conversations only, where LLaMA-Factory puts them: in a
+    # document or a text to classify "<image>" is more likely HTML or code than a media slot.
+    placeholders = used if fmt.task in ("chat", "preference", "kto") else []
     canonical, rows = [], []
     for record in records:
         try:
+            _refuse_media(record.data, media, placeholders)
             canonical.append(convert(record.data, column_map))
             rows.append(record.row)
         except _RowError as e:
             if bad_rows is None:
                 raise DataError(f"{path}: row {record.row} {e}.") from None
             bad_rows.append((record.row, str(e)))
-    keys = _all_keys(records)
     return LoadedData(
         path=str(path),
         format=fmt,
@@ -220,7 +306,8 @@ def load_data(
         column_map=column_map,
         notes=notes,
         columns=keys,
-        unused_columns=[key for key in keys if not any(key in _sources(col, keys) for col in column_map.values())],
+        unused_columns=[key for key in keys if key not in used],
+        unused_keys=_unread_keys(records, column_map, tags),
     )
 
 
@@ -289,6 +376,12 @@ def detect_format(records: list[Record], path: str | Path) -> tuple[Format, dict
     [(fmt, cols)] = candidates.items()
     if fmt is Format.OPENAI_CHAT and _uses_sharegpt_turns(records, cols["messages"]):
         fmt = Format.SHAREGPT
+    # Conversations with a boolean "label" are unpaired feedback (LLaMA-Factory's kto_en_demo);
+    # a label of any other kind (a topic, a category) stays an unused column.
+    label = _find(keys, "label")
+    if fmt in (Format.OPENAI_CHAT, Format.SHAREGPT) and label and _all_booleans(records, label):
+        fmt, cols = Format.SHAREGPT_KTO, {name: col for name, col in cols.items() if name in ("messages", "system")}
+        cols["kto_tag"] = label
     return fmt, cols
 
 
@@ -401,6 +494,136 @@ def _choose_format(records, path, columns, format) -> tuple[Format, dict[str, st
     return fmt, {name: col for name, col in column_map.items() if name in required + optional}
 
 
+def _dataset_info_entry(path: Path, notes: list[str]) -> tuple[str, dict] | None:
+    """The entry of a LLaMA-Factory ``dataset_info.json`` beside the file that names the file, if any."""
+    info_path = path.parent / DATASET_INFO
+    if path.is_dir() or not info_path.is_file():  # a saved datasets folder has its own dataset_info.json
+        return None
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # a UnicodeDecodeError is a ValueError
+        notes.append(f"{info_path} cannot be read ({e}); the format was detected from the columns instead.")
+        return None
+    names = [
+        name for name, entry in (info.items() if isinstance(info, dict) else ())
+        if isinstance(entry, dict) and _names_file(entry, path)
+    ]
+    if len(names) > 1:
+        notes.append(f"{DATASET_INFO}: the entries {', '.join(names)} all name {path.name}; using the first, '{names[0]}'.")
+    return (names[0], info[names[0]]) if names else None
+
+
+def _names_file(entry: dict, path: Path) -> bool:
+    file_name = entry.get("file_name")
+    if not isinstance(file_name, str) or any(key in entry for key in REMOTE_KEYS):
+        return False
+    try:
+        return (path.parent / file_name).resolve() == path.resolve()
+    except (OSError, ValueError):  # a name the file system cannot take (a NUL byte) names no file
+        return False
+
+
+def _dataset_info_format(
+    name: str, entry: dict, keys: list[str], path: Path, notes: list[str]
+) -> tuple[Format, dict[str, str], Tags | None, dict[str, str]]:
+    """The format, column map, role tags and media columns a dataset_info.json entry gives.
+
+    As in LLaMA-Factory, an entry with "columns" reads only the columns it names (without,
+    alpaca reads instruction/input/output and sharegpt conversations); "ranking" makes
+    preference data and a kto_tag column KTO data; alpaca naming no response is pretraining
+    text (its prompt, and query if named). Raises ``DataError`` naming the entry when it is
+    malformed or names a column the file does not have.
+    """
+    where = f"{path.parent / DATASET_INFO}: the entry '{name}'"
+    formatting = entry.get("formatting", "alpaca")
+    if formatting == "openai":  # LLaMA-Factory's openai formatting reads like sharegpt with role/content turns
+        formatting = "sharegpt"
+    if formatting not in LF_FIELDS:
+        raise DataError(f"{where} has the formatting {_short_repr(formatting)}; use alpaca or sharegpt.")
+    lf_columns = entry.get("columns", LF_DEFAULT_COLUMNS[formatting])
+    lf_tags = entry.get("tags", {})
+    for what, value in (("columns", lf_columns), ("tags", lf_tags)):
+        if not isinstance(value, dict) or not all(isinstance(v, str) or v is None for v in value.values()):
+            raise DataError(f'{where} has "{what}" that is not an object of names; write it as {{"name": "column", ...}}.')
+    mapped = {field: lf_columns[lf] for lf, field in LF_FIELDS[formatting].items() if lf_columns.get(lf)}
+    media = {lf_columns[lf]: kind for lf, kind in MEDIA_COLUMNS.items() if lf_columns.get(lf)}
+    if "columns" not in entry:  # the default columns count where the file has them
+        mapped = {field: column for field, column in mapped.items() if column in keys}
+    for column in [*mapped.values(), *media]:
+        if column not in keys:
+            raise DataError(
+                f"{where} names the column '{column}', which {path.name} does not have (columns: {', '.join(keys)}); "
+                "fix the entry's columns."
+            )
+    fmt = _lf_format(formatting, mapped, entry.get("ranking") is True)
+    if fmt is Format.TEXT:  # the prompt, and the query after it, are the document
+        parts = [mapped[field] for field in ("instruction", "input") if field in mapped]
+        mapped = {"text": "+".join(parts)} if "instruction" in mapped else {}
+    required, optional = FIELDS[fmt]
+    missing = [f for f in required if f not in mapped]
+    if missing:
+        lf_names = {field: lf for lf, field in LF_FIELDS[formatting].items()} | {"text": "prompt"}
+        raise DataError(
+            f"{where} is {fmt.value} data but names no column for {', '.join(lf_names.get(f, f) for f in missing)}; "
+            "add it to the entry's columns."
+        )
+    tags = None
+    if formatting == "sharegpt" and "tags" in entry:
+        names = {**LF_TAGS, **{k: v for k, v in lf_tags.items() if v}}
+        tags = Tags(names["role_tag"], names["content_tag"], {names[tag]: role for tag, role in LF_TAG_ROLES.items()})
+    column_map = {f: col for f, col in mapped.items() if f in required + optional}
+    read = ", ".join(f"{f}={col}" for f, col in column_map.items())
+    extra = f"; role tags: {tags.role}/{tags.content} with {', '.join(tags.roles)}" if tags else ""
+    if entry.get("num_samples"):
+        extra += f"; its num_samples ({entry['num_samples']}) is not applied: every row is read"
+    notes.append(f"{DATASET_INFO}: read {path.name} as its entry '{name}' ({fmt.value}: {read}{extra}).")
+    return fmt, column_map, tags, media
+
+
+def _lf_format(formatting: str, mapped: dict[str, str], ranking: bool) -> Format:
+    """The format of a dataset_info.json entry with these fields mapped."""
+    if formatting == "sharegpt":
+        return Format.SHAREGPT_KTO if "kto_tag" in mapped else Format.SHAREGPT_PREFERENCE if ranking else Format.SHAREGPT
+    if "kto_tag" in mapped:
+        return Format.ALPACA_KTO
+    if ranking:
+        return Format.ALPACA_PREFERENCE
+    return Format.ALPACA if "output" in mapped else Format.TEXT  # LLaMA-Factory's pretraining text is a prompt alone
+
+
+def _refuse_media(row: dict, media: dict[str, str], placeholders: list[str]) -> None:
+    """Refuse a row with images, videos or audios (in a media column, or as placeholders in
+    the columns ``placeholders``): the models trained here read text only."""
+    for column, kind in media.items():
+        value = row.get(column)
+        if value is not None and value != "" and value != [] and value != {}:
+            count = len(value) if isinstance(value, list) else 1
+            raise _RowError(
+                f"has {count} {kind}{'s' if count > 1 else ''} in the column '{column}'; the models here read text "
+                f"only, so remove the {kind} inputs (and their <{kind}> placeholders) or the row"
+            )
+    for column in placeholders:
+        if found := next((m for text in _texts(row.get(column)) if (m := _PLACEHOLDER.search(text))), None):
+            raise _RowError(
+                f"has the placeholder {found.group()} in the column '{column}', which stands for {found.group(1)} "
+                "input; the models here read text only, so remove the placeholder (and its media) or the row"
+            )
+
+
+def _texts(value) -> list[str]:
+    """Every string inside a raw value (lists and objects walked; rows are at most MAX_DEPTH deep)."""
+    texts, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return texts
+
+
 def _as_format(format: Format | str) -> Format:
     try:
         return Format(format)
@@ -420,6 +643,10 @@ FORMATS_BY_FIELDS = (
     Format.PREFERENCE,
     Format.HH_RLHF,
     Format.ALPACA,
+    Format.ALPACA_PREFERENCE,
+    Format.ALPACA_KTO,
+    Format.SHAREGPT_PREFERENCE,
+    Format.SHAREGPT_KTO,
 )
 
 
@@ -431,8 +658,9 @@ def _format_for_fields(fields: set[str], path) -> Format:
             return fmt
     raise DataError(
         f"{path}: --columns gives the fields {', '.join(sorted(fields))}, which match no format; give "
-        "text, text+label, messages, prompt, prompt+completion (+context), prompt+completion+label, prompt+chosen+rejected, "
-        "chosen+rejected or instruction+output (+input, system)."
+        "text, text+label, messages (+system, tools), messages+chosen+rejected, messages+kto_tag, prompt, "
+        "prompt+completion (+context), prompt+completion+label, prompt+chosen+rejected, chosen+rejected or "
+        "instruction with output, output+kto_tag or chosen+rejected (+input, system, history)."
     )
 
 
@@ -463,10 +691,20 @@ def _columns(keys: list[str], **wanted) -> dict[str, str] | None:
     return found if all(found.values()) else None
 
 
-def _match_alpaca(keys):
-    cols = _columns(keys, instruction="instruction", output="output")
+def _match_alpaca(keys, **answer):
+    """Alpaca columns with the answer columns given (output by default), and the optional ones."""
+    cols = _columns(keys, instruction="instruction", **(answer or {"output": "output"}))
     if cols:
-        cols.update({name: col for name in ("input", "system") if (col := _find(keys, name))})
+        optional = ("input", "system", "history") + (("tools",) if not answer else ())
+        cols.update({name: col for name in optional if (col := _find(keys, name))})
+    return cols
+
+
+def _match_sharegpt(keys, **extra):
+    """LLaMA-Factory's sharegpt preference or KTO columns: turns (conversations or messages) + ``extra``."""
+    cols = _columns(keys, messages=("conversations", "messages"), **extra)
+    if cols and (system := _find(keys, "system")):
+        cols["system"] = system
     return cols
 
 
@@ -481,8 +719,15 @@ def _match_prompt_completion(keys):
 
 def _match_openai_chat(keys):
     cols = _columns(keys, messages="messages")
-    if cols:  # row-level tool definitions (and the legacy "functions") belong to the chat
-        cols.update({name: col for name in ("tools", "functions") if (col := _find(keys, name))})
+    if cols:  # row-level tool definitions (and the legacy "functions") and a system prompt belong to the chat
+        cols.update({name: col for name in ("tools", "functions", "system") if (col := _find(keys, name))})
+    return cols
+
+
+def _match_sharegpt_chat(keys):
+    cols = _columns(keys, messages="conversations")
+    if cols:
+        cols.update({name: col for name in ("system", "tools") if (col := _find(keys, name))})
     return cols
 
 
@@ -492,7 +737,7 @@ MATCHERS = {
         k, prompt="input", chosen="preferred_output", rejected="non_preferred_output"
     ),
     Format.ALPACA: _match_alpaca,
-    Format.SHAREGPT: lambda k: _columns(k, messages="conversations"),
+    Format.SHAREGPT: _match_sharegpt_chat,
     Format.PROMPT_COMPLETION: _match_prompt_completion,
     Format.PROMPT_ONLY: lambda k: _columns(k, prompt="prompt"),
     Format.TEXT: lambda k: _columns(k, text="text"),
@@ -500,7 +745,17 @@ MATCHERS = {
     Format.PREFERENCE: lambda k: _columns(k, prompt="prompt", chosen="chosen", rejected="rejected"),
     Format.HH_RLHF: lambda k: _columns(k, chosen="chosen", rejected="rejected"),
     Format.KTO: lambda k: _columns(k, prompt="prompt", completion="completion", label="label"),
+    Format.ALPACA_PREFERENCE: lambda k: _match_alpaca(k, chosen="chosen", rejected="rejected"),
+    Format.ALPACA_KTO: lambda k: _match_alpaca(k, output="output", kto_tag="kto_tag"),
+    Format.SHAREGPT_PREFERENCE: lambda k: _match_sharegpt(k, chosen="chosen", rejected="rejected"),
+    Format.SHAREGPT_KTO: lambda k: _match_sharegpt(k, kto_tag="kto_tag"),
 }
+
+
+def _all_booleans(records: list[Record], column: str) -> bool:
+    """True if every value in ``column`` is true or false (rows without it aside), and one is."""
+    values = [record.data[column] for record in records if record.data.get(column) is not None]
+    return bool(values) and all(isinstance(value, bool) for value in values)
 
 
 def _uses_sharegpt_turns(records: list[Record], column: str) -> bool:
@@ -573,51 +828,77 @@ def _optional_string(row: dict, cols: dict, name: str) -> str:
     return _string(row, cols, name) if name in cols and _raw(row, cols[name]) is not None else ""
 
 
-def _messages(value, column: str, default_role: str) -> list[dict]:
+def _messages(value, column: str, default_role: str, tags: Tags | None = None) -> list[dict]:
     """A string (one turn by ``default_role``) or a list of turns, as canonical messages."""
     if isinstance(value, str):
         return [{"role": default_role, "content": value}]
     if not isinstance(value, list) or not value:
         raise _RowError(f"has no list of messages in the column '{column}'; give a non-empty list of turns")
-    return [_turn(turn, i, column) for i, turn in enumerate(value, start=1)]
+    return [_turn(turn, i, column, tags) for i, turn in enumerate(value, start=1)]
 
 
-def _turn(turn, number: int, column: str) -> dict:
-    """One turn, OpenAI style {"role", "content"} or ShareGPT style {"from", "value"}.
+def _turn_keys(turn: dict, tags: Tags | None) -> tuple[str, str]:
+    """The keys holding a turn's role and content: the tags', else OpenAI's or ShareGPT's."""
+    if tags is not None:
+        return tags.role, tags.content
+    return ("from", "value") if "role" not in turn and "from" in turn else ("role", "content")
+
+
+def _turn(turn, number: int, column: str, tags: Tags | None = None) -> dict:
+    """One turn, OpenAI style {"role", "content"} or ShareGPT style {"from", "value"}, or
+    under a dataset_info.json entry's ``tags``.
 
     OpenAI's fine-tuning fields are kept: ``weight`` (0 or 1, assistant turns), ``name``,
     ``tool_calls`` (assistant), ``tool_call_id`` (tool turns); the legacy ``function_call``
     becomes ``tool_calls`` and the legacy ``function`` role becomes ``tool``. Content given
-    as a list of parts is the text of its text parts; any other part is refused. An
-    assistant turn that only calls tools (content null) gets the content "".
+    as a list of parts is the text of its text parts; any other part, and an ``audio``
+    answer, is refused. An assistant turn that only calls tools (content null) gets the
+    content "", one that refused (content null, a ``refusal`` text) says its refusal.
+    LLaMA-Factory's ``observation`` is a tool turn and its ``function_call`` an assistant
+    turn calling the tools its content names as JSON.
     """
     where = f"message {number} in the column '{column}'"
     if not isinstance(turn, dict):
         raise _RowError(f'has {where} that is not an object; write each turn as {{"role": ..., "content": ...}}')
-    sharegpt = "role" not in turn and "from" in turn
-    role = turn.get("from" if sharegpt else "role")
-    content = turn.get("value" if sharegpt else "content")
-    if not isinstance(role, str) or role not in ROLES:  # a list or object as role is not hashable
-        raise _RowError(
-            f"has {where} with the unknown role {_short_repr(role)}; use system, user, assistant or tool "
-            "(human or gpt in ShareGPT)"
-        )
-    role = ROLES[role]
+    role_key, content_key = _turn_keys(turn, tags)
+    names = ROLES if tags is None else {**ROLES, **tags.roles}
+    role, content = turn.get(role_key), turn.get(content_key)
+    if not isinstance(role, str) or role not in names:  # a list or object as role is not hashable
+        if tags is None:
+            known = "system, user, assistant or tool (human, gpt, observation or function_call in ShareGPT)"
+        else:
+            known = f"one of the role tags of {DATASET_INFO} ({', '.join(tags.roles)}) in '{role_key}'"
+        raise _RowError(f"has {where} with the unknown role {_short_repr(role)}; use {known}")
+    kind = names[role]
+    role = "assistant" if kind == FUNCTION_CALL else kind
     message: dict = {"role": role}
-    if not sharegpt:
+    openai = role_key == "role"  # OpenAI's other fields are read on role/content turns
+    if openai:
+        if turn.get("audio") is not None:
+            raise _RowError(
+                f'has an audio answer in {where}; this model reads text only, so remove the "audio" field '
+                "(keeping its transcript as the content) or the row"
+            )
         calls = _tool_calls(turn, role, where)
         if calls:
             message["tool_calls"] = calls
+        if _says_refusal(turn, role, content):
+            content = turn["refusal"]  # what the assistant said instead of an answer
+    if kind == FUNCTION_CALL:
+        if "tool_calls" in message:
+            raise _RowError(f"has {where} that is a function_call turn with tool_calls as well; give the calls once")
+        message["tool_calls"] = _function_calls(content, where)
+        content = ""
     if isinstance(content, list):
         content = _content_parts(content, where)
     if content is None and "tool_calls" in message:
         content = ""  # a turn that only calls tools
     if content is None:
-        raise _RowError(f'has {where} with no content; give every turn a "content" string')
+        raise _RowError(f'has {where} with no content; give every turn a "{content_key}" string')
     if not isinstance(content, str):
         raise _RowError(f"has {where} whose content is a {type(content).__name__}, not text; make the content a string")
     message["content"] = content
-    if sharegpt:
+    if not openai:
         return message
     if turn.get("name") is not None:
         if not isinstance(turn["name"], str):
@@ -639,6 +920,43 @@ def _turn(turn, number: int, column: str) -> dict:
             )
         message["weight"] = int(weight)
     return message
+
+
+def _says_refusal(turn: dict, role: str | None, content) -> bool:
+    """True for an OpenAI assistant turn whose only text is its ``refusal``."""
+    return role == "assistant" and content in (None, "") and isinstance(turn.get("refusal"), str)
+
+
+def _read_keys(turn: dict, tags: Tags | None) -> set[str]:
+    """The keys of a raw turn that ``_turn`` reads (the rest are reported as unused keys)."""
+    role_key, content_key = _turn_keys(turn, tags)
+    if role_key != "role":
+        return {role_key, content_key}
+    names = ROLES if tags is None else {**ROLES, **tags.roles}
+    role = turn.get("role")
+    says = isinstance(role, str) and _says_refusal(turn, names.get(role), turn.get(content_key))
+    refusal = {"refusal"} if says else set()
+    return {role_key, content_key} | OPENAI_TURN_KEYS | refusal
+
+
+def _unread_keys(records: list[Record], column_map: dict[str, str], tags: Tags | None) -> list[str]:
+    """Keys inside the file's turns that the conversion does not read, like "messages[].timestamp"
+    (a null value holds nothing, so it does not count)."""
+    found: dict[str, None] = {}
+    for name in MESSAGE_FIELDS:
+        column = column_map.get(name)
+        for record in records if column else ():
+            value, where = record.data.get(column), column
+            if isinstance(value, dict) and "messages" in value:  # OpenAI's DPO input object
+                found.update({f"{column}.{k}": None for k, v in value.items() if k != "messages" and v is not None})
+                value, where = value["messages"], f"{column}.messages"
+            turns = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
+            where += "" if isinstance(value, dict) else "[]"
+            for turn in turns:
+                if isinstance(turn, dict):
+                    read = _read_keys(turn, tags)
+                    found.update({f"{where}.{k}": None for k, v in turn.items() if v is not None and k not in read})
+    return list(found)
 
 
 def _content_parts(parts: list, where: str) -> str:
@@ -686,21 +1004,56 @@ def _is_function(value) -> bool:
     return isinstance(value, dict) and isinstance(value.get("name"), str) and bool(value["name"])
 
 
+def _function_calls(content, where: str) -> list[dict]:
+    """LLaMA-Factory's function_call turn: JSON text of one call ``{"name", "arguments"}`` or a
+    list of them, as OpenAI tool calls (arguments as JSON text, the way OpenAI gives them)."""
+    try:
+        value = json.loads(content) if isinstance(content, str) else content
+    except (ValueError, RecursionError):
+        value = None
+    calls = value if isinstance(value, list) and value else [value]
+    if not all(_is_function(call) for call in calls):
+        raise _RowError(
+            f'has {where}, a function call, whose content is not JSON like {{"name": ..., "arguments": {{...}}}}; '
+            "write the call (or a list of calls) as that JSON text"
+        )
+    return [{"type": "function", "function": {**call, "arguments": _json_text(call.get("arguments", {}))}} for call in calls]
+
+
+def _json_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def _row_tools(row: dict, cols: dict) -> list[dict]:
     """A chat row's tool definitions: OpenAI's ``tools`` or the legacy ``functions``."""
     tools = []
     for name in ("tools", "functions"):
-        value = row.get(cols[name]) if name in cols else None
-        if value is None:
-            continue
-        if name == "functions" and isinstance(value, list):
-            value = [{"type": "function", "function": f} for f in value]
-        if not isinstance(value, list) or not all(isinstance(t, dict) and _is_function(t.get("function")) for t in value):
+        value = _raw(row, cols[name]) if name in cols else None
+        if value is not None:
+            tools += _tool_definitions(value, cols[name])
+    return tools
+
+
+def _tool_definitions(value, column: str) -> list[dict]:
+    """Tools as OpenAI writes them, from those, from bare function definitions (OpenAI's legacy
+    ``functions``, LLaMA-Factory's ``tools``) or from the JSON text of either ("" is none)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except (ValueError, RecursionError):
+            value = None
+    tools = []
+    for tool in value if isinstance(value, list) else [None]:
+        if isinstance(tool, dict) and _is_function(tool.get("function")):
+            tools.append(tool)
+        elif _is_function(tool):
+            tools.append({"type": "function", "function": tool})
+        else:
             raise _RowError(
-                f"has tool definitions in the column '{cols[name]}' that are not a list of "
-                '{"type": "function", "function": {"name": ..., "parameters": ...}}; write them the way OpenAI does'
+                f"has tool definitions in the column '{column}' that are not a list of functions; write them "
+                'the way OpenAI does, [{"type": "function", "function": {"name": ..., "parameters": ...}}], '
+                'or as a list of {"name": ..., "parameters": ...} (the list or its JSON text)'
             )
-        tools += value
     return tools
 
 
@@ -736,8 +1089,8 @@ def _label(row: dict, cols: dict) -> str:
     return str(value)
 
 
-def _kto_label(row: dict, cols: dict) -> bool:
-    value = _value(row, cols, "label")
+def _kto_label(row: dict, cols: dict, name: str = "label") -> bool:
+    value = _value(row, cols, name)
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, str)) and str(value).strip().lower() in ("true", "1"):
@@ -745,25 +1098,131 @@ def _kto_label(row: dict, cols: dict) -> bool:
     if isinstance(value, (int, str)) and str(value).strip().lower() in ("false", "0"):
         return False
     raise _RowError(
-        f"has the label {_short_repr(value)} in the column '{cols['label']}'; use true or false (or 1 or 0)"
+        f"has the label {_short_repr(value)} in the column '{cols[name]}'; use true or false (or 1 or 0)"
     )
 
 
-def _convert_chat(row, cols):
-    record = {"messages": _messages(_value(row, cols, "messages"), cols["messages"], "user")}
+def _with_system(messages: list[dict], row: dict, cols: dict) -> list[dict]:
+    """The conversation with the row's system column (if any) as its first turn."""
+    system = _optional_string(row, cols, "system")
+    if not system:
+        return messages
+    if messages[0]["role"] == "system":  # LLaMA-Factory lets a first system turn win; one is lost then
+        if messages[0]["content"] == system:
+            return messages
+        raise _RowError(
+            f"has a system prompt in the column '{cols['system']}' and a different one as its first message; "
+            "keep one of them"
+        )
+    return [{"role": "system", "content": system}, *messages]
+
+
+def _convert_chat(row, cols, tags=None):
+    messages = _messages(_value(row, cols, "messages"), cols["messages"], "user", tags)
+    record = {"messages": _with_system(messages, row, cols)}
     if tools := _row_tools(row, cols):
         record["tools"] = tools
     return record
 
 
-def _convert_alpaca(row, cols):
+def _alpaca_prompt(row: dict, cols: dict) -> list[dict]:
+    """An alpaca row's system prompt, history turns and instruction (with its input) as messages."""
     instruction = _string(row, cols, "instruction")
     extra_input = _optional_string(row, cols, "input")
     system = _optional_string(row, cols, "system")
     messages = [{"role": "system", "content": system}] if system else []
+    messages += _history(row, cols)
     messages.append({"role": "user", "content": f"{instruction}\n\n{extra_input}" if extra_input else instruction})
-    messages.append({"role": "assistant", "content": _string(row, cols, "output")})
-    return {"messages": messages}
+    return messages
+
+
+def _history(row: dict, cols: dict) -> list[dict]:
+    """LLaMA-Factory's ``history``: [instruction, response] pairs before the current turn."""
+    value = _raw(row, cols["history"]) if "history" in cols else None
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list):
+        raise _RowError(
+            f"has a {type(value).__name__} in the column '{cols['history']}' where a list of [instruction, response] "
+            'pairs is expected; write the history as [["question", "answer"], ...]'
+        )
+    turns = []
+    for number, pair in enumerate(value, start=1):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(text, str) for text in pair)):
+            raise _RowError(
+                f"has the history item {number} {_short_repr(pair)} in the column '{cols['history']}', which is not "
+                'an [instruction, response] pair of strings; write the history as [["question", "answer"], ...]'
+            )
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return turns
+
+
+def _convert_alpaca(row, cols):
+    record = {"messages": _alpaca_prompt(row, cols) + [{"role": "assistant", "content": _string(row, cols, "output")}]}
+    if tools := _row_tools(row, cols):
+        record["tools"] = tools
+    return record
+
+
+def _convert_alpaca_preference(row, cols):
+    return {
+        "prompt": _alpaca_prompt(row, cols),
+        "chosen": _messages(_value(row, cols, "chosen"), cols["chosen"], "assistant"),
+        "rejected": _messages(_value(row, cols, "rejected"), cols["rejected"], "assistant"),
+    }
+
+
+def _convert_alpaca_kto(row, cols):
+    return {
+        "prompt": _alpaca_prompt(row, cols),
+        "completion": [{"role": "assistant", "content": _string(row, cols, "output")}],
+        "label": _kto_label(row, cols, "kto_tag"),
+    }
+
+
+def _sharegpt_prompt(prompt: list[dict], column: str) -> list[dict]:
+    """A prompt taken from a conversation: it must end where the answer starts (a user or tool turn)."""
+    if prompt[-1]["role"] not in ("user", "tool"):
+        raise _RowError(
+            f"has a conversation in the column '{column}' whose prompt ends with a {prompt[-1]['role']} turn; "
+            "end the prompt with a user (human) or tool (observation) turn"
+        )
+    return prompt
+
+
+def _answer(value, column: str, tags: Tags | None) -> list[dict]:
+    """LLaMA-Factory's chosen or rejected answer: one turn object (or a list of turns, or text)."""
+    answer = _messages([value] if isinstance(value, dict) else value, column, "assistant", tags)
+    if answer[0]["role"] != "assistant":
+        raise _RowError(
+            f"has an answer in the column '{column}' that starts with a {answer[0]['role']} turn; "
+            "give the answer as an assistant (gpt or function_call) turn"
+        )
+    return answer
+
+
+def _convert_sharegpt_preference(row, cols, tags=None):
+    conversation = _messages(_value(row, cols, "messages"), cols["messages"], "user", tags)
+    return {
+        "prompt": _sharegpt_prompt(_with_system(conversation, row, cols), cols["messages"]),
+        "chosen": _answer(_value(row, cols, "chosen"), cols["chosen"], tags),
+        "rejected": _answer(_value(row, cols, "rejected"), cols["rejected"], tags),
+    }
+
+
+def _convert_sharegpt_kto(row, cols, tags=None):
+    """A conversation and a verdict on its last turn: the answer, the rest its prompt."""
+    conversation = _with_system(_messages(_value(row, cols, "messages"), cols["messages"], "user", tags), row, cols)
+    if len(conversation) < 2 or conversation[-1]["role"] != "assistant":
+        raise _RowError(
+            f"has a conversation in the column '{cols['messages']}' that does not end with an assistant answer after "
+            f"a prompt; end it with the answer that '{cols['kto_tag']}' judges"
+        )
+    return {
+        "prompt": _sharegpt_prompt(conversation[:-1], cols["messages"]),
+        "completion": conversation[-1:],
+        "label": _kto_label(row, cols, "kto_tag"),
+    }
 
 
 def _convert_prompt_completion(row, cols):
@@ -798,9 +1257,13 @@ def _convert_preference(row, cols):
 
 
 def _convert_hh_rlhf(row, cols):
-    """Two whole conversations; the shared part up to the last common user turn is the prompt."""
-    chosen = _dialogue(_value(row, cols, "chosen"), cols["chosen"])
-    rejected = _dialogue(_value(row, cols, "rejected"), cols["rejected"])
+    """Two whole conversations; the shared part up to the last common user turn is the prompt.
+    Two plain texts (TRL's standard implicit-prompt pair) share their opening words instead."""
+    chosen, rejected = _value(row, cols, "chosen"), _value(row, cols, "rejected")
+    if isinstance(chosen, str) and isinstance(rejected, str) and not _is_transcript(chosen) and not _is_transcript(rejected):
+        return _split_common_text(chosen, rejected, cols)
+    chosen = _dialogue(chosen, cols["chosen"])
+    rejected = _dialogue(rejected, cols["rejected"])
     shared = 0
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
         shared += 1
@@ -815,6 +1278,30 @@ def _convert_hh_rlhf(row, cols):
 
 
 _SPEAKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+
+
+def _is_transcript(text: str) -> bool:
+    parts = _SPEAKER.split(text)
+    return len(parts) >= 3 and not parts[0].strip()
+
+
+def _split_common_text(chosen: str, rejected: str, cols: dict) -> dict:
+    """Like TRL's ``extract_prompt``: the longest common start, cut back to the last whitespace
+    in it so no word is split, is the prompt; the two rests (from that whitespace) are the answers."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    cut = max((i for i in range(shared) if chosen[i].isspace()), default=0)
+    if not chosen[:cut].strip():
+        raise _RowError(
+            f"has texts in '{cols['chosen']}' and '{cols['rejected']}' that share no opening words to use as the "
+            f"prompt; add a prompt column and pass --columns prompt=COL,chosen={cols['chosen']},rejected={cols['rejected']}"
+        )
+    return {
+        "prompt": [{"role": "user", "content": chosen[:cut]}],
+        "chosen": [{"role": "assistant", "content": chosen[cut:]}],
+        "rejected": [{"role": "assistant", "content": rejected[cut:]}],
+    }
 
 
 def _dialogue(value, column: str) -> list[dict]:
@@ -849,6 +1336,10 @@ CONVERTERS = {
     Format.PREFERENCE: _convert_preference,
     Format.HH_RLHF: _convert_hh_rlhf,
     Format.KTO: _convert_kto,
+    Format.ALPACA_PREFERENCE: _convert_alpaca_preference,
+    Format.ALPACA_KTO: _convert_alpaca_kto,
+    Format.SHAREGPT_PREFERENCE: _convert_sharegpt_preference,
+    Format.SHAREGPT_KTO: _convert_sharegpt_kto,
 }
 
 

@@ -268,6 +268,14 @@ def check_data(
             "with --columns (see `tunesmith data inspect FILE`), e.g. text=a+b joins two text columns.",
             [], 0, data.path,
         ))
+    if data.unused_keys:
+        # The same for keys inside the turns (e.g. a timestamp on each message): reported, not lost unseen.
+        findings.append(Finding(
+            "schema", "warning",
+            f"Message key(s) {', '.join(data.unused_keys)} are in the file but not read as {data.format.value} data, "
+            "so the model never sees them; if they matter, move their text into the message content.",
+            [], 0, data.path,
+        ))
     stats: dict = {"characters": _char_stats(data.records)} if data.records else {}
     findings += _check_encoding(ctx)
     findings += _check_schema(ctx)
