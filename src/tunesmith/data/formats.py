@@ -8,7 +8,11 @@ Canonical shapes (TRL's, see DESIGN.md "Canonical data shapes"):
               (assistant; content "" when it only calls tools) and "tool_call_id" (role
               "tool"). Legacy "functions" / "function_call" / role "function" become tools /
               tool_calls / "tool"; text content parts are joined, other parts refused. An
-              assistant turn with no content but a "refusal" says that refusal.
+              assistant turn with no content but a "refusal" says that refusal. The role
+              "developer" (OpenAI's newer name for the system role) is a system turn.
+              An assistant turn's reasoning ("reasoning_content", TRL's "thinking" or
+              LLaMA-Factory v1's "reasoning" parts) is kept in its content as
+              "<think>\n{reasoning}\n</think>\n\n{answer}", the way reasoning models write it.
 - pretrain:   {"text": str}
 - classify:   {"text": str, "label": str}
 - preference: {"prompt": messages, "chosen": messages, "rejected": messages}
@@ -30,7 +34,10 @@ response] pairs before the current turn) and ``system``, and as preference data 
 observation (a tool turn), function_call (JSON text ``{"name", "arguments"}``, an assistant turn
 with OpenAI-style tool_calls) and system, a row-level ``system`` and ``tools`` (JSON text of
 function definitions, made OpenAI's ``{"type": "function", "function": ...}``), and as
-preference data (``chosen``/``rejected`` turns) or KTO data. A ``dataset_info.json`` beside the
+preference data (``chosen``/``rejected`` turns) or KTO data. Its v1 rows (``messages`` whose content
+is a list of ``{"type": "text"|"reasoning"|"tool_call", "value": ...}`` parts, a ``loss_weight`` of 0
+or 1 per turn, preference pairs as ``chosen_messages``/``rejected_messages``) read as OpenAI chat rows
+and implicit-prompt pairs. A ``dataset_info.json`` beside the
 file whose entry names it decides the format, columns and role tags (``--columns`` or a given
 format still win). Images, videos and audios (columns or ``<image>`` placeholders) are refused by row:
 the models here read text only.
@@ -161,20 +168,33 @@ ROLES = {
     "gpt": "assistant",
     "observation": "tool",  # LLaMA-Factory's tool result
     "function_call": "function_call",  # LLaMA-Factory's call: an assistant turn whose content is the call's JSON
+    "developer": "system",  # OpenAI's name for the system role since its o1 models (reinforcement fine-tuning rows)
 }
 FUNCTION_CALL = "function_call"
 # The keys of an OpenAI turn the conversion reads besides role and content ("refusal" only
-# where it becomes the content, "audio" to refuse it); any other key is reported unread.
-OPENAI_TURN_KEYS = frozenset({"name", "tool_calls", "tool_call_id", "weight", "function_call", "audio"})
+# where it becomes the content, "audio" to refuse it; LLaMA-Factory v1's "loss_weight" and the
+# reasoning keys of Hugging Face templates); any other key is reported unread.
+REASONING_KEYS = ("reasoning_content", "thinking")
+OPENAI_TURN_KEYS = frozenset(
+    {"name", "tool_calls", "tool_call_id", "weight", "loss_weight", "function_call", "audio", *REASONING_KEYS}
+)
+# Reasoning goes before the answer in the assistant's content, as reasoning models write it
+# (Qwen3's and DeepSeek-R1's templates read it back from there; other templates see it as text).
+THINK_TEMPLATE = "<think>\n{reasoning}\n</think>\n\n{content}"
 # Fields whose values are turns: their unread keys are collected into LoadedData.unused_keys.
 MESSAGE_FIELDS = ("messages", "prompt", "completion", "chosen", "rejected")
 
 # OpenAI content parts: text parts are joined (in order) with this separator; any other
-# part (image, audio, file) is refused, since the models trained here read text only.
+# part (image, audio, file) is refused, since the models trained here read text only. The text
+# is under "text" (OpenAI), "value" (LLaMA-Factory v1) or "content" (Oumi); LLaMA-Factory v1
+# also has "reasoning" parts and "tool_call" parts (JSON text of {"name", "arguments"}).
 TEXT_PART_TYPES = ("text", "input_text", "output_text")
+PART_TEXT_KEYS = ("text", "value", "content")
 PART_SEPARATOR = "\n\n"
 PART_KINDS = {
     "image_url": "an image",
+    "video_url": "a video",
+    "audio_url": "an audio",
     "input_image": "an image",
     "image": "an image",
     "input_audio": "an audio",
@@ -743,7 +763,8 @@ MATCHERS = {
     Format.TEXT: lambda k: _columns(k, text="text"),
     Format.TEXT_LABEL: lambda k: _columns(k, text=TEXT_NAMES, label=LABEL_NAMES),
     Format.PREFERENCE: lambda k: _columns(k, prompt="prompt", chosen="chosen", rejected="rejected"),
-    Format.HH_RLHF: lambda k: _columns(k, chosen="chosen", rejected="rejected"),
+    # LLaMA-Factory v1 names its implicit-prompt pairs chosen_messages/rejected_messages
+    Format.HH_RLHF: lambda k: _columns(k, chosen=("chosen", "chosen_messages"), rejected=("rejected", "rejected_messages")),
     Format.KTO: lambda k: _columns(k, prompt="prompt", completion="completion", label="label"),
     Format.ALPACA_PREFERENCE: lambda k: _match_alpaca(k, chosen="chosen", rejected="rejected"),
     Format.ALPACA_KTO: lambda k: _match_alpaca(k, output="output", kto_tag="kto_tag"),
@@ -855,7 +876,10 @@ def _turn(turn, number: int, column: str, tags: Tags | None = None) -> dict:
     answer, is refused. An assistant turn that only calls tools (content null) gets the
     content "", one that refused (content null, a ``refusal`` text) says its refusal.
     LLaMA-Factory's ``observation`` is a tool turn and its ``function_call`` an assistant
-    turn calling the tools its content names as JSON.
+    turn calling the tools its content names as JSON. Its v1 turns give ``loss_weight`` (0 or
+    1 on assistant turns: the ``weight``; ignored on others, as LLaMA-Factory learns only
+    assistant turns) and parts with ``reasoning`` and ``tool_call``; reasoning (those parts,
+    ``reasoning_content`` or ``thinking``) goes into the content (``THINK_TEMPLATE``).
     """
     where = f"message {number} in the column '{column}'"
     if not isinstance(turn, dict):
@@ -889,15 +913,27 @@ def _turn(turn, number: int, column: str, tags: Tags | None = None) -> dict:
             raise _RowError(f"has {where} that is a function_call turn with tool_calls as well; give the calls once")
         message["tool_calls"] = _function_calls(content, where)
         content = ""
+    reasoning = ""
     if isinstance(content, list):
-        content = _content_parts(content, where)
+        content, reasoning, part_calls = _content_parts(content, where)
+        if part_calls:
+            if role != "assistant" or "tool_calls" in message:
+                raise _RowError(
+                    f"has {where} with tool_call parts on the {role} turn or with tool_calls as well; give tool "
+                    "calls on assistant turns only, once"
+                )
+            message["tool_calls"] = part_calls
+    if openai:
+        reasoning = PART_SEPARATOR.join(filter(None, [reasoning, *(_reasoning(turn, key, where) for key in REASONING_KEYS)]))
+    if reasoning and role != "assistant":
+        raise _RowError(f"has reasoning in {where}, a {role} turn; give reasoning on assistant turns only")
     if content is None and "tool_calls" in message:
         content = ""  # a turn that only calls tools
     if content is None:
         raise _RowError(f'has {where} with no content; give every turn a "{content_key}" string')
     if not isinstance(content, str):
         raise _RowError(f"has {where} whose content is a {type(content).__name__}, not text; make the content a string")
-    message["content"] = content
+    message["content"] = THINK_TEMPLATE.format(reasoning=reasoning, content=content) if reasoning else content
     if not openai:
         return message
     if turn.get("name") is not None:
@@ -911,15 +947,33 @@ def _turn(turn, number: int, column: str, tags: Tags | None = None) -> dict:
                 "as a string on tool turns only"
             )
         message["tool_call_id"] = turn["tool_call_id"]
-    if "weight" in turn:
-        weight = turn["weight"]
+    # LLaMA-Factory v1 writes a loss_weight on every turn but learns assistant turns only.
+    key = "weight" if "weight" in turn else "loss_weight" if "loss_weight" in turn and role == "assistant" else None
+    if key:
+        weight = turn[key]
         if role != "assistant" or isinstance(weight, bool) or weight not in (0, 1):
+            whose = "OpenAI's weight is" if key == "weight" else "a turn is learned whole or not at all here, so loss_weight is"
             raise _RowError(
-                f"has {where} with the weight {_short_repr(weight)} on the {role} turn; OpenAI's weight is 0 or 1 "
+                f"has {where} with the {key} {_short_repr(weight)} on the {role} turn; {whose} 0 or 1 "
                 "on assistant turns only, so use 0 (context, not learned) or 1 (learned) there or remove it"
             )
         message["weight"] = int(weight)
     return message
+
+
+def _reasoning(turn: dict, key: str, where: str) -> str:
+    """A turn's reasoning under ``key``: text, or text parts as Axolotl writes them ("" when there is none)."""
+    value = turn.get(key)
+    if isinstance(value, list):
+        text, reasoning, calls = _content_parts(value, f"the {key} of {where}")
+        if calls:
+            raise _RowError(f"has tool_call parts in the {key} of {where}; give tool calls in the content")
+        value = PART_SEPARATOR.join(filter(None, [reasoning, text]))
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise _RowError(f"has {where} whose {key} is a {type(value).__name__}, not text; make it text")
+    return value
 
 
 def _says_refusal(turn: dict, role: str | None, content) -> bool:
@@ -941,7 +995,7 @@ def _read_keys(turn: dict, tags: Tags | None) -> set[str]:
 
 def _unread_keys(records: list[Record], column_map: dict[str, str], tags: Tags | None) -> list[str]:
     """Keys inside the file's turns that the conversion does not read, like "messages[].timestamp"
-    (a null value holds nothing, so it does not count)."""
+    or a content part's "messages[].content[].train" (a null value holds nothing, so it does not count)."""
     found: dict[str, None] = {}
     for name in MESSAGE_FIELDS:
         column = column_map.get(name)
@@ -956,18 +1010,36 @@ def _unread_keys(records: list[Record], column_map: dict[str, str], tags: Tags |
                 if isinstance(turn, dict):
                     read = _read_keys(turn, tags)
                     found.update({f"{where}.{k}": None for k, v in turn.items() if v is not None and k not in read})
+                    found.update(dict.fromkeys(_unread_part_keys(turn, where, _turn_keys(turn, tags)[1])))
     return list(found)
 
 
-def _content_parts(parts: list, where: str) -> str:
-    """The text of OpenAI content parts, joined in order; a non-text part is an error."""
-    texts = []
+def _unread_part_keys(turn: dict, where: str, content_key: str) -> list[str]:
+    """Keys of a turn's text, reasoning and tool_call parts besides their type and text (like
+    Axolotl's per-part "train"), which the conversion does not read. Other parts refuse the row."""
+    keys = []
+    for key in (content_key, *REASONING_KEYS):
+        for part in turn.get(key) if isinstance(turn.get(key), list) else ():
+            if isinstance(part, dict) and part.get("type") in (*TEXT_PART_TYPES, "reasoning", "tool_call"):
+                keys += [f"{where}.{key}[].{k}" for k, v in part.items() if v is not None and k not in ("type", *PART_TEXT_KEYS)]
+    return keys
+
+
+def _content_parts(parts: list, where: str) -> tuple[str, str, list[dict]]:
+    """The text, reasoning and tool calls of content given as parts, each in order: OpenAI's
+    (and Oumi's) text parts, LLaMA-Factory v1's text, reasoning and tool_call parts. Any other
+    part (an image, an audio, a file) is an error."""
+    texts, reasoning, calls = [], [], []
     for part in parts:
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind in TEXT_PART_TYPES and isinstance(part.get("text"), str):
-            texts.append(part["text"])
+        text = next((part[key] for key in PART_TEXT_KEYS if isinstance(part.get(key), str)), None) if kind else None
+        if text is not None and kind in (*TEXT_PART_TYPES, "reasoning", "tool_call"):
+            if kind == "tool_call":
+                calls += _function_calls(text, where)
+            else:
+                (reasoning if kind == "reasoning" else texts).append(text)
             continue
-        if not isinstance(kind, str) or kind in TEXT_PART_TYPES:
+        if not isinstance(kind, str) or kind in (*TEXT_PART_TYPES, "reasoning", "tool_call"):
             raise _RowError(
                 f"has {where} whose content is a list with the part {_short_repr(part)}, which is not an OpenAI "
                 'content part; give the content as a string or a list of {"type": "text", "text": ...} parts'
@@ -977,7 +1049,7 @@ def _content_parts(parts: list, where: str) -> str:
             f"has {what} part in {where}; this model reads text only, so give the content as text "
             '(a string or {"type": "text", "text": ...} parts) or remove the row'
         )
-    return PART_SEPARATOR.join(texts)
+    return PART_SEPARATOR.join(texts), PART_SEPARATOR.join(reasoning), calls
 
 
 def _tool_calls(turn: dict, role: str, where: str) -> list[dict]:
@@ -1132,7 +1204,8 @@ def _alpaca_prompt(row: dict, cols: dict) -> list[dict]:
     system = _optional_string(row, cols, "system")
     messages = [{"role": "system", "content": system}] if system else []
     messages += _history(row, cols)
-    messages.append({"role": "user", "content": f"{instruction}\n\n{extra_input}" if extra_input else instruction})
+    # An empty instruction (the question is in input, as in Unsloth's samples) adds no blank lines.
+    messages.append({"role": "user", "content": "\n\n".join(t for t in (instruction, extra_input) if t) or instruction})
     return messages
 
 

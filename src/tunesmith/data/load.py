@@ -5,6 +5,10 @@ Row numbers are 1-based and mean:
 - JSONL, TXT: the line the record starts on, as an editor shows it.
 - CSV, TSV: the line the record starts on; the header is line 1, so the first data row is
   row 2 (a quoted field spanning several lines makes the next row start further down).
+  Quoting follows the CSV rules strictly: a quote that opens a value must close it, since a
+  stray one would silently swallow the lines up to the next quote. A TSV file that does not
+  quote (GLUE's, where a value may start with a quote) is read line by line when every line
+  has the header's number of tab-separated fields and quoted reading fails or merges lines.
 - JSON, Parquet, a ``datasets`` folder: the record's position in the list/table
   (the first object is row 1).
 
@@ -96,7 +100,9 @@ def _read_file(path: Path, notes: list[str]) -> list[Record]:
         return _parse_json(text, path, notes)
     if suffix == ".txt":
         return _parse_txt(text)
-    return _parse_csv(text, path, delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix == ".tsv":
+        return _parse_tsv(text, path, notes)
+    return _parse_csv(text, path, delimiter=",")
 
 
 def _read_bytes(path: Path, gzipped: bool) -> bytes:
@@ -230,6 +236,9 @@ def _parse_json(text: str, path: Path, notes: list[str]) -> list[Record]:
             f"{path}: line {e.lineno} is not valid JSON ({e.msg} at column {e.colno}); fix the file there."
         ) from None
 
+    if isinstance(value, dict) and _is_one_conversation(value):
+        notes.append(f"{path.name} holds one conversation, not a list of rows; read it as one row.")
+        value = [value]
     if isinstance(value, dict):
         value = _list_inside(value, path, notes)
     if not isinstance(value, list):
@@ -272,6 +281,16 @@ def _deep_line(text: str) -> int:
             if depth > MAX_DEPTH + 1:  # the top-level list is one level more than a row
                 return line
     return 1
+
+
+def _is_one_conversation(obj: dict) -> bool:
+    """True for a top-level object that is itself a row: its only list is a conversation
+    ("messages" or "conversations" holding turns, beside its "tools"), as in Axolotl's
+    single-example fixtures."""
+    lists = [key for key, v in obj.items() if isinstance(v, list) and key != "tools"]
+    if lists not in (["messages"], ["conversations"]) or not obj[lists[0]]:
+        return False
+    return all(isinstance(turn, dict) and ("role" in turn or "from" in turn) for turn in obj[lists[0]])
 
 
 def _list_inside(obj: dict, path: Path, notes: list[str]) -> list:
@@ -321,11 +340,38 @@ def _parse_txt(text: str) -> list[Record]:
     return records
 
 
+def _parse_tsv(text: str, path: Path, notes: list[str]) -> list[Record]:
+    """A TSV file, quoted as CSV (pandas, the csv module) or not at all (GLUE's benchmarks)."""
+    plain = _unquoted_lines(text)
+    try:
+        quoted = _parse_csv(text, path, delimiter="\t")
+    except DataError:
+        if plain is None:
+            raise
+        quoted = None
+    if plain is not None and (quoted is None or len(quoted) != len(plain)):
+        notes.append(f"{path.name} does not quote its values; read each line as one row, quotes as text.")
+        return plain
+    return quoted
+
+
+def _unquoted_lines(text: str) -> list[Record] | None:
+    """Each line split on tabs, if every line has the header's number of fields (else None)."""
+    # Empty lines are left out, as the csv module does; a line of spaces is a row (of one field).
+    lines = [(number, line.split("\t")) for number, line in enumerate(_lines(text), start=1) if line]
+    (_, header), rows = lines[0], lines[1:]
+    if any(len(fields) != len(header) for _, fields in rows) or len(set(header)) != len(header):
+        return None
+    return [Record(number, dict(zip(header, fields))) for number, fields in rows]
+
+
 def _parse_csv(text: str, path: Path, delimiter: str) -> list[Record]:
     """CSV/TSV with a header line; every value stays a string ("NA" is text, not missing)."""
     # The default limit (128 KiB per field) is too small for long documents.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a quote that opens a value but does not end it (text after the closing quote)
+    # is an error, not a value that silently runs on over the following lines.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header, records, end_of_previous = None, [], 0
     try:
         for fields in reader:
@@ -343,7 +389,10 @@ def _parse_csv(text: str, path: Path, delimiter: str) -> list[Record]:
                 )
             records.append(Record(start, dict(zip(header, fields))))
     except csv.Error as e:
-        raise DataError(f"{path}: row {reader.line_num} cannot be read ({e}); fix the quoting on that line.") from None
+        raise DataError(
+            f"{path}: row {end_of_previous + 1} cannot be read ({e}, by line {reader.line_num}); a value that starts "
+            'with a quote must end with one, with quotes inside it doubled (""): fix the quoting there.'
+        ) from None
     return records
 
 

@@ -511,10 +511,10 @@ def _missing_answer(record: dict) -> str | None:
             return "empty assistant answer"
     elif "chosen" in record:
         for side in ("chosen", "rejected"):
-            if all(_blank(m["content"]) for m in record[side]):
+            if all(_blank(m["content"]) and not m.get("tool_calls") for m in record[side]):
                 return f"empty {side} side"
     elif "completion" in record:
-        if all(_blank(m["content"]) for m in record["completion"]):
+        if all(_blank(m["content"]) and not m.get("tool_calls") for m in record["completion"]):
             return "empty completion"
     elif "label" in record and _blank(record["label"]):
         return "empty label"
@@ -946,7 +946,9 @@ def _context_turns(messages: list[dict]) -> list[tuple[str, str]]:
 
 
 def _side_text(messages: list[dict]) -> str:
-    return dedup.normalize("\n".join(f"{m['role']}: {m['content']}" for m in messages))
+    """A side's text for comparing the two sides, its tool calls included (an answer may be only calls)."""
+    calls = [json.dumps(m["tool_calls"], sort_keys=True) if m.get("tool_calls") else "" for m in messages]
+    return dedup.normalize("\n".join(f"{m['role']}: {m['content']} {c}" for m, c in zip(messages, calls)))
 
 
 def _clean_text(text: str, changed: set[str], pii_kinds: Counter, answer: bool = False) -> str:
