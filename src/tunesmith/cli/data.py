@@ -128,6 +128,8 @@ def check_data_cmd(
         style = "red" if f.severity == "error" else "yellow"
         table.add_row(f"[{style}]{f.severity}[/{style}]", f.check, str(f.count), f.message)
     console.print(table if card.findings else f"{file}: {card.rows} rows, no problems found.")
+    for note in card.notes:
+        console.print(f"note: {note}", highlight=False)
     console.print(f"data card: {out / 'data_card.md'}, {out / 'data_card.html'}, {out / 'data_card.json'}")
     if fix:
         result = fix_data(file, fix, columns=cols, test_path=test, conflicts=conflicts)

@@ -118,6 +118,7 @@ class DataCard:
     rows: int
     findings: list[Finding]
     stats: dict  # token/character length percentiles, label counts for classify, ...
+    notes: list[str] = field(default_factory=list)  # how the file was read (LoadedData.notes), for people
 
     def errors(self) -> list[Finding]:
         """Findings that block training."""
@@ -166,8 +167,10 @@ class DataCard:
             f"<h1>Data card: {esc(self.path)}</h1>"
             f"<p>{esc(self.format)} &middot; {esc(self.task)} &middot; {self.rows} rows &middot; "
             f"{len(self.errors())} errors (block training) &middot; {len(self.warnings())} warnings</p>"
-            f"<p><b>Quality score {self.score()} / 100</b> <small>({esc(SCORE_FORMULA)})</small></p>{table}"
-            f"<h2>Statistics</h2><pre>{esc(json.dumps(self.stats, indent=2, ensure_ascii=False))}</pre>"
+            f"<p><b>Quality score {self.score()} / 100</b> <small>({esc(SCORE_FORMULA)})</small></p>"
+            + "".join(f"<p><i>note: {esc(note)}</i></p>" for note in self.notes)
+            + table
+            + f"<h2>Statistics</h2><pre>{esc(json.dumps(self.stats, indent=2, ensure_ascii=False))}</pre>"
         )
 
     def to_markdown(self) -> str:
@@ -181,6 +184,7 @@ class DataCard:
             f"- Errors: {len(self.errors())} (block training)",
             f"- Warnings: {len(self.warnings())}",
             f"- Quality score: {self.score()} / 100 ({SCORE_FORMULA})",
+            *(f"- Note: {note}" for note in self.notes),
             "",
         ]
         if not self.findings:
@@ -302,6 +306,7 @@ def check_data(
         rows=len(data.records),
         findings=findings,
         stats=stats,
+        notes=list(data.notes),
     )
 
 
