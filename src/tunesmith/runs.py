@@ -58,7 +58,7 @@ class EvalResults(BaseModel):
 
     run: str
     task: str
-    """What was measured: labels, generation, perplexity, preference or reward."""
+    """What was measured: labels, generation, tool_calls, text (perplexity), preference or reward."""
     stage: str
     base_model: str
     tuned_model: str
@@ -67,6 +67,9 @@ class EvalResults(BaseModel):
     metrics: dict[str, dict[str, float | None]] = Field(default_factory=dict)
     """side ("base", "tuned") -> metric name -> value."""
     labels: dict | None = None
+    tool_calls: dict | None = None
+    """The tool_calls task: call_rows and text_rows (test rows expecting a call or a text answer) and
+    per_tool (side -> function -> rows, tool_name_accuracy, tool_call_exact_match)."""
     judge: dict | None = None
     forgetting: dict | None = None
     bias: dict | None = None

@@ -23,9 +23,9 @@ def load_pairs(path, columns: dict | None = None, kto: bool = False) -> list[dic
     )
 
 
-def chat_tokens(messages: list[dict], tokenizer, generation_prompt: bool = False) -> list[int]:
-    """Token ids of a conversation rendered with the chat template."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def chat_tokens(messages: list[dict], tokenizer, generation_prompt: bool = False, tools: list[dict] | None = None) -> list[int]:
+    """Token ids of a conversation rendered with the chat template (with `tools` given to it)."""
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -73,22 +73,30 @@ def load_labelled(path: str, columns: dict | None = None) -> list[dict]:
     return data.records
 
 
-def load_prompts(path: str, config: RunConfig) -> list[dict]:
+def load_prompts(path: str, config: RunConfig, tools: bool = False) -> list[dict]:
     """`{"prompt": messages, "answer": str}` rows from any conversational data: chat and
     text+label rows give their last assistant turn as the answer, preference pairs their
-    chosen answer, KTO rows their completion when it is labelled good."""
+    chosen answer, KTO rows their completion when it is labelled good.
+
+    With `tools=True` every row also has "tools" (the row's tool definitions, or None) and
+    "calls" (the tool calls of the answer turn, OpenAI's `tool_calls` entries; empty when the
+    answer is text). A prompt may end with a tool turn then: the answer puts its result into
+    words, or calls again."""
     data = load_data(path, columns=config.data.columns)
     system = [{"role": "system", "content": config.data.system_prompt}] if config.data.system_prompt else []
     if data.task in ("chat", "classify"):
         rows = []
         for c in to_chat(data, config.data.system_prompt):
             messages = c["messages"]
+            extra = {"tools": c.get("tools"), "calls": []} if tools else {}
             if messages and messages[-1]["role"] == "user":  # a prompt-only row: all of it is the prompt
-                rows.append({"prompt": messages, "answer": ""})
+                rows.append({"prompt": messages, "answer": ""} | extra)
                 continue
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
             answer = messages[last]["content"] if last < len(messages) else ""
-            rows.append({"prompt": messages[:last], "answer": answer})
+            if tools and last < len(messages):
+                extra["calls"] = list(messages[last].get("tool_calls") or [])
+            rows.append({"prompt": messages[:last], "answer": answer} | extra)
     elif data.task == "preference":
         rows = [{"prompt": r["prompt"], "answer": r["chosen"][-1]["content"]} for r in data.records]
     elif data.task == "kto":
@@ -100,7 +108,11 @@ def load_prompts(path: str, config: RunConfig) -> list[dict]:
         )
     if data.task in ("preference", "kto") and system:
         rows = [r | {"prompt": (system if r["prompt"][0]["role"] != "system" else []) + r["prompt"]} for r in rows]
-    rows = [r for r in rows if r["prompt"] and r["prompt"][-1]["role"] == "user"]
+    if tools:
+        rows = [r if "calls" in r else r | {"tools": None, "calls": []} for r in rows]
+    # A tool's result is answered too, when tools are asked for; otherwise only a user's turn is.
+    answerable = ("user", "tool") if tools else ("user",)
+    rows = [r for r in rows if r["prompt"] and r["prompt"][-1]["role"] in answerable]
     if not rows:
         raise DataError(f"{path}: no row ends its prompt with a user turn, so there is nothing to answer.")
     return rows

@@ -30,6 +30,7 @@ from tunesmith.evaluate.report import (
     run_stages,
     skipped_line,
     test_set_line,
+    tool_rows_line,
     value_line,
     verdict,
 )
@@ -63,6 +64,7 @@ TASK_TEXT = {
     "text": "writing text in the style and domain of its training corpus",
     "preference": "answering prompts the way the preferred answers of its training pairs do",
     "reward": "scoring answers (a reward model)",
+    "tool_calls": "calling the tools it is offered (a function and its JSON arguments), or answering in text when no call is due",
 }
 SETTINGS = [  # (config section, field, what it is)
     ("train", "learning_rate", "learning rate"),
@@ -308,6 +310,10 @@ def _intended_use(run: _Run) -> str:
     ]
     if task in ("generation", "text", "preference"):
         out.append("- Factual questions where a wrong answer does harm: the model can state false things fluently.")
+    if task == "tool_calls":
+        out.append("- Running its calls unchecked: a call can name the wrong function or carry wrong arguments, so "
+                   "check each one against the tool's schema, and confirm actions that cannot be undone (payments, "
+                   "cancellations) with a person.")
     return "\n".join(out)
 
 
@@ -471,6 +477,22 @@ def _evaluation_section(run: _Run) -> str:
              for x in rows]), "", verdict(r)]
     else:
         out += ["", skipped_line(r, "metrics", "metrics")]
+    calls = r.get("tool_calls")
+    if calls:
+        out += ["", "### Tool calls", "", tool_rows_line(r)]
+        tuned, base = ((calls.get("per_tool") or {}).get(side) or {} for side in ("tuned", "base"))
+        names = sorted(set(tuned) | set(base))
+        if names:
+            def share(scores: dict, key: str) -> str:
+                return pct(scores[key]) if isinstance(scores.get(key), (int, float)) else "—"
+
+            out += ["", _table(
+                ["function", "test rows", "base name accuracy", "tuned name accuracy", "base exact match",
+                 "tuned exact match"],
+                [[f"`{n}`", (tuned.get(n) or base.get(n) or {}).get("rows", ""),
+                  share(base.get(n) or {}, "tool_name_accuracy"), share(tuned.get(n) or {}, "tool_name_accuracy"),
+                  share(base.get(n) or {}, "tool_call_exact_match"), share(tuned.get(n) or {}, "tool_call_exact_match")]
+                 for n in names])]
     judge = r.get("judge")
     out += ["", "### LLM judge", ""]
     if judge:
@@ -589,7 +611,9 @@ def _limitations(run: _Run) -> str:
     n = (r.get("test") or {}).get("rows")
     tuned = ((r.get("metrics") or {}).get("tuned")) or {}
     base = ((r.get("metrics") or {}).get("base")) or {}
-    key = next((k for k in ("accuracy", "exact_match") if isinstance(tuned.get(k), (int, float))), None)
+    key = next((k for k in ("accuracy", "exact_match", "tool_call_exact_match") if isinstance(tuned.get(k), (int, float))), None)
+    if key == "tool_call_exact_match":  # measured on the rows that expect a call only
+        n = (r.get("tool_calls") or {}).get("call_rows", n)
     if isinstance(n, int) and n > 0:
         if key:
             lo, hi = wilson(tuned[key], n)

@@ -2,13 +2,16 @@
 
 Answer metrics (`exact_match`, `token_f1`, `rouge_l`, `bleu`, `semantic_similarity`) score
 generated text against references; `labelling` scores classification-style answers against
-a label set; `overfitting_alarm` reads a run's `metrics.jsonl` rows. Every function returns
+a label set; the tool-call metrics (`tool_name_accuracy`, `tool_call_exact_match`,
+`valid_json_calls`, `no_call_accuracy`, gathered by `tool_call_metrics` and `per_tool`) read
+the calls in generated text (`parse_tool_calls`) and compare them with the expected ones; `overfitting_alarm` reads a run's `metrics.jsonl` rows. Every function returns
 plain floats, lists and dicts so `json.dumps` can write the result, and heavy libraries are
 imported inside the functions so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections import Counter
@@ -30,6 +33,11 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "preference_accuracy": True,
     "pairwise_accuracy": True,
     "perplexity": False,
+    "tool_name_accuracy": True,
+    "tool_call_exact_match": True,
+    "valid_json_calls": True,
+    "no_call_accuracy": True,
+    "text_token_f1": True,
 }
 
 OTHER = "(other)"  # column for predictions that match no label
@@ -206,6 +214,184 @@ def semantic_similarity(
     # Rows are unit length, so the dot product is the cosine; clip float32 rounding past 1.
     cosines = np.clip(np.sum(pred * ref, axis=1), -1.0, 1.0)
     return float(cosines.mean())
+
+
+# --------------------------------------------------------------------------- tool calls
+
+_TOOL_CALL_TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)  # Hermes, Qwen; the last may be cut off
+_FENCE = re.compile(r"```[\w-]*\s*\n?(.*?)(?:```|$)", re.DOTALL)
+_CALL_START = re.compile(r'\[\s*\{|\{\s*"(?:name|function)"')  # where a call in JSON text begins
+_NON_SPACE = re.compile(r"\S")
+
+
+def parse_tool_calls(text: str) -> list[dict] | None:
+    """The tool calls a model wrote in `text`, each as `{"name": str, "arguments": dict}`.
+
+    Reads the shapes models write: JSON text `[{"name": ..., "arguments": ...}]` (tunesmith's
+    fallback when a chat template does not render calls) or a single such object, OpenAI's
+    `{"function": {"name", "arguments"}}`, "parameters" for "arguments", arguments as an object
+    or as JSON text, Hermes/Qwen `<tool_call>...</tool_call>` blocks, and any of these in a code
+    fence or after some text. Returns `[]` when the text makes no call (a plain answer), and
+    None when it tries to and fails: JSON that does not parse, a call without a name, or
+    arguments that are not a JSON object."""
+    tagged = _TOOL_CALL_TAG.findall(text)
+    fenced = _FENCE.findall(text) if not tagged else []
+    parts = tagged or fenced or [text]
+    calls: list[dict] = []
+    for part in parts:
+        found = _calls_in(part, whole=bool(tagged))
+        if found is None:
+            return None
+        calls += found
+    return calls
+
+
+def _calls_in(text: str, whole: bool) -> list[dict] | None:
+    """Calls in a piece of text (see `parse_tool_calls`). `whole`: the piece is one call
+    block (a <tool_call> tag), so anything in it but calls is a failed call."""
+    decoder = json.JSONDecoder()
+    calls: list[dict] = []
+    position = 0
+    while True:
+        match = (_NON_SPACE if whole else _CALL_START).search(text, position)
+        if match is None:
+            break
+        try:
+            value, end = decoder.raw_decode(text, match.start())
+        except ValueError:
+            return None  # a call begins here and is not valid JSON
+        items = value if isinstance(value, list) else [value]
+        parsed = [as_call(item) for item in items]
+        if any(p is None for p in parsed):
+            return None
+        calls += parsed
+        position = end
+    return None if whole and not calls else calls
+
+
+def as_call(value: object) -> dict | None:
+    """One call as `{"name", "arguments"}` (arguments a dict), from the model's JSON or an
+    OpenAI `tool_calls` entry; None when it is not a well-formed call."""
+    if not isinstance(value, dict):
+        return None
+    if isinstance(value.get("function"), dict):  # OpenAI's {"type": "function", "function": {...}}
+        value = value["function"]
+    name = value.get("name")
+    arguments = next((value[k] for k in ("arguments", "parameters") if k in value), None)
+    if arguments is None:  # a function without parameters
+        arguments = {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            return None
+    if not isinstance(name, str) or not name.strip() or not isinstance(arguments, dict):
+        return None
+    return {"name": name.strip(), "arguments": arguments}
+
+
+def expected_call(call: dict) -> dict:
+    """An expected call (an OpenAI `tool_calls` entry or `{"name", "arguments"}`) as
+    `{"name", "arguments"}`. Arguments that are not JSON stay text, so no output can match them."""
+    parsed = as_call(call)
+    if parsed is not None:
+        return parsed
+    function = call.get("function", call)
+    return {"name": str(function.get("name", "")), "arguments": function.get("arguments")}
+
+
+def _call_key(call: dict) -> str:
+    """A call as canonical JSON: equal arguments give equal keys whatever their key order."""
+    return json.dumps([call["name"], call["arguments"]], sort_keys=True, ensure_ascii=False)
+
+
+def _same_calls(predicted: list[dict] | None, expected: list[dict], names_only: bool) -> bool:
+    if not predicted:
+        return False
+    expected = [expected_call(c) for c in expected]
+    if names_only:
+        return sorted(c["name"] for c in predicted) == sorted(c["name"] for c in expected)
+    return sorted(map(_call_key, predicted)) == sorted(map(_call_key, expected))
+
+
+def tool_name_accuracy(predictions: list[str], references: list[list[dict]]) -> float:
+    """Share of outputs whose calls name exactly the expected functions (each as many times as
+    expected, in any order). An output with no well-formed call scores 0 on its row.
+
+    ``references`` holds each row's expected calls (OpenAI ``tool_calls`` entries or
+    ``{"name", "arguments"}``), for rows that expect at least one call."""
+    _check_lengths(predictions, references)
+    if not references:
+        return 0.0
+    hits = sum(_same_calls(parse_tool_calls(p), r, names_only=True) for p, r in zip(predictions, references))
+    return hits / len(references)
+
+
+def tool_call_exact_match(predictions: list[str], references: list[list[dict]]) -> float:
+    """Share of outputs whose calls equal the expected ones: the same function names and the
+    same arguments as parsed JSON objects (key order and spacing do not matter; values must be
+    equal, so `"2"` is not `2`). Parallel calls may come in any order; a missing or extra call
+    fails the row."""
+    _check_lengths(predictions, references)
+    if not references:
+        return 0.0
+    hits = sum(_same_calls(parse_tool_calls(p), r, names_only=False) for p, r in zip(predictions, references))
+    return hits / len(references)
+
+
+def valid_json_calls(predictions: list[str]) -> float:
+    """Share of outputs that hold at least one well-formed call (`parse_tool_calls`: JSON that
+    parses, each call with a name and object arguments), whatever the function called."""
+    if not predictions:
+        return 0.0
+    return sum(bool(parse_tool_calls(p)) for p in predictions) / len(predictions)
+
+
+def no_call_accuracy(predictions: list[str]) -> float:
+    """Share of outputs that make no call and no failed attempt at one: for rows whose
+    expected answer is text (no tool is needed, or a tool's result is to be put into words)."""
+    if not predictions:
+        return 0.0
+    return sum(parse_tool_calls(p) == [] for p in predictions) / len(predictions)
+
+
+def tool_call_metrics(predictions: list[str], expected: list[list[dict]], references: list[str]) -> dict:
+    """The tool-call task's metrics. ``expected`` holds each row's expected calls (empty for a
+    row whose answer is text), ``references`` each row's expected answer text. Rows that
+    expect calls give `tool_name_accuracy`, `tool_call_exact_match` and `valid_json_calls`;
+    rows that expect text give `no_call_accuracy` and `text_token_f1` (`token_f1` of the text
+    answers). A metric without rows to measure it on is left out."""
+    _check_lengths(predictions, expected)
+    _check_lengths(predictions, references)
+    calls = [(p, e) for p, e in zip(predictions, expected) if e]
+    texts = [(p, r) for p, r, e in zip(predictions, references, expected) if not e]
+    out: dict = {}
+    if calls:
+        said, wanted = [p for p, _ in calls], [e for _, e in calls]
+        out["tool_name_accuracy"] = tool_name_accuracy(said, wanted)
+        out["tool_call_exact_match"] = tool_call_exact_match(said, wanted)
+        out["valid_json_calls"] = valid_json_calls(said)
+    if texts:
+        said, wanted = [p for p, _ in texts], [r for _, r in texts]
+        out["no_call_accuracy"] = no_call_accuracy(said)
+        out["text_token_f1"] = token_f1(said, wanted)
+    return out
+
+
+def per_tool(predictions: list[str], expected: list[list[dict]]) -> dict:
+    """For each function the rows expect (rows with parallel calls count for each of their
+    functions): its number of rows, `tool_name_accuracy` and `tool_call_exact_match` on them."""
+    _check_lengths(predictions, expected)
+    rows: dict[str, list[int]] = {}
+    for i, calls in enumerate(expected):
+        for name in dict.fromkeys(expected_call(c)["name"] for c in calls):
+            rows.setdefault(name, []).append(i)
+    out = {}
+    for name in sorted(rows):
+        said, wanted = [predictions[i] for i in rows[name]], [expected[i] for i in rows[name]]
+        out[name] = {"rows": len(said), "tool_name_accuracy": tool_name_accuracy(said, wanted),
+                     "tool_call_exact_match": tool_call_exact_match(said, wanted)}
+    return out
 
 
 def _fmt(value: float) -> str:

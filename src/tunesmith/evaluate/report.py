@@ -50,6 +50,11 @@ METRIC_NAMES = {
     "perplexity": "perplexity",
     "preference_accuracy": "preference accuracy",
     "pairwise_accuracy": "pairwise accuracy",
+    "tool_name_accuracy": "tool name accuracy",
+    "tool_call_exact_match": "tool call exact match",
+    "valid_json_calls": "valid JSON calls",
+    "no_call_accuracy": "no call when none is due",
+    "text_token_f1": "token F1 of text answers",
 }
 
 # --------------------------------------------------------------------------- shared helpers
@@ -255,6 +260,18 @@ def test_set_line(results: dict) -> str:
     source = test.get("source") or test.get("file") or "unknown test set"
     rows = test.get("rows")
     return f"{source} ({rows:,} rows)" if isinstance(rows, int) else str(source)
+
+
+def tool_rows_line(results: dict) -> str:
+    """Which test rows the tool-call metrics were measured on (the report and the card say it alike)."""
+    calls = results.get("tool_calls") or {}
+    n, m = calls.get("call_rows") or 0, calls.get("text_rows") or 0
+    line = (f"{n:,} test rows expect a tool call: tool name accuracy, exact match (name and arguments equal as "
+            "JSON) and valid JSON calls are measured on them.")
+    if m:
+        line += (f" {m:,} expect a text answer (no tool needed, or a tool's result to put into words): no-call "
+                 "accuracy and token F1 are measured on those.")
+    return line
 
 
 # --------------------------------------------------------------------------- plots
@@ -661,6 +678,29 @@ def _labels_section(results: dict) -> str:
     return _section("labels", "Labels", body)
 
 
+def _tool_calls_section(results: dict) -> str:
+    calls = results.get("tool_calls")
+    if not calls:
+        return ""
+    body = f"<p>{_e(tool_rows_line(results))}</p>"
+    per_tool = calls.get("per_tool") or {}
+    tuned, base = per_tool.get("tuned") or {}, per_tool.get("base") or {}
+    rows = []
+    for name in sorted(set(tuned) | set(base)):
+        t, b = tuned.get(name) or {}, base.get(name) or {}
+        cells = [_e(name), _e((t or b).get("rows", ""))]
+        for key in ("tool_name_accuracy", "tool_call_exact_match"):
+            before, after = b.get(key), t.get(key)
+            cells += [_e(fmt_metric(key, before, True)), _e(fmt_metric(key, after, True)),
+                      _changed(fmt_change(key, before, after, True), direction(key, before, after))]
+        rows.append(cells)
+    if rows:
+        body += "<p>Per function expected (a row with parallel calls counts for each of its functions).</p>" + _table(
+            ["function", "rows", "base name accuracy", "tuned name accuracy", "change", "base exact match",
+             "tuned exact match", "change"], rows, "tool-calls-table", raw=True)
+    return _section("tool-calls", "Tool calls", body)
+
+
 def _judge_section(results: dict) -> str:
     judge = results.get("judge")
     if not judge:
@@ -840,6 +880,7 @@ def render_report(run_dir: str | Path, results: dict) -> str:
         _metrics_section(results),
         _training_section(run_dir, results),
         _labels_section(results),
+        _tool_calls_section(results),
         _judge_section(results),
         _forgetting_section(results),
         _bias_section(results),
@@ -856,7 +897,7 @@ def render_report(run_dir: str | Path, results: dict) -> str:
 def write_report(run_dir: str | Path, results: EvalResults | dict) -> Path:
     """Write `RUN/report.html`: the base and the tuned model side by side (metrics table and
     chart, training curves, confusion matrices, per-class scores, judge, forgetting, bias,
-    value, samples) with an alarms box on top. One self-contained file: plots are embedded
+    value, samples; per-function scores for tool calls) with an alarms box on top. One self-contained file: plots are embedded
     PNGs and nothing loads from the network. Returns the file's path."""
     run_dir = Path(run_dir)
     path = RunDir(run_dir).report_file
@@ -927,8 +968,8 @@ def render_study_report(summary: dict) -> str:
     """The study page as an HTML string (see `write_study_report`)."""
     best, counts = summary["best"], summary["counts"]
     parts = [f"<h1>tunesmith study: {_e(summary['study'])}</h1>",
-             f'<p class="sub">objective: {_e(summary["metric"])} ({_e(summary["direction"])}) on validation data; '
-             f"{counts['complete']} trials finished, {counts['pruned']} pruned, {counts['fail']} failed</p>"]
+             (f'<p class="sub">objective: {_e(summary["metric"])} ({_e(summary["direction"])}) on validation data; '
+             f"{counts['complete']} trials finished, {counts['pruned']} pruned, {counts['fail']} failed</p>")]
     if best:
         rows = [["trial", str(best["number"])], [summary["metric"], _value(best["value"])], ["run", best["run_dir"] or "-"]]
         rows += [[name, _value(value)] for name, value in best["params"].items()]

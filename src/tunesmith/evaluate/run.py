@@ -9,8 +9,17 @@ What is measured follows the run's last stage and the test data:
 | labels | a classifier, or answers that are labels (text+label data, few short answers) | accuracy, macro-F1, per class, confusion |
 | generation | chat / instruction data | exact match, token F1, ROUGE-L, BLEU, perplexity, MiniLM similarity |
 | preference | a generative model tested on preference pairs | the above against the chosen answer, and preference accuracy |
+| tool_calls | chat data whose expected answer is a tool call (an assistant turn with `tool_calls`) in at least one test row | on rows expecting calls: tool name accuracy, exact match of name and arguments as JSON, share of valid JSON calls, per function; on rows expecting text (no tool needed, or a tool's result to put into words): no-call accuracy and token F1 |
 | text | continued pretraining, or raw-text test data | perplexity |
 | reward | a reward model | pairwise accuracy (the base: its own likelihood of each answer) |
+
+A test row is its conversation up to the last assistant turn, which is the expected answer.
+Rows with tools are rendered as training rendered them (`formats.template_inputs`: the tool
+definitions and earlier calls through the chat template, or as JSON text when it does not
+render them), and `metrics.parse_tool_calls` reads the calls out of the generated text. A
+mixed file is one tool_calls task rather than two: whether the model calls when it should and
+answers when it should is the question, so both kinds of rows are scored in it. Perplexity is
+not measured there (a call's text depends on how the template writes it).
 
 Each model is loaded once and measured completely before the other is loaded, so memory
 holds one model at a time.
@@ -29,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tunesmith.config import EvalConfig, RunConfig
-from tunesmith.data.formats import load_data
+from tunesmith.data.formats import load_data, template_inputs
 from tunesmith.data.load import write_jsonl
 from tunesmith.data.rows import (
     chat_tokens,
@@ -121,6 +130,12 @@ def evaluate_run(
     sides = {side: measure(side, run, top, config, task, opts, progress) for side in ("base", "tuned")}
     base, tuned = sides["base"], sides["tuned"]
     results["metrics"] = {side: sides[side]["metrics"] for side in sides}
+    if task.kind == "tool_calls":
+        results["tool_calls"] = {
+            "call_rows": sum(bool(c) for c in task.calls),
+            "text_rows": sum(not c for c in task.calls),
+            "per_tool": {side: sides[side]["per_tool"] for side in sides},
+        }
     if task.kind == "labels":
         results["labels"] = {
             "labels": tuned["labelling"]["labels"],
@@ -144,10 +159,13 @@ def evaluate_run(
     results["seconds"] = round(time.perf_counter() - start, 1)
 
     if tuned.get("answers"):
-        write_jsonl(folder.eval_dir / "answers.jsonl", [
-            {"prompt": p, "reference": r, "base": b, "tuned": t}
-            for p, r, b, t in zip(task.requests, task.references, base["answers"], tuned["answers"])
-        ])
+        rows = [{"prompt": p, "reference": r, "base": b, "tuned": t}
+                for p, r, b, t in zip(task.requests, task.references, base["answers"], tuned["answers"])]
+        if task.kind == "tool_calls":  # the calls as parsed: what the metrics compared
+            for row, expected in zip(rows, task.calls):
+                row["calls"] = {"expected": [M.expected_call(c) for c in expected],
+                                "base": M.parse_tool_calls(row["base"]), "tuned": M.parse_tool_calls(row["tuned"])}
+        write_jsonl(folder.eval_dir / "answers.jsonl", rows)
     evaluation = EvalResults.model_validate(results)
     folder.results_file.write_text(json.dumps(evaluation.to_json(), indent=2, ensure_ascii=False))
     write_report(run, evaluation)
@@ -182,8 +200,10 @@ class Task:
     kind: str
     classifier: bool = False  # the tuned model is a classification head, not a generator
     prompts: list[list[dict]] = field(default_factory=list)  # conversations to answer
+    tools: list[list[dict] | None] | None = None  # each conversation's tool definitions, when any has some
     requests: list[str] = field(default_factory=list)  # their last user turn: judge, bias probes, samples
     references: list[str] = field(default_factory=list)  # the answers expected
+    calls: list[list[dict]] = field(default_factory=list)  # tool_calls: each row's expected calls ([]: text)
     pairs: list[dict] = field(default_factory=list)  # preference pairs (preference, reward)
     texts: list[str] = field(default_factory=list)  # raw text (text kind) or texts to classify
     labels: list[str] = field(default_factory=list)  # a classifier's label set
@@ -209,16 +229,21 @@ class Task:
             task.texts = [r["text"] for r in rows]
             task.requests, task.references = task.texts, [r["label"] for r in rows]
             return task
-        rows = [r for r in load_prompts(data, config) if r["answer"]]
+        rows = [r for r in load_prompts(data, config, tools=True) if r["answer"] or r["calls"]]
         if not rows:
             raise DataError(f"{data.path}: no test row has a reference answer to compare with.")
-        references = [r["answer"] for r in rows]
-        labelling = is_labelling(data.task, references, _training_answers(config))
-        kind = "preference" if data.task == "preference" else "labels" if labelling else "generation"
+        references = [call_text(r["answer"], r["calls"]) for r in rows]
+        if any(r["calls"] for r in rows):
+            kind = "tool_calls"
+        else:
+            labelling = is_labelling(data.task, references, _training_answers(config))
+            kind = "preference" if data.task == "preference" else "labels" if labelling else "generation"
         task = cls(kind)
         task.prompts = [r["prompt"] for r in rows]
+        task.tools = [r["tools"] for r in rows] if any(r["tools"] for r in rows) else None
         task.requests = [last_user(p) for p in task.prompts]
         task.references = references
+        task.calls = [r["calls"] for r in rows]
         if kind == "preference":
             task.pairs = data.records
         task.max_new_tokens = opts.max_new_tokens or _answer_budget(references, config)
@@ -247,6 +272,15 @@ def _training_answers(config: RunConfig) -> list[str] | None:
         return None
 
 
+def call_text(answer: str, calls: list[dict]) -> str:
+    """An expected answer as text: its content, then its tool calls as JSON, the way training
+    writes them when the chat template does not (for samples, the judge and the token budget)."""
+    if not calls:
+        return answer
+    listed = json.dumps([M.expected_call(c) for c in calls], ensure_ascii=False)
+    return f"{answer}\n{listed}" if answer else listed
+
+
 def last_user(messages: list[dict]) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
@@ -272,8 +306,14 @@ def measure(side: str, run: Path, top: RunConfig, config: RunConfig, task: Task,
         out["answers"] = answer_fn(task.texts, f"{side}: labelling the test set")
         out["labelling"] = M.labelling(out["answers"], task.references, labels=task.labels or None)
         out["metrics"] = {k: out["labelling"][k] for k in ("accuracy", "macro_f1")}
+    elif task.kind == "tool_calls":
+        answers = generate(model, task.prompts, task.max_new_tokens, batch_size=opts.batch_size, tools=task.tools,
+                           on_batch=step(f"{side}: answering the test set", len(task.prompts)))
+        out["answers"] = answers
+        out["metrics"] = M.tool_call_metrics(answers, task.calls, task.references)
+        out["per_tool"] = M.per_tool(answers, task.calls)
     elif task.kind in ("labels", "generation", "preference"):
-        answers = generate(model, task.prompts, task.max_new_tokens, batch_size=opts.batch_size,
+        answers = generate(model, task.prompts, task.max_new_tokens, batch_size=opts.batch_size, tools=task.tools,
                            on_batch=step(f"{side}: answering the test set", len(task.prompts)))
         out["answers"] = answers
         if task.kind == "labels":
@@ -281,7 +321,7 @@ def measure(side: str, run: Path, top: RunConfig, config: RunConfig, task: Task,
             out["metrics"] = {k: out["labelling"][k] for k in ("accuracy", "macro_f1")}
         else:
             out["metrics"] = {name: getattr(M, name)(answers, task.references) for name in GENERATION_METRICS}
-        items = answer_items(model, task.prompts, task.references)
+        items = answer_items(model, task.prompts, task.references, task.tools)
         out["metrics"]["perplexity"] = perplexity(
             model.model, model.tokenizer, items, opts.batch_size, step(f"{side}: perplexity of the references", len(items)))
         if task.kind == "preference":
@@ -359,14 +399,16 @@ def _label_fn(side: str, model, task: Task, opts: EvalConfig, step):
 # --------------------------------------------------------------------------- perplexity
 
 
-def answer_items(loaded, prompts: list[list[dict]], answers: list[str]) -> list[tuple[list[int], int]]:
+def answer_items(loaded, prompts: list[list[dict]], answers: list[str],
+                 tools: list[list[dict] | None] | None = None) -> list[tuple[list[int], int]]:
     """(token ids, first scored position) of each prompt + reference answer: only the answer's
-    tokens (and the end-of-turn token) are scored, as in training."""
+    tokens (and the end-of-turn token) are scored, as in training (tools rendered as there)."""
     tokenizer, items = loaded.tokenizer, []
-    for prompt, answer in zip(prompts, answers):
-        prompt = with_system(prompt, loaded.system_prompt)
-        prefix = chat_tokens(prompt, tokenizer, generation_prompt=True)
-        full = chat_tokens(prompt + [{"role": "assistant", "content": answer}], tokenizer)
+    for prompt, answer, row_tools in zip(prompts, answers, tools or [None] * len(prompts)):
+        messages, row_tools = template_inputs(
+            with_system(prompt, loaded.system_prompt) + [{"role": "assistant", "content": answer}], row_tools, tokenizer)
+        prefix = chat_tokens(messages[:-1], tokenizer, generation_prompt=True, tools=row_tools)
+        full = chat_tokens(messages, tokenizer, tools=row_tools)
         if full[: len(prefix)] == prefix and len(prefix) < MAX_SCORED_LENGTH:
             items.append((full[:MAX_SCORED_LENGTH], len(prefix)))
     return items
@@ -511,7 +553,7 @@ def _bias(side: str, model, task: Task, opts: EvalConfig, step) -> dict:
     pairs = template_pairs() + counterfactuals(task.requests)
     if task.classifier:
         label = _label_fn(side, model, task, opts, step)
-        answer = lambda texts: label(texts, f"{side}: bias probes")  # noqa: E731
+        answer = lambda texts: label(texts, f"{side}: bias probes")
     else:
         budget = min(task.max_new_tokens, BIAS_MAX_NEW_TOKENS)
 
@@ -528,7 +570,7 @@ def _value(tuned: dict, task: Task, opts: EvalConfig, skipped: dict) -> dict | N
     if not (opts.minutes_per_item and opts.items_per_week):
         skipped["value"] = "give --minutes-per-item and --items-per-week for an estimate of hours saved"
         return None
-    metric = "accuracy" if "accuracy" in tuned else "exact_match" if "exact_match" in tuned else None
+    metric = next((m for m in ("accuracy", "exact_match", "tool_call_exact_match") if m in tuned), None)
     if metric is None:
         skipped["value"] = f"a {task.kind} run has no accuracy to base the estimate on"
         return None

@@ -1,4 +1,5 @@
-"""Generation: load a base model or a fine-tuned run (base + adapter) and answer chats."""
+"""Generation: load a base model or a fine-tuned run (base + adapter) and answer chats,
+with the tools each conversation offers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.data.formats import template_inputs
 from tunesmith.data.load import read_records
 from tunesmith.errors import DataError, ModelError
 from tunesmith.models import load_model, load_tokenizer
@@ -74,19 +76,29 @@ def generate(
     batch_size: int = 16,
     on_batch: Callable[[int], None] | None = None,
     top_p: float = 1.0,
+    tools: list[list[dict] | None] | None = None,
 ) -> list[str]:
     """Answer each conversation (a list of messages ending with a user turn, or with a partial
     assistant turn to continue, which returns only the continuation). Greedy when
     `temperature` is 0, else sampled (nucleus sampling when `top_p` < 1). Generation stops
-    at the tokenizer's end-of-turn token."""
+    at the tokenizer's end-of-turn token.
+
+    `tools` gives each conversation's tool definitions (OpenAI's `tools`, or None). Tools and
+    earlier tool calls are rendered as SFT training rendered them (`formats.template_inputs`:
+    through the chat template when it renders them, else as JSON text), so a tuned model sees
+    its prompts the way it learnt them; `evaluate.metrics.parse_tool_calls` reads the calls
+    out of the answers."""
     import torch
 
+    if tools is not None and len(tools) != len(conversations):
+        raise ValueError(f"tools has {len(tools)} entries for {len(conversations)} conversations; give one per conversation.")
     tokenizer, model = loaded.tokenizer, loaded.model
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     answers: list[str] = []
     for start in range(0, len(conversations), batch_size):
         batch = [with_system(c, loaded.system_prompt) for c in conversations[start : start + batch_size]]
-        texts = [_chat_text(tokenizer, c) for c in batch]
+        batch_tools = tools[start : start + batch_size] if tools is not None else [None] * len(batch)
+        texts = [_chat_text(tokenizer, *template_inputs(c, t, tokenizer)) for c, t in zip(batch, batch_tools)]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
         with torch.inference_mode():
@@ -104,12 +116,12 @@ def generate(
     return [a.strip() for a in answers]
 
 
-def _chat_text(tokenizer, messages: list[dict]) -> str:
-    """The prompt text: a conversation ending with a user turn gets the assistant header; one
-    ending with a partial assistant turn is continued from where it stops (prefill)."""
+def _chat_text(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The prompt text: a conversation ending with a user (or tool) turn gets the assistant
+    header; one ending with a partial assistant turn is continued from where it stops (prefill)."""
     if messages and messages[-1]["role"] == "assistant":
-        return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, continue_final_message=True)
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
 
 
 def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
@@ -135,5 +147,4 @@ def read_prompts(path: str) -> list[list[dict]]:
         else:
             raise DataError(f"{path}, row {record.row}: expected a 'messages', 'prompt' or 'text' field.")
     return conversations
-
 
