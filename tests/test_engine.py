@@ -90,13 +90,17 @@ def test_read_prompts_accepts_messages_prompt_and_text(tmp_path):
         {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "reference"}]},
         {"prompt": "q2"},
         {"text": "q3"},
+        {"messages": [{"role": "user", "content": "q4"}], "tools": [{"type": "function", "function": {"name": "f"}}]},
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert read_prompts(str(path)) == [
+    conversations, tools = read_prompts(str(path))
+    assert conversations == [
         [{"role": "user", "content": "q1"}],
         [{"role": "user", "content": "q2"}],
         [{"role": "user", "content": "q3"}],
+        [{"role": "user", "content": "q4"}],
     ]
+    assert tools == [None, None, None, rows[3]["tools"]]  # the row's tools go with its prompt
 
 
 def test_read_prompts_bad_row_names_the_row(tmp_path):

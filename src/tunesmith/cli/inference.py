@@ -42,14 +42,16 @@ def generate_cmd(
 
     if (prompt is None) == (file is None):
         raise TunesmithError("Give exactly one of --prompt TEXT or --file FILE.")
-    conversations = [[{"role": "user", "content": prompt}]] if prompt is not None else read_prompts(file)
+    conversations, tools = ([[{"role": "user", "content": prompt}]], [None]) if prompt is not None else read_prompts(file)
     convert_builtin_once(target)
     with err.status("loading model"):
         loaded = load_for_inference(target, base=base)
     with progress_for(err, "generating", len(conversations)) as progress:
-        answers = generate(loaded, conversations, max_new_tokens, temperature, batch_size, on_batch=progress.advance)
+        answers = generate(loaded, conversations, max_new_tokens, temperature, batch_size, on_batch=progress.advance,
+                           tools=tools)
     if out:
-        write_jsonl(out, [{"messages": c, "answer": a} for c, a in zip(conversations, answers)])
+        write_jsonl(out, [{"messages": c, "answer": a} | ({"tools": t} if t else {})
+                          for c, a, t in zip(conversations, answers, tools)])
         err.print(f"wrote {len(answers)} answers to {out}")
     elif prompt is not None:
         console.print(answers[0])

@@ -131,10 +131,11 @@ def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
     return messages
 
 
-def read_prompts(path: str) -> list[list[dict]]:
+def read_prompts(path: str) -> tuple[list[list[dict]], list[list[dict] | None]]:
     """Prompts for batched generation, one per row: `{"messages": [...]}` (answered after its
-    last user turn), `{"prompt": "..."}`, `{"text": "..."}`, or a line of a .txt file."""
-    conversations = []
+    last user turn; a row-level OpenAI `tools` list goes with it), `{"prompt": "..."}`,
+    `{"text": "..."}`, or a line of a .txt file. Returns (conversations, tools per conversation)."""
+    conversations, tools = [], []
     for record in read_records(path):
         row = record.data
         if isinstance(row.get("messages"), list):
@@ -142,9 +143,11 @@ def read_prompts(path: str) -> list[list[dict]]:
             while messages and messages[-1].get("role") == "assistant":
                 messages.pop()  # answer the question, not the reference answer
             conversations.append(messages)
+            tools.append(row.get("tools") or None)
         elif isinstance(row.get("prompt"), str) or isinstance(row.get("text"), str):
             conversations.append([{"role": "user", "content": row.get("prompt") or row["text"]}])
+            tools.append(None)
         else:
             raise DataError(f"{path}, row {record.row}: expected a 'messages', 'prompt' or 'text' field.")
-    return conversations
+    return conversations, tools
 
