@@ -142,7 +142,7 @@ def test_models_list_their_metrics_alarms_and_weights(service, evaluated_job):  
     assert m["job"] == job["id"] and m["base"] == "tiny" and m["method"] == "sft" and m["adapter"] == "lora"
     assert m["test_rows"] == 22 and set(m["metrics"]) == {"base", "tuned"} and m["metrics"]["tuned"]
     assert isinstance(m["alarms"], list)
-    assert m["weights"] == ["adapter", "merged"]
+    assert m["weights"] == ["adapter", "merged", "gguf", "ollama", "onnx"]
     assert all(other["id"] != m["id"] for other in call(service, "GET", "/tunesmith/models", "globex").json()["data"])
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from tunesmith.cli import data, evaluate, inference, models, service, train
+from tunesmith.cli import data, evaluate, export, inference, models, service, train
 
 app = typer.Typer(help="Turn a general-purpose LLM into a specialist for your task.", no_args_is_help=True)
 
@@ -18,6 +18,7 @@ app.command("score")(inference.score_cmd)
 app.command("eval")(evaluate.eval_cmd)
 app.command("generate")(inference.generate_cmd)
 app.command("chat")(inference.chat_cmd)
+app.command("export")(export.export_cmd)
 app.command("quickstart")(train.quickstart_cmd)
 app.command("tune")(train.tune_cmd)
 app.command("auto")(train.auto_cmd)

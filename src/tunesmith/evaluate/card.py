@@ -34,6 +34,7 @@ from tunesmith.evaluate.report import (
     value_line,
     verdict,
 )
+from tunesmith.export.build import export_reports
 from tunesmith.models import BUILTIN_MODELS
 from tunesmith.runs import CONFIG_FILE, EvalResults, RunDir
 
@@ -698,6 +699,42 @@ def _how_to_use(run: _Run) -> str:
     return "## How to use\n\n```bash\n" + "\n".join(lines) + "\n```"
 
 
+def _deployment_section(run: _Run) -> str:
+    """The run's exports (`tunesmith export`), each with how its file did against the PyTorch model."""
+    reports = export_reports(run.dir)
+    if not reports:
+        return (f"## Deployment\n\nNot exported yet: `tunesmith export {run.name} --format gguf|ollama|onnx|hf` writes "
+                "the model for llama.cpp, Ollama, onnxruntime or transformers and checks it against this model.")
+    out = ["## Deployment", "", ("Each export was loaded in its runtime and answered the run's test rows greedily, "
+           "compared with the PyTorch model (agreement: the share of identical answers or labels).")]
+    for report in reports:
+        size = sum(f["bytes"] for f in report["files"]) / 1e6
+        kind = report["format"] + (f" {report['quant']}" if report.get("quant") else "") + (" LoRA" if report.get("lora") else "")
+        folder = Path(report["folder"])
+        where = folder.relative_to(run.dir) if folder.is_relative_to(run.dir) else folder.name
+        out += ["", f"### {kind} (`{where}`, {size:.1f} MB)", ""]
+        if report["checks"]:
+            out.append(_table(["runtime", "type", "load s", "speed", "agreement", "token agreement", "answers stop",
+                               "test metric"], [
+                [r["runtime"], r["type"], "-" if r["load_s"] is None else _number(r["load_s"]), f"{_number(r['speed'])} {r['unit']}",
+                 _pct(r["agreement"]), _pct(r.get("token_agreement")), _pct(r["stop_share"]), _pct(r["metric"])]
+                for r in report["checks"]]))
+        else:
+            out.append("Not verified (exported with --no-verify).")
+        out += ["", "```bash", *report["use"], "```"]
+    return "\n".join(out)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def refresh_card(run_dir: str | Path) -> Path | None:
+    """Write the model card again from the saved evaluation (after an export), if the run has one."""
+    results = RunDir(Path(run_dir)).results()
+    return write_card(run_dir, results) if results else None
+
+
 def _reproduce(run: _Run) -> str:
     return (
         "## Reproduce\n\n`config.yaml` holds every resolved setting and the seed, so the same data trains the same "
@@ -722,6 +759,7 @@ def render_card(run_dir: str | Path, results: dict) -> str:
         _limitations(run),
         _ethics(run),
         _how_to_use(run),
+        _deployment_section(run),
         _reproduce(run),
     ]
     return _front_matter(run) + "\n" + "\n\n".join(s for s in sections if s) + "\n"

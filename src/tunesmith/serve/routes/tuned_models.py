@@ -1,6 +1,9 @@
 """The project's fine-tuned models as tunesmith shows them (before/after metrics, alarms, the
-weights there are), and their weights to download: with the API key, or with a signed link
-that a browser can follow without one. Under /v1/tunesmith/models."""
+weights there are), and their weights or exports to download: with the API key, or with a
+signed link that a browser can follow without one. Under /v1/tunesmith/models.
+
+An export (gguf, ollama, onnx) is built and verified on the first request for it (see
+`export.build`), then kept in the run folder; its zip holds the verification's report.json."""
 
 from __future__ import annotations
 
@@ -17,8 +20,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
+from tunesmith.evaluate.card import refresh_card
 from tunesmith.evaluate.report import alarms
-from tunesmith.export.merge import save_merged
+from tunesmith.export.build import export_run
+from tunesmith.export.hf import export_hf
 from tunesmith.jobs.store import Model
 from tunesmith.runs import RunDir
 from tunesmith.serve.deps import (
@@ -36,7 +41,8 @@ from tunesmith.train.common import PROMPT_LEARNING
 
 router = APIRouter(prefix="/tunesmith/models", tags=["tunesmith"])
 
-Weights = Literal["adapter", "merged", "full"]
+Weights = Literal["adapter", "merged", "full", "gguf", "ollama", "onnx"]
+EXPORTS = ("gguf", "ollama", "onnx")  # built by `export_run`, verified, on the first request
 LINK_SECONDS = 600
 
 
@@ -48,13 +54,19 @@ def final_of(model: Model) -> RunDir:
 
 def weights_of(model: Model) -> list[str]:
     """What can be downloaded: `adapter` and `merged` for an adapter run (prompt learning:
-    the adapter only), `full` for a full fine-tune."""
+    the adapter only), `full` for a full fine-tune; then the exports the model can take: GGUF
+    and Ollama for a language model, ONNX for a language model or a classifier."""
     final = final_of(model)
     if final.full_weights:
-        return ["full"]
-    if not final.adapter:
+        weights = ["full"]
+    elif not final.adapter:
         return []
-    return ["adapter"] if final.config.method.adapter in PROMPT_LEARNING else ["adapter", "merged"]
+    elif final.config.method.adapter in PROMPT_LEARNING:
+        return ["adapter"]
+    else:
+        weights = ["adapter", "merged"]
+    stage = final.stage
+    return weights + (["onnx"] if stage == "classify" else [] if stage == "reward" else list(EXPORTS))
 
 
 def model_details(model: Model) -> dict:
@@ -93,7 +105,8 @@ def weights_archive(model: Model, weights: str) -> Path:
     if out.exists():
         return out
     folder = {"adapter": lambda: final.adapter, "full": lambda: final.full_weights,
-              "merged": lambda: save_merged(final.path)}[weights]()
+              "merged": lambda: export_hf(run.path, run.exports / "hf"),
+              **{fmt: lambda fmt=fmt: _export(run.path, fmt) for fmt in EXPORTS}}[weights]()
     out.parent.mkdir(exist_ok=True)
     tmp = out.with_suffix(f".tmp-{secrets.token_hex(4)}")
     name = model.id.replace(":", "-")
@@ -103,12 +116,20 @@ def weights_archive(model: Model, weights: str) -> Path:
             if item == folder / "README.md" and card.exists():
                 continue  # PEFT's template README: the model card replaces it
             # Weights hardly compress; the small text files do.
-            kind = zipfile.ZIP_STORED if item.suffix in (".safetensors", ".bin", ".pt") else zipfile.ZIP_DEFLATED
+            kind = zipfile.ZIP_STORED if item.suffix in (".safetensors", ".bin", ".pt", ".gguf", ".onnx") else zipfile.ZIP_DEFLATED
             z.write(item, f"{name}/{item.relative_to(folder)}", compress_type=kind)
         if card.exists():
             z.write(card, f"{name}/README.md", compress_type=zipfile.ZIP_DEFLATED)
     tmp.replace(out)
     return out
+
+
+def _export(run: Path, fmt: str) -> Path:
+    """Export and verify the run in `fmt` (its default type), then write its model card again with
+    the new deployment figures. Returns the export's folder."""
+    folder = Path(export_run(run, fmt)["folder"])
+    refresh_card(run)
+    return folder
 
 
 def link_key(settings: Settings) -> bytes:

@@ -489,7 +489,7 @@ async function playground(main, modelId) {
 
 // ------------------------------------------------------------------ models
 
-const WEIGHTS = { adapter: "Adapter", merged: "Merged model", full: "Full weights" };
+const WEIGHTS = { adapter: "Adapter", merged: "Merged model", full: "Full weights", gguf: "GGUF", ollama: "Ollama", onnx: "ONNX" };
 
 async function models(main) {
   main.append(el("h1", {}, "Models"));
@@ -500,7 +500,7 @@ async function models(main) {
     return Object.keys(m.metrics.tuned).slice(0, 2).map((k) => el("div", {}, `${k.replace(/_/g, " ")}: ${fmt(m.metrics.base[k], 3)} → `,
       el("strong", {}, fmt(m.metrics.tuned[k], 3))));
   };
-  // The zip is built on the server first (merging takes a while), then fetched by a signed link,
+  // The zip is built on the server first (merging, or exporting and verifying, takes a while), then fetched by a signed link,
   // so the browser downloads it straight to disk rather than through memory.
   const download = (m, weights) => action(WEIGHTS[weights], async () => {
     const link = await api(`/tunesmith/models/download_link?model=${encodeURIComponent(m.id)}&weights=${weights}`, { method: "POST" });
@@ -519,7 +519,7 @@ async function models(main) {
         await api(`/models/${encodeURIComponent(m.id)}`, { method: "DELETE" });
         route();
       }, "danger"))))),
-  el("p", { class: "hint" }, "Adapter: the small trained file to load on top of the base model (PEFT). Merged model: the adapter folded into the base, a plain model folder any tool loads. Each download is a zip with the model card as README.md."),
+  el("p", { class: "hint" }, "Adapter: the small trained file to load on top of the base model (PEFT). Merged model: the adapter folded into the base, a plain model folder any tool loads. GGUF: one file for llama.cpp and LM Studio (8-bit); Ollama: the GGUF with a Modelfile (ollama create NAME -f Modelfile); ONNX: float32 and int8 graphs for onnxruntime. Each export is built on first request and checked against the tuned model; its zip holds the check's report.json and the model card as README.md."),
   el("h2", {}, "Base models"), table(["model"], all.data.filter((m) => m.owned_by === "tunesmith").map((m) => el("tr", {}, el("td", {}, m.id)))));
 }
 
