@@ -184,11 +184,22 @@ def _serve_load(tmp_path, model):
     assert result["memory"]["engine"]["peak_rss_mb"] > 0
 
 
+def _export_edge(tmp_path, model):
+    out = tmp_path / "export_edge.json"
+    _run("export_edge.py", ["--model", model, "--steps", 1, "--rows", 2, "--formats", "hf,gguf:q8_0",
+                            "--out", tmp_path / "out", "--results", out], tmp_path)
+    result = json.loads(out.read_text())
+    table = result["table"]
+    assert table[0]["runtime"] == "pytorch" and [r["format"] for r in table].count("pytorch") == 1
+    assert {"hf", "gguf"} <= {r["format"] for r in table} and all(r["speed_vs_pytorch"] for r in table)
+
+
 SMOKE_RUNS = {
     "align_hh_rlhf": _align_hh_rlhf,
     "classify_vs_generate": _classify_vs_generate,
     "data_gate": _data_gate,
     "ddp_scaling": _ddp_scaling,
+    "export_edge": _export_edge,
     "load": _load,
     "peft_methods": _peft_methods,
     "serve_load": _serve_load,
