@@ -163,6 +163,17 @@ def _zip(r) -> zipfile.ZipFile:
     return zipfile.ZipFile(io.BytesIO(r.content))
 
 
+def test_download_a_gguf_export_verified_on_first_request(service, evaluated_job):  # noqa: F811
+    model_id = evaluated_job["job"]["fine_tuned_model"]
+    archive = _zip(call(service, "GET", "/tunesmith/models/download", params={"model": model_id, "weights": "gguf"}))
+    top = model_id.replace(":", "-")
+    assert {f"{top}/model.gguf", f"{top}/report.json", f"{top}/README.md"} <= set(archive.namelist())
+    report = json.loads(archive.read(f"{top}/report.json"))
+    assert report["format"] == "gguf" and report["verified"] and report["checks"][0]["runtime"] == "pytorch"
+    # The card in the zip was written after the export: it shows the export's figures.
+    assert "## Deployment" in archive.read(f"{top}/README.md").decode()
+
+
 def test_download_the_adapter_and_the_merged_model(service, evaluated_job, tmp_path):  # noqa: F811
     import torch
     from transformers import AutoModelForCausalLM
