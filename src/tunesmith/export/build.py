@@ -24,13 +24,11 @@ from tunesmith.export.hf import export_hf
 from tunesmith.export.ollama import export_ollama
 from tunesmith.export.onnx import export_onnx
 from tunesmith.export.verify import (
-    agreement,
     answer_budget,
+    answer_figures,
     check_figures,
-    exact_match,
     greedy_answers,
     reference,
-    stop_share,
     verification_rows,
 )
 from tunesmith.runs import RunDir
@@ -128,11 +126,8 @@ def verify_hf(run: Path, out: Path, limit: int = 16) -> dict:
     stops = GenerationConfig.from_pretrained(out).eos_token_id
     answers = greedy_answers(model, tokenizer, prompts, budget, RunDir(run).final.config.data.system_prompt,
                              stop_ids=stops if isinstance(stops, list) else [stops])
-    runtime = {"tokens_per_s": answers.tokens_per_s, "stop_share": stop_share(answers.stopped),
-               "exact_match": exact_match(answers.texts, references),
-               "agreement": agreement(torch_answers.texts, answers.texts), "load_s": round(load_s, 2)}
-    pytorch = {"tokens_per_s": torch_answers.tokens_per_s, "stop_share": stop_share(torch_answers.stopped),
-               "exact_match": exact_match(torch_answers.texts, references)}
+    runtime = answer_figures(answers, torch_answers, references) | {"load_s": round(load_s, 2)}
+    pytorch = answer_figures(torch_answers, None, references)
     check_figures("The exported folder in transformers", "f32", runtime | {"prompts": len(prompts), "max_new_tokens": budget},
                   pytorch)
     return {"verification": {"prompts": len(prompts), "source": source, "max_new_tokens": budget, "pytorch": pytorch,

@@ -32,15 +32,11 @@ from tunesmith.export.hf import adds_bos, stop_token_ids
 from tunesmith.export.merge import save_merged
 from tunesmith.export.verify import (
     Answers,
-    agreement,
     answer_budget,
+    answer_figures,
     check_figures,
-    differences,
-    exact_match,
     greedy_answers,
-    prefix_agreement,
     reference,
-    stop_share,
     token_agreement,
     verification_rows,
 )
@@ -467,10 +463,10 @@ def export_gguf_lora(run: Path, out: Path, quant: str = "f16", base_quant: str =
     torch_answers = reference(folder.path, prompts, budget)
     start = time.perf_counter()
     answers, load_s, tokens = _llama_cpp_answers(base, prompts, budget, system, torch_answers, lora=adapter)
-    cpp = {"load_s": round(load_s, 2), "token_agreement": tokens} | _figures(answers, torch_answers, references)
+    cpp = {"load_s": round(load_s, 2), "token_agreement": tokens} | answer_figures(answers, torch_answers, references)
     cpp["seconds"] = round(time.perf_counter() - start, 2)
     figures["verification"] = {"prompts": len(prompts), "source": source, "max_new_tokens": budget,
-                               "pytorch": _figures(torch_answers, None, references), "runtimes": {"llama.cpp": cpp}}
+                               "pytorch": answer_figures(torch_answers, None, references), "runtimes": {"llama.cpp": cpp}}
     # The base is quantised as `base_quant`: its tolerance is the one that applies.
     check_figures(f"The {base_quant} base with the {quant} LoRA adapter in llama.cpp", base_quant,
                   cpp | {"prompts": len(prompts), "max_new_tokens": budget}, figures["verification"]["pytorch"])
@@ -549,7 +545,7 @@ def verify_gguf(run: Path, path: Path, quant: str, limit: int = 16, max_new_toke
         "prompts": len(prompts),
         "source": source,
         "max_new_tokens": budget,
-        "pytorch": _figures(torch_answers, None, references),
+        "pytorch": answer_figures(torch_answers, None, references),
         "runtimes": {},
     }
     runtimes = {"transformers": _transformers_answers}
@@ -562,25 +558,12 @@ def verify_gguf(run: Path, path: Path, quant: str, limit: int = 16, max_new_toke
     for name, answer in runtimes.items():
         start = time.perf_counter()
         answers, load_s, tokens = answer(path, prompts, budget, system, torch_answers)
-        figures = {"load_s": round(load_s, 2), "token_agreement": tokens} | _figures(answers, torch_answers, references)
+        figures = {"load_s": round(load_s, 2), "token_agreement": tokens} | answer_figures(answers, torch_answers, references)
         result["runtimes"][name] = figures | {"seconds": round(time.perf_counter() - start, 2)}
     for name, figures in result["runtimes"].items() if check else ():
         check_figures(f"The {quant} GGUF file in {name}", quant, figures | {"prompts": len(prompts), "max_new_tokens": budget},
                       result["pytorch"])
     return result
-
-
-def _figures(answers: Answers, torch_answers: Answers | None, references: list[str]) -> dict:
-    figures = {
-        "tokens_per_s": answers.tokens_per_s,
-        "stop_share": stop_share(answers.stopped),
-        "exact_match": exact_match(answers.texts, references),
-    }
-    if torch_answers is not None:
-        figures["agreement"] = agreement(torch_answers.texts, answers.texts)
-        figures["prefix_agreement"] = prefix_agreement(torch_answers.texts, answers.texts)
-        figures["differences"] = differences(torch_answers.texts, answers.texts)
-    return figures
 
 
 def _transformers_answers(path: Path, prompts, max_new_tokens: int, system: str | None,

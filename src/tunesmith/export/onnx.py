@@ -17,6 +17,7 @@ changed a third of SmolLM2's answer tokens (`quantize_int8`).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import shutil
@@ -33,14 +34,10 @@ from tunesmith.export.merge import save_merged
 from tunesmith.export.verify import (
     METRIC_TOLERANCE,
     TOKEN_TOLERANCE,
-    Answers,
     agreement,
     answer_budget,
-    differences,
-    exact_match,
+    answer_figures,
     greedy_answers,
-    prefix_agreement,
-    stop_share,
     token_agreement,
     verification_rows,
 )
@@ -51,7 +48,8 @@ ONNX_FILE = "model.onnx"  # float32, the name optimum and transformers.js look f
 INT8_FILE = "model_int8.onnx"
 # What each file must keep, in `verify`'s measures: PyTorch's answer tokens (teacher-forced, see
 # `verify.token_agreement`) and test metric, as GGUF's float32 and q8_0 files must (int8 is 8-bit
-# too); a classifier's labels, which come from one argmax over a few logits.
+# too); a classifier's labels, checked whatever its accuracy, since an accuracy near chance cannot
+# tell a broken file (SmolLM2 after 3 steps: int8 weights kept 93% of its labels, dynamic int8 40%).
 TOKENS_KEPT = {"float32": TOKEN_TOLERANCE["f32"], "int8": TOKEN_TOLERANCE["q8_0"]}
 METRIC_DROP = {"float32": METRIC_TOLERANCE["f32"], "int8": METRIC_TOLERANCE["q8_0"]}  # plus one row's worth
 LABELS_KEPT = {"float32": 0.98, "int8": 0.9}
@@ -214,6 +212,10 @@ def export_onnx(run: Path, out: Path, quantize: str | None = "weights", limit: i
         raise ModelError(f"{final.path} has no trained weights yet; finish it with `tunesmith train --resume {final.path}`.")
     if quantize is not None and quantize not in INT8_METHODS:
         raise ConfigError(f"int8 quantisation is one of {', '.join(INT8_METHODS)}, not {quantize!r}.")
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing or importlib.util.find_spec("transformers.exporters") is None:
+        raise ConfigError(f"The ONNX export needs {', '.join(missing) or 'transformers 5.24 or later'}: "
+                          "pip install onnx onnxscript onnx-ir onnxruntime (tunesmith's own dependencies).")
     step = progress or (lambda what, done, total: None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +251,7 @@ def _export_causal(folder: RunDir, merged: Path, out: Path, quantize: str | None
 
     step("answering with PyTorch", 0, total)
     reference = greedy_answers(model, tokenizer, prompts, budget, system, stops)
-    pytorch = _answer_figures(reference, None, references)
+    pytorch = answer_figures(reference, None, references)
     step("exporting to ONNX", 1, total)
     _write_causal_graph(model, out / ONNX_FILE)
     del model
@@ -267,7 +269,7 @@ def _export_causal(folder: RunDir, merged: Path, out: Path, quantize: str | None
         answers = greedy_answers(runtime, tokenizer, prompts, budget, system, stops)
         tokens = token_agreement(reference, runtime.next_tokens)
         files_figures.append(_file_figures(out, name, load_s) | {"token_agreement": tokens}
-                             | _answer_figures(answers, reference, references))
+                             | answer_figures(answers, reference, references))
     step("verified", total, total)
     report = {"format": "onnx", "task": "causal-lm", "quantization": quantize, "prompts": len(prompts),
               "source": source, "max_new_tokens": budget,
@@ -276,16 +278,6 @@ def _export_causal(folder: RunDir, merged: Path, out: Path, quantize: str | None
     for figures in files_figures:
         _check(folder.path, figures, report)
     return report
-
-
-def _answer_figures(answers: Answers, reference: Answers | None, references: list[str]) -> dict:
-    figures = {"tokens_per_s": answers.tokens_per_s, "stop_share": stop_share(answers.stopped),
-               "exact_match": exact_match(answers.texts, references)}
-    if reference is not None:
-        figures["agreement"] = agreement(reference.texts, answers.texts)
-        figures["prefix_agreement"] = prefix_agreement(reference.texts, answers.texts)
-        figures["differences"] = differences(reference.texts, answers.texts)
-    return figures
 
 
 def _export_classifier(folder: RunDir, merged: Path, out: Path, quantize: str | None, limit: int, threads: int | None,
@@ -357,7 +349,7 @@ def _check(run: Path, figures: dict, report: dict) -> None:
     """Fail the export (ModelError, one sentence) on a file whose answers never stop while PyTorch's
     do, that keeps fewer of PyTorch's answer tokens or labels than its type should (TOKENS_KEPT,
     LABELS_KEPT), or whose test metric falls more than METRIC_DROP (plus one row's worth) below
-    PyTorch's. An int8 file is held to PyTorch's labels only where accuracy cannot tell."""
+    PyTorch's."""
     name, kind = figures["file"], figures["type"]
     a_kind = f"an {kind}" if kind == "int8" else f"a {kind}"
     advice = "export it without int8 quantisation" if kind == "int8" else "report this with the model's name"
@@ -367,7 +359,7 @@ def _check(run: Path, figures: dict, report: dict) -> None:
                          f"{report['max_new_tokens']} tokens, while the PyTorch model stops); {advice}.")
     metric = "accuracy" if classifier else "exact_match"
     before, after, rows = report["pytorch"][metric], figures[metric], report["rows" if classifier else "prompts"]
-    if classifier and (kind == "float32" or not before) and figures["agreement"] < LABELS_KEPT[kind]:
+    if classifier and figures["agreement"] < LABELS_KEPT[kind]:
         raise ModelError(f"{name} of {run} gives PyTorch's label on {figures['agreement']:.0%} of {rows} test rows, "
                          f"below the {LABELS_KEPT[kind]:.0%} {a_kind} file should keep; {advice}.")
     if not classifier and figures["token_agreement"] < TOKENS_KEPT[kind]:

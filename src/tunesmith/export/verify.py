@@ -214,6 +214,19 @@ def prefix_agreement(reference: list[str], exported: list[str]) -> float:
     return round(sum(shares) / len(shares), 4)
 
 
+def answer_figures(answers: Answers, reference: Answers | None, references: list[str]) -> dict:
+    """One model's figures on the verification prompts: tokens/s, stop share and exact match with
+    the test answers; against PyTorch's `reference` answers also agreement, prefix agreement and
+    the first differences."""
+    figures = {"tokens_per_s": answers.tokens_per_s, "stop_share": stop_share(answers.stopped),
+               "exact_match": exact_match(answers.texts, references)}
+    if reference is not None:
+        figures["agreement"] = agreement(reference.texts, answers.texts)
+        figures["prefix_agreement"] = prefix_agreement(reference.texts, answers.texts)
+        figures["differences"] = differences(reference.texts, answers.texts)
+    return figures
+
+
 def check_figures(what: str, quant: str, figures: dict, pytorch: dict) -> None:
     """Fail an export (ModelError, one sentence) whose answers never stop while PyTorch's do, that
     keeps fewer of PyTorch's tokens than its type should (`TOKEN_TOLERANCE`; without a token figure,
