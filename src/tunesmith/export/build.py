@@ -163,7 +163,7 @@ def check_rows(fmt: str, figures: dict) -> list[dict]:
              "unit": "tokens/s", "agreement": 1.0, "token_agreement": 1.0, "stop_share": check["pytorch"]["stop_share"],
              "metric": check["pytorch"].get("exact_match"), "size_mb": None}]
     for name, f in check["runtimes"].items():
-        rows.append({"runtime": name, "type": figures.get("quant", fmt), "load_s": f.get("load_s"),
+        rows.append({"runtime": name, "type": figures.get("quant") or "float32", "load_s": f.get("load_s"),
                      "speed": f["tokens_per_s"], "unit": "tokens/s", "agreement": f.get("agreement"),
                      "token_agreement": f.get("token_agreement"),
                      "stop_share": f.get("stop_share"), "metric": f.get("exact_match"), "size_mb": size})
