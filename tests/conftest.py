@@ -116,6 +116,18 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     return path
 
 
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def system(text: str) -> dict:
+    return {"role": "system", "content": text}
+
+
 def write_chat_file(path: Path, n: int = 40, offset: int = 0) -> Path:
     """JSONL of chat rows user=banking query, assistant=its intent label."""
     with path.open("w") as f:

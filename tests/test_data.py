@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import assistant, system, user
 
 from tunesmith.data.formats import (
     Format,
@@ -22,18 +23,6 @@ from tunesmith.errors import DataError
 
 FILES = Path(__file__).parent / "data_files"
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 # --- one fixture file per format ------------------------------------------------------

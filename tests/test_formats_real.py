@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import assistant, system, user
 
 from tunesmith.config import RunConfig
 from tunesmith.data.formats import (
@@ -24,18 +25,6 @@ from tunesmith.data.rows import load_chat_rows, load_prompts
 from tunesmith.errors import DataError
 
 FILES = Path(__file__).parent / "data_files"
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 def _strings(value) -> list[str]:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import tiny_run_config
+from conftest import assistant, system, tiny_run_config, user
 from test_cli import assert_one_sentence_error, invoke
 
 from tunesmith.data.formats import Format, load_data, parse_columns, to_chat
@@ -25,18 +25,6 @@ from tunesmith.errors import DataError
 from tunesmith.train.sft import tokenize_chats
 
 LF = Path(__file__).parent / "data_files" / "llamafactory"
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 def tool(text):

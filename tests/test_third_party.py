@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import assistant, system, user
 
 from tunesmith.data.formats import (
     THINK_TEMPLATE,
@@ -34,18 +35,6 @@ W = TP / "written"
 
 # Values that name structure rather than carry content: roles, part types, tag names.
 STRUCTURE_KEYS = ("role", "from", "type")
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 def _texts(value, skip=STRUCTURE_KEYS) -> list[str]:
