@@ -108,3 +108,12 @@ def test_gguf_lora_export_writes_the_adapter_and_its_base(run):
     # llama.cpp is the one runtime that applies a GGUF LoRA: checked where it is installed, said where not.
     verification = report["figures"]["verification"]
     assert "llama.cpp" in verification.get("runtimes", {}) or "llama.cpp" in verification["skipped"]
+
+
+def test_onnx_without_int8_writes_the_float_graph_alone(run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "onnx", "--no-int8", "--limit", "1",
+                                      "--out", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    names = {f["name"] for f in json.loads((tmp_path / "onnx" / "report.json").read_text())["files"]}
+    assert "model.onnx" in names and "model_int8.onnx" not in names

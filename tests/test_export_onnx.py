@@ -172,7 +172,7 @@ INT8 = {"file": INT8_FILE, "type": "int8", "stop_share": 1.0, "exact_match": 0.8
 
 @pytest.mark.parametrize(("figures", "fragments"), [
     (INT8 | {"stop_share": 0.0}, ["model_int8.onnx", "never ends its answers", "within 64 tokens",
-                                  "without int8 quantisation"]),
+                                  "without the int8 copy (--no-int8)"]),
     (INT8 | {"token_agreement": 0.6}, ["predicts 60% of PyTorch's answer tokens", "below the 90% an int8 file"]),
     (INT8 | {"exact_match": 0.6}, ["drops test exact match from 80% to 60%", "more than the 11% an int8 file may lose"]),
     (INT8 | {"file": ONNX_FILE, "type": "float32", "token_agreement": 0.9},

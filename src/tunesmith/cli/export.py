@@ -30,6 +30,7 @@ def export_cmd(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Load the export in its runtime and compare its "
                                          "answers with the PyTorch model on the run's test rows.")] = True,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Test rows the verification answers.")] = 16,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="ONNX: also write and check the int8 copy (model_int8.onnx).")] = True,
 ) -> None:
     """Export a run for deployment and check the exported file gives the tuned model's answers.
     Writes the export and its figures (size, load time, speed, agreement with PyTorch, test
@@ -42,7 +43,7 @@ def export_cmd(
     convert_builtin_once(str(run))
     bars = EvalBars(err)
     try:
-        report = export_run(run, format, out, quant, lora, verify, limit, progress=bars)
+        report = export_run(run, format, out, quant, lora, verify, limit, progress=bars, int8=int8)
     finally:
         bars.stop()
     print_export(report)

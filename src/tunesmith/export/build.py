@@ -8,7 +8,7 @@ them, the API serves the folder as a zip, and the model card's deployment sectio
 | hf | `export.hf` (merged safetensors, tokenizer, chat template, stop tokens) | transformers (greedy answers against the run) |
 | gguf | `export.gguf` (Python, the `gguf` library) | transformers' GGUF loader, and llama.cpp where llama-cpp-python is installed |
 | ollama | `export.ollama` (the GGUF file and a Modelfile) | as gguf |
-| onnx | `export.onnx` (float32 and dynamic int8) | onnxruntime |
+| onnx | `export.onnx` (float32 and int8 weights) | onnxruntime |
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ def export_folder(run: str | Path, fmt: str, quant: str | None = None, lora: boo
 
 
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, quant: str | None = None, lora: bool = False,
-               verify: bool = True, limit: int = 16, progress: Progress | None = None) -> dict:
+               verify: bool = True, limit: int = 16, progress: Progress | None = None, int8: bool = True) -> dict:
     """Export the run in `fmt` to `out` (default `export_folder`), verify it (unless `verify` is
-    False) and write `out/report.json`. Returns the report: format, folder, files with their
-    sizes, seconds, the verification figures and the commands that run it. Raises ModelError or
-    ConfigError (one sentence) when the run cannot take this format or the export fails its check."""
+    False) and write `out/report.json`; `int8` False leaves out ONNX's int8 copy. Returns the
+    report: format, folder, files with their sizes, seconds, the verification figures and the
+    commands that run it. Raises ModelError or ConfigError (one sentence) when the run cannot
+    take this format or the export fails its check."""
     folder = RunDir(Path(run))
     if not folder.exists:
         raise ModelError(f"{run} is not a run directory (no config.yaml); give the folder `tunesmith train` wrote.")
@@ -71,7 +72,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, quant: 
     step = progress or (lambda what, done, total: None)
     step(f"export {fmt}", 0, 1)
     start = time.perf_counter()
-    figures = _write(folder.path, fmt, out, quant, lora, verify, limit, step)
+    figures = _write(folder.path, fmt, out, quant, lora, verify, limit, step, int8)
     report = {
         "format": fmt,
         "run": str(folder.path),
@@ -91,7 +92,8 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, quant: 
     return report
 
 
-def _write(run: Path, fmt: str, out: Path, quant: str, lora: bool, verify: bool, limit: int, step: Progress) -> dict:
+def _write(run: Path, fmt: str, out: Path, quant: str, lora: bool, verify: bool, limit: int, step: Progress,
+           int8: bool) -> dict:
     if fmt == "hf":
         export_hf(run, out)
         return verify_hf(run, out, limit) if verify else {}
@@ -104,7 +106,7 @@ def _write(run: Path, fmt: str, out: Path, quant: str, lora: bool, verify: bool,
         return export_ollama(run, out, quant, verify, limit)
     if out.exists() and not any(out.iterdir()):
         out.rmdir()  # export_onnx moves its verified folder into place
-    return export_onnx(run, out, limit=limit, progress=step)
+    return export_onnx(run, out, quantize="weights" if int8 else None, limit=limit, progress=step)
 
 
 def verify_hf(run: Path, out: Path, limit: int = 16) -> dict:

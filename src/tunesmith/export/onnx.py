@@ -352,7 +352,7 @@ def _check(run: Path, figures: dict, report: dict) -> None:
     PyTorch's."""
     name, kind = figures["file"], figures["type"]
     a_kind = f"an {kind}" if kind == "int8" else f"a {kind}"
-    advice = "export it without int8 quantisation" if kind == "int8" else "report this with the model's name"
+    advice = "export it without the int8 copy (--no-int8)" if kind == "int8" else "report this with the model's name"
     classifier = report["task"] == "sequence-classification"
     if not classifier and report["pytorch"]["stop_share"] > 0 and figures["stop_share"] == 0:
         raise ModelError(f"{name} of {run} never ends its answers (no end-of-turn token within "
