@@ -303,6 +303,7 @@ def test_llama_cpp_base_plus_gguf_lora_is_the_merged_model(tiny_run, tmp_path):
     assert results[True] < 1e-3 and results[False] > 0.1, results
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_smollm2_run_exports_to_gguf_that_answers_and_stops(tmp_path):
     """The bundled SmolLM2 after one LoRA step: a q8_0 file answers held-out banking queries as

@@ -212,7 +212,7 @@ def test_download_the_adapter_and_the_merged_model(service, evaluated_job, tmp_p
     assert error(call(service, "GET", "/tunesmith/models/download", None, params={"model": model_id}), 401)
     assert error(call(service, "POST", "/tunesmith/models/download_link", "globex", params={"model": model_id}), 404)
     full = error(call(service, "GET", "/tunesmith/models/download", params={"model": model_id, "weights": "full"}), 400)
-    assert full["message"] == f"{model_id} has no full weights to download; it has: adapter, merged."
+    assert full["message"] == f"{model_id} has no full weights to download; it has: adapter, merged, gguf, ollama, onnx."
 
 
 def test_preview_resolves_each_kind_of_stage_as_its_recipe_would(tmp_path, tiny_model_dir):

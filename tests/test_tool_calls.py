@@ -242,6 +242,7 @@ def test_tool_rows_get_the_tool_calls_task_report_and_card(tiny_model_dir, tmp_p
 # --------------------------------------------------------------------------- the bundled model (integration)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_smollm2_learns_to_call_the_shipped_sample_tools(tmp_path):
     """Four LoRA steps of SmolLM2 on the shipped sample, then the tool_calls evaluation on rows
