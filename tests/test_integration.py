@@ -54,6 +54,7 @@ def test_smollm2_lora_train_reload_generate_stops_at_eos(tmp_path):
     assert len(new) < 40
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     """The main job, shortened: train, then the full evaluation on 8 test queries."""
     import json
@@ -91,6 +92,7 @@ def test_smollm2_teacher_writes_classification_rows(tmp_path):
     assert not seed_texts & {r["text"] for r in kept}
 
 
+@pytest.mark.slow
 def test_smollm2_classifier_head_learns_and_reloads(tmp_path):
     """SmolLM2 with a classification head on the bundled sample (10 intents): a few LoRA
     steps beat chance, and `predict` on the reloaded run gives the validation accuracy back."""
