@@ -298,6 +298,13 @@ class RunConfig(_Section):
     """How the tuned model is measured against its base."""
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     """How many processes train, and how the model is spread over them."""
+    domain: Literal["legal", "medical", "finance", "support"] | None = None
+    """A domain pack (`tunesmith domains`): its compliance profile gates the data, its probes and
+    abstention join the evaluation, its regulated-use section joins the model card, and the run
+    is written to the audit trail."""
+    template: str | None = Field(None, max_length=100)
+    """A task template of the domain pack (e.g. `clause-classification`): its system prompt and
+    label set; needs `domain`."""
     reasons: dict[str, str] = Field(default_factory=dict)
     """Why each "auto" value was chosen (filled by the resolver), keyed like `train.learning_rate`."""
     sources: dict[str, str] = Field(default_factory=dict)
