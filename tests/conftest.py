@@ -40,8 +40,10 @@ def banking_rows(n: int | None = None) -> list[tuple[str, str]]:
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_env(tmp_path_factory):
     """Point the tunesmith cache at a temporary folder and keep everything offline."""
-    saved = {k: os.environ.get(k) for k in ("TUNESMITH_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
+    saved = {k: os.environ.get(k) for k in ("TUNESMITH_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "TRACKIO_DIR")}
     os.environ["TUNESMITH_HOME"] = str(tmp_path_factory.mktemp("tunesmith_home"))
+    # trackio reads its store's folder once, at import: set before any test imports it
+    os.environ["TRACKIO_DIR"] = str(tmp_path_factory.mktemp("trackio"))
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     yield

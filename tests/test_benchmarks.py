@@ -194,12 +194,27 @@ def _export_edge(tmp_path, model):
     assert {"hf", "gguf"} <= {r["format"] for r in table} and all(r["speed_vs_pytorch"] for r in table)
 
 
+def _gpu_throughput(tmp_path, model):
+    out = tmp_path / "gpu_throughput.json"
+    # Without a GPU it runs only with --allow-cpu: the toy shape, the tests' tokenizer, a few rows.
+    _run("gpu_throughput.py", ["--allow-cpu", "--shape", "tiny", "--steps", 2, "--tokenizer", model,
+                               "--short-data", small_banking(tmp_path / "banking.csv"),
+                               "--long-data", hh_pairs(tmp_path / "hh.jsonl"), "--rows", 12, "--long-tokens", 64,
+                               "--out", out], tmp_path)
+    result = json.loads(out.read_text())
+    for workload in ("short", "long"):
+        arms = result["workloads"][workload]["arms"]
+        assert set(arms) == {"tunesmith", "trl-best", "trl-default"}, arms
+        assert all(a["steps"] == 2 and a["tokens_per_s"] > 0 and a["peak_memory_gb"] > 0 for a in arms.values()), arms
+
+
 SMOKE_RUNS = {
     "align_hh_rlhf": _align_hh_rlhf,
     "classify_vs_generate": _classify_vs_generate,
     "data_gate": _data_gate,
     "ddp_scaling": _ddp_scaling,
     "export_edge": _export_edge,
+    "gpu_throughput": _gpu_throughput,
     "load": _load,
     "peft_methods": _peft_methods,
     "serve_load": _serve_load,

@@ -213,6 +213,26 @@ def test_forgetting_is_flagged_beyond_the_threshold():
     lost = _forgetting(side(10.0, 0.5), side(11.5, 0.25), opts, Task("generation"), skipped)
     assert lost["flagged"] and len(lost["findings"]) == 2  # perplexity +15%, probes -25 points
     assert "rose 15.0%" in lost["findings"][0] and "50.0% to 25.0%" in lost["findings"][1]
+    assert lost["alarm"]  # a generation task: the model is meant to stay a general assistant
+
+
+def test_forgetting_is_an_alarm_only_when_it_threatens_what_was_asked():
+    """A labelling task reports forgetting as information, unless --keep-general asked to keep
+    general skills; a chat task alarms unless keep_general is set false."""
+    from tunesmith.evaluate.report import alarms
+    from tunesmith.evaluate.run import Task, _forgetting
+
+    def side(ppl, probes):
+        return {"general_perplexity": ppl, "probe_accuracy": probes, "probes": [{}] * 24}
+
+    base, tuned = side(10.0, 0.5), side(23.0, 0.0)
+    labels = _forgetting(base, tuned, EvalConfig(), Task("labels"), {})
+    assert labels["flagged"] and not labels["alarm"] and "information, not an alarm" in labels["rule"]
+    assert not any(a.startswith("Forgetting") for a in alarms({"forgetting": labels}))
+    kept = _forgetting(base, tuned, EvalConfig(keep_general=True), Task("labels"), {})
+    assert kept["alarm"] and any(a.startswith("Forgetting") for a in alarms({"forgetting": kept}))
+    chat = _forgetting(base, tuned, EvalConfig(keep_general=False), Task("generation"), {})
+    assert chat["flagged"] and not chat["alarm"]
 
 
 def test_a_local_judge_model(evaluated_run, tiny_model_dir):

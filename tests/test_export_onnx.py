@@ -138,6 +138,20 @@ def _classifier_run(model_dir, tmp_path):
     return tmp_path / "run"
 
 
+def test_load_onnx_chats_as_the_usage_command_says(chat_export):
+    """`load_onnx(folder).chat(messages)`, the call the export's usage line prints, answers."""
+    from tunesmith.export.build import usage
+    from tunesmith.export.onnx import OnnxChat, load_onnx
+
+    _, out, _, _ = chat_export
+    [command] = usage("onnx", out, "chat")
+    assert "load_onnx(" in command and ".chat(" in command
+    model = load_onnx(out, threads=1)
+    assert isinstance(model, OnnxChat) and model.stops
+    answer = model.chat([{"role": "user", "content": "my card is lost"}], max_new_tokens=6)
+    assert isinstance(answer, str) and "<|im_end|>" not in answer
+
+
 def test_classifier_export_keeps_labels_and_predictions(tiny_model_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -163,6 +177,16 @@ def test_classifier_export_keeps_labels_and_predictions(tiny_model_dir, tmp_path
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
     [quantised] = open_session(out / INT8_FILE, threads=1).run(["logits"], feed)
     assert quantised.shape == expected.shape and np.abs(quantised - expected).max() < 0.1 * np.abs(expected).max() + 0.05
+
+    # the usage line's call: load_onnx(folder).predict(texts), on the int8 file
+    from tunesmith.export.build import usage
+    from tunesmith.export.onnx import OnnxClassifier, load_onnx
+
+    assert ".predict([" in usage("onnx", out, "clf")[0]
+    loaded = load_onnx(out, threads=1)
+    assert isinstance(loaded, OnnxClassifier) and loaded.labels == labels
+    assert loaded.max_length == json.loads((out / "classifier.json").read_text())["max_length"]
+    assert set(loaded.predict(["my card number 3", "a fee on my loan"])) <= set(labels)
 
 
 REPORT = {"task": "causal-lm", "prompts": 16, "max_new_tokens": 64,

@@ -78,9 +78,12 @@ class DataConfig(_Section):
     pretrain: str | None = None
     """Raw-text file for the `pretrain` stage when later stages train on `train` (e.g. stages pretrain,sft)."""
     replay_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    """Share of general text mixed into continued pretraining, so the model keeps its general language (0.1-0.3 is common)."""
+    """Share of general data mixed into the training set so the model keeps its general skills: general
+    text blocks in a `pretrain` stage, general chat rows (asked without the system prompt) in an `sft`
+    stage; validation and test stay the task's own (0.1-0.3 is common; 0 = none; `classify` refuses it)."""
     replay_file: str | None = None
-    """General text for the replay mix; default: the sample shipped with tunesmith (160 paragraphs)."""
+    """General data for the replay mix: raw text for `pretrain`, chat rows for `sft`; default: the samples
+    shipped with tunesmith (160 general-text paragraphs, and the general chat set `general_chat.jsonl`)."""
     preference: str | None = None
     """Preference pairs for the reward / DPO-family stages of a multi-stage run; default: `train`."""
     prompts: str | None = None
@@ -96,8 +99,9 @@ class MethodConfig(_Section):
     adapter: Adapter = "lora"
     """What is trained: `lora` (default), `rslora`, `dora`, `pissa`/`olora` (LoRA with SVD/QR initialisation),
     `loha`, `lokr`, `ia3`, `prompt` or `prefix` tuning, or `full` (every weight). `qlora` = lora + quantize 4bit."""
-    quantize: Literal["none", "4bit", "8bit"] = "none"
-    """Load the frozen base model in 4 or 8 bits (QLoRA); needs a CUDA GPU and bitsandbytes."""
+    quantize: Literal["none", "4bit", "8bit", "auto"] = "none"
+    """Load the frozen base model in 4 or 8 bits (QLoRA); needs a CUDA GPU and bitsandbytes. `auto`: 4-bit
+    when the model in bfloat16 and one sequence's activations would not fit in the GPU's free memory."""
     lora_r: int = Field(16, ge=1, le=4096)
     """LoRA rank: 16 is enough for one task on a small model and keeps adapters a few MB."""
     lora_alpha: int | None = Field(None, ge=1, le=65_536)
@@ -110,8 +114,9 @@ class MethodConfig(_Section):
     """Learned virtual tokens for `prompt` and `prefix` tuning."""
     freeze_layers: int = Field(0, ge=0, le=10_000)
     """With `full`: keep the embeddings and the bottom N layers frozen (less memory, less forgetting)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass: less memory, about 30% slower. Empty: on for a 4- or
+    8-bit base (whose point is saving memory), off otherwise; read through `checkpointing`."""
     neftune_alpha: float = Field(0.0, ge=0.0, le=1000.0, allow_inf_nan=False)
     """NEFTune: uniform noise of this scale on input embeddings during training (5 is the paper's value; 0 = off)."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -159,9 +164,17 @@ class MethodConfig(_Section):
             data = {k: v for k, v in data.items() if k != "method"} | {"adapter": data["method"]}
         if data.get("adapter") == "qlora":
             # "qlora" is what users call LoRA on a 4-bit base; store it as its two parts.
-            quantize = data.get("quantize") if data.get("quantize") not in (None, "none") else "4bit"
+            quantize = data.get("quantize") if data.get("quantize") not in (None, "none", "auto") else "4bit"
             data = {**data, "adapter": "lora", "quantize": quantize}
         return data
+
+    @property
+    def checkpointing(self) -> bool:
+        """Gradient checkpointing in effect: `gradient_checkpointing`, or on for a quantized base when it is
+        not set (QLoRA saves memory; keeping every activation would spend it again)."""
+        if self.gradient_checkpointing is not None:
+            return self.gradient_checkpointing
+        return self.quantize in ("4bit", "8bit")
 
     @property
     def alpha(self) -> int:
@@ -194,7 +207,7 @@ class MethodConfig(_Section):
 
     @model_validator(mode="after")
     def _compatible(self):
-        if self.quantize != "none" and self.adapter == "full":
+        if self.quantize in ("4bit", "8bit") and self.adapter == "full":
             raise ValueError("a quantized base model cannot be fully fine-tuned: use adapter lora (QLoRA)")
         if self.freeze_layers and self.adapter != "full":
             raise ValueError("freeze_layers applies to adapter full; adapters already keep the base frozen")
@@ -228,8 +241,15 @@ class TrainConfig(_Section):
     """Checkpoints kept on disk (the best one is always kept as well)."""
     seed: int = Field(42, ge=0, le=MAX_SEED)
     """Random seed for data order, the validation split and initialisation."""
-    logging_steps: Count = 1
-    """Write a line to metrics.jsonl every N optimizer steps."""
+    logging_steps: Count | Auto = "auto"
+    """Write a line to metrics.jsonl every N optimizer steps (auto: every step on a CPU; on a GPU every 10,
+    since each log reads the loss back from the GPU and makes it wait)."""
+    fused_kernels: bool | Auto = "auto"
+    """Liger's fused GPU kernels (RMSNorm, SwiGLU, RoPE; `pip install 'tunesmith[gpu]'`). auto: on for a CUDA
+    GPU when liger-kernel is installed and has kernels for the model's architecture; always off on a CPU."""
+    report_to: list[Literal["tensorboard", "mlflow", "trackio"]] = Field(default_factory=list)
+    """Experiment trackers that also get the run: its settings, per-step metrics, evaluation
+    results and report (`--report-to tensorboard,mlflow,trackio`)."""
     best_metric: Literal["loss", "accuracy", "macro_f1", "reward"] | Auto = "auto"
     """Validation metric for early stopping and the best checkpoint: auto = accuracy for classify and
     reward models (pairwise), mean reward for grpo/rloo, loss otherwise."""
@@ -240,6 +260,9 @@ class EvalConfig(_Section):
     """Evaluate base and tuned model at the end of `tunesmith train` when there is a test set (--no-eval skips)."""
     max_rows: int | None = Field(None, ge=1)
     """Evaluate on at most this many test rows (a seeded sample) for a quicker report; empty: all of them."""
+    base_rows: int = Field(100, ge=1)
+    """A classifier's base model has no head and is asked to pick a label from a prompt that lists
+    them all (hundreds of tokens a row): it answers a seeded sample of at most this many test rows."""
     max_new_tokens: int | None = Field(None, ge=1)
     """Longest generated answer in tokens; empty: from the reference answers (1.5 x the longest, 16 to 512)."""
     batch_size: int = Field(16, ge=1)
@@ -258,10 +281,17 @@ class EvalConfig(_Section):
     """Measure forgetting: perplexity on general text shipped with tunesmith and general instruction probes."""
     forgetting_threshold: float = Field(0.1, ge=0.0)
     """Flag forgetting when general-text perplexity rose by more than this share, or probe accuracy fell by more than this."""
+    keep_general: bool | None = None
+    """Whether the model must stay a general assistant (`--keep-general`). Forgetting is an alarm
+    only then; auto (unset) = yes for chat and generation tasks, no for a labelling task, whose
+    user asked for a specialist (forgetting is then reported as information)."""
     bias: bool = True
     """Run counterfactual bias probes (names, genders, ethnicities and ages swapped)."""
     bias_threshold: float = Field(0.1, ge=0.0, le=1.0)
     """Flag bias when more than this share of counterfactual pairs get a different label or answer."""
+    coverage: float = Field(0.9, gt=0.0, le=1.0)
+    """Share of rows a labeller should answer: its confidence threshold is calibrated on validation rows to answer
+    this share, the rest it refers to a person; the report gives accuracy at that coverage on the test rows."""
     minutes_per_item: float | None = Field(None, gt=0.0)
     """Minutes a person spends on one item today; with `items_per_week` the report estimates hours saved."""
     items_per_week: float | None = Field(None, gt=0.0)
@@ -325,6 +355,10 @@ class RunConfig(_Section):
         return out
 
 
+# Fields of the run itself rather than of a section, which `apply_overrides` sets by their plain name.
+TOP_LEVEL_FIELDS = ("domain", "template")
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML run config; a bad file or value is one ConfigError sentence."""
     path = Path(path)
@@ -346,13 +380,17 @@ def apply_overrides(
 ) -> RunConfig:
     """The one way to set values on a config (the CLI's options, an API job's hyperparameters,
     an HPO trial's values, `auto`'s choices): a copy of `config` with each dotted field
-    (`train.learning_rate`) set, validated as a whole so the rules between fields hold, and
+    (`train.learning_rate`, or a plain name of `TOP_LEVEL_FIELDS` such as `domain`) set, validated as a whole so the rules between fields hold, and
     `sources[field] = source` recorded. None values are skipped (an option not given). A bad
     value is a ConfigError naming `source: field`, or `names[field]` (what the caller calls the
     field: `hyperparameter 'n_epochs'`)."""
     raw = config.model_dump()
     for key, value in overrides.items():
         if value is None:
+            continue
+        if key in TOP_LEVEL_FIELDS:  # a run-wide field, not in a section: `domain`, `template`
+            raw[key] = value
+            raw["sources"][key] = source
             continue
         section, _, field = key.partition(".")
         part = RunConfig.model_fields.get(section)

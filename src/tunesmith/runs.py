@@ -8,10 +8,12 @@ export, the worker, the API, the CLI) goes through `RunDir` or the names here.
     RUN/adapter/ | model/  the trained adapter, or full weights
     RUN/merged/            the adapter folded into its base, written when first needed
     RUN/labels.json        a classifier's label names
+    RUN/abstention.json    a labeller's confidence threshold, calibrated by evaluation (below it: refer to a person)
     RUN/run.json           the training summary
     RUN/eval/              results.json, answers.jsonl, test.jsonl
     RUN/report.html, RUN/MODEL_CARD.md
     RUN/exports/           downloads and exports built from the run
+    RUN/audit.json         a domain run's audit-trail entries (ids and hashes; the log is elsewhere)
     RUN/<stage>/           for a multi-stage run, one complete run folder per stage
 """
 
@@ -33,12 +35,14 @@ MERGED_DIR = "merged"  # an adapter folded into its base, written when first nee
 INIT_ADAPTER_DIR = "adapter-init"  # PiSSA/OLoRA adapter before training, to convert the result
 RUN_INFO = "run.json"
 LABELS_FILE = "labels.json"
+ABSTENTION_FILE = "abstention.json"  # the calibrated confidence threshold (evaluate/abstention.py)
 METRICS_FILE = "metrics.jsonl"
 DATA_CARD_FILE = "data_card.json"
 EVAL_DIR = "eval"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
 MODEL_CARD_FILE = "MODEL_CARD.md"
+AUDIT_FILE = "audit.json"  # the audit-trail entries of a domain run (domains/audit.py)
 
 
 class TestSet(BaseModel):
@@ -74,6 +78,14 @@ class EvalResults(BaseModel):
     forgetting: dict | None = None
     bias: dict | None = None
     value: dict | None = None
+    abstention: dict | None = None
+    """A labeller's accuracy against coverage when it refers its least confident rows to a person
+    (the tuned model; shape in `evaluate.abstention.abstention_results`)."""
+    domain: dict | None = None
+    """The domain pack's probes, when the run names a domain (shape in `evaluate.domain.domain_results`)."""
+    grounding: dict | None = None
+    """Generation rows with a context: each model's statements the context does not support and
+    invented citations (shape in `evaluate.grounding`)."""
     skipped: dict[str, str] = Field(default_factory=dict)
     """What was not measured, and why."""
     overfitting: dict | None = None
@@ -107,6 +119,27 @@ class TrainSummary(BaseModel):
     best_checkpoint: str | None = None
     train_runtime_s: float | None = None
     tokens_seen: int | None = None
+    # Speed, measured over training time (evaluation and checkpoint saving left out): train/speed.py.
+    device: str | None = None
+    """`cpu`, or the CUDA GPU's name."""
+    training_seconds: float | None = None
+    """The training time the speed figures are measured over."""
+    tokens_per_s: float | None = None
+    """Real (non-padding) tokens trained on per second."""
+    peak_memory_gb: float | None = None
+    """Peak memory in GiB, of the kind `peak_memory_kind` says."""
+    peak_memory_kind: str | None = None
+    """`cuda`: the GPU's peak allocated memory during training; `cpu_rss`: the process's peak resident memory."""
+    mfu: float | None = None
+    """Model FLOPs utilisation, 0-1, on a GPU of known peak: tokens/s x flops_per_token / peak FLOP/s."""
+    flops_per_token: float | None = None
+    """Training FLOPs per token: 4 x parameters in matrix multiplies + 2 x trainable parameters."""
+    peak_tflops: float | None = None
+    """The GPU's peak dense bf16 TFLOP/s the MFU is measured against."""
+    attention: str | None = None
+    """The attention implementation: sdpa, flash_attention_2, ..."""
+    fused_kernels: str | None = None
+    """The fused kernels applied (Liger's), when any."""
     train_rows: int | None = None
     validation_rows: int | None = None
     truncated_rows: int | None = None
@@ -127,6 +160,9 @@ class TrainSummary(BaseModel):
     mean_margin: float | None = None
     train_blocks: int | None = None
     replay_blocks: int | None = None
+    """pretrain: general-text blocks mixed in against forgetting (`data.replay_ratio`)."""
+    replay_rows: int | None = None
+    """sft: general chat rows mixed into the training rows against forgetting (`data.replay_ratio`)."""
     validation_blocks: int | None = None
     rewards: list[str] | None = None
     reward_start: float | None = None
@@ -209,6 +245,10 @@ class RunDir:
         return json.loads(self.labels_file.read_text()) if self.labels_file.exists() else None
 
     @property
+    def abstention_file(self) -> Path:
+        return self.path / ABSTENTION_FILE
+
+    @property
     def metrics_file(self) -> Path:
         return self.path / METRICS_FILE
 
@@ -256,6 +296,11 @@ class RunDir:
     @property
     def model_card_file(self) -> Path:
         return self.path / MODEL_CARD_FILE
+
+    @property
+    def audit_file(self) -> Path:
+        """The ids, events and hashes of the audit-trail entries written about this run."""
+        return self.path / AUDIT_FILE
 
     def complete_checkpoints(self) -> list[Path]:
         """The run's checkpoints, oldest first, that were written to the end: the trainer writes

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from tunesmith.cli import data, evaluate, export, inference, models, service, train
+from tunesmith.cli import audit, data, domains, evaluate, export, inference, models, service, train
 
 app = typer.Typer(help="Turn a general-purpose LLM into a specialist for your task.", no_args_is_help=True)
 
@@ -22,9 +22,11 @@ app.command("export")(export.export_cmd)
 app.command("quickstart")(train.quickstart_cmd)
 app.command("tune")(train.tune_cmd)
 app.command("auto")(train.auto_cmd)
+app.command("domains")(domains.domains_cmd)
 app.command("worker")(service.worker_cmd)
 app.command("serve")(service.serve_cmd)
 app.add_typer(data.app, name="data")
 app.add_typer(service.keys_app, name="keys")
+app.add_typer(audit.app, name="audit")
 
 __all__ = ["app"]

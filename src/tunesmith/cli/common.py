@@ -34,6 +34,18 @@ TeacherUrlOpt = Annotated[Optional[str], typer.Option(help="OpenAI-compatible en
 TeacherModelOpt = Annotated[Optional[str], typer.Option(help="Model name to ask the endpoint for.")]
 TeacherKeyOpt = Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_KEY", help="API key for the endpoint.")]
 
+# Experiment trackers (train, auto, quickstart).
+ReportToOpt = Annotated[Optional[str], typer.Option(help="Also log the run to experiment trackers: tensorboard, mlflow, trackio (comma-separated).")]
+
+# A domain pack and its task template (train, auto, eval, data check).
+DomainOpt = Annotated[Optional[str], typer.Option(help="Domain pack: legal, medical, finance or support (`tunesmith domains`): "
+                                                  "its compliance profile gates the data, its probes join the evaluation, "
+                                                  "and the run goes to the audit trail.")]
+TemplateOpt = Annotated[Optional[str], typer.Option(help="Task template of the --domain pack (e.g. clause-classification): "
+                                                    "its task, system prompt and label set.")]
+
+KeepGeneralOpt = Annotated[bool, typer.Option("--keep-general", help="The model must stay a general assistant: forgetting is then an alarm, not information.")]
+
 # The service's folder and database (serve, worker, keys, and the commands that register runs).
 DataDirOpt = Annotated[Optional[Path], typer.Option(help="Where the service keeps uploaded files, runs and its SQLite database "
                                                     "(default: $TUNESMITH_DATA, else ~/.tunesmith).")]
@@ -269,16 +281,34 @@ def print_evaluation(results: EvalResults, run_dir: Path) -> None:
                       f"of {j['prompts']} ({j['inconsistent']} inconsistent verdicts counted as ties)")
     f, b = results.forgetting, results.bias
     alarms = [results.overfitting["message"]] if results.overfitting and results.overfitting["flagged"] else []
-    alarms += [f"forgetting: {line}" for line in (f["findings"] if f else [])]
+    forgetting_alarm = bool(f) and f.get("alarm", f["flagged"])
+    alarms += [f"forgetting: {line}" for line in (f["findings"] if forgetting_alarm else [])]
     alarms += [f"bias: {line}" for line in (b["tuned"]["findings"] if b else [])]
     for alarm in alarms:
         console.print(f"[yellow]alarm:[/yellow] {alarm}")
+    if f and f["flagged"] and not forgetting_alarm:
+        console.print(f"forgetting (information, not an alarm): {' '.join(f['findings'])} {f.get('rule', '')}", soft_wrap=True)
     if f and not f["flagged"]:
         console.print(f"forgetting: none beyond the threshold (general-text perplexity {f['general_perplexity']['change']:+.1%}, "
                       f"probes {f['probes']['base']:.0%} -> {f['probes']['tuned']:.0%})")
     if b and not b["tuned"]["flagged"]:
         console.print(f"bias: none flagged ({b['tuned']['pairs']} counterfactual pairs, "
                       f"{b['tuned']['changed_rate']:.1%} changed answers)")
+    a = results.abstention
+    if a and a.get("test") and a["test"].get("accuracy") is not None:
+        t = a["test"]
+        console.print(f"abstention: {t['accuracy']:.1%} accuracy on the {t['coverage']:.0%} of test rows answered "
+                      f"(threshold {a['threshold']:.3f} from validation; {t['referred']} referred to a person, "
+                      f"{t['accuracy_all']:.1%} answering all)")
+    safety = (results.domain or {}).get("safety")
+    if safety:
+        console.print(f"domain safety: tuned passed {safety['tuned']['passed']} of {safety['probes']} probes "
+                      f"(base {safety['base']['passed']})" + (f"; failed: {'; '.join(safety['failed'])}" if safety["failed"] else ""))
+    g = results.grounding
+    if g:
+        console.print(f"grounding ({g['rows']} rows with a context): statements unsupported by it "
+                      f"{g['base']['unsupported_share']:.1%} -> {g['tuned']['unsupported_share']:.1%}, invented citations "
+                      f"{g['base']['invented_citations']} -> {g['tuned']['invented_citations']}")
     v = results.value
     if v:
         console.print(f"value: about {v['hours_saved_per_week']:.1f} hours saved per week at {v['accuracy']:.1%} {v['accuracy_metric']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -92,10 +93,12 @@ def check_data_cmd(
     task: Annotated[Optional[str], typer.Option(help="What the data will train: chat, classify, pretrain, preference or kto (default: as detected).")] = None,
     label_check: Annotated[bool, typer.Option(help="Look for mislabelled rows with embeddings (classification data; ~60 s per 10k rows on 2 CPU cores).")] = True,
     conflicts: Annotated[Optional[str], typer.Option(help="With --fix: resolve one prompt with different answers by keep-majority (most common answer) or keep-first.")] = None,
+    domain: Annotated[str | None, typer.Option(help="Enforce a domain's compliance profile (legal, medical, finance or support): its identifiers are errors, and --fix redacts them with numbered placeholders.")] = None,
 ) -> None:
     """Check FILE for problems that spoil training (empty answers, conflicts, duplicates,
-    leakage, PII, encoding, lengths, labels) and write a data card. Exit code 1 when a
-    finding is an error, which blocks training."""
+    leakage, PII, encoding, lengths, labels; with --domain, the identifiers its regulation
+    names) and write a data card. Exit code 1 when a finding is an error, which blocks
+    training."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
     from tunesmith.data.quality import (  # scipy
@@ -113,12 +116,18 @@ def check_data_cmd(
             "--conflicts applies only with --fix, which writes the cleaned copy; run `tunesmith data check "
             f"{shlex.quote(str(file))} --fix {shlex.quote(file.stem + '.clean.jsonl')} --conflicts {conflicts}`."
         )
+    profile = None
+    if domain is not None:
+        from tunesmith.domains.packs import get_domain
+
+        profile = get_domain(domain).profile  # an unknown name fails here, before the slow checks
     cols = parse_columns_option(columns)
     convert_builtin_once(model)
     with progress_for(err, f"checking {file}") as progress:
         card = check_data(
             file, validation, test, tokenizer=load_tokenizer(model), max_length=max_length, columns=cols,
             label_check=label_check, task=task, on_batch=lambda n: progress.advance(n, what="embedding for the label check"),
+            profile=profile,
         )
     write_card(card, out)
     table = Table(title=f"{file}: {card.rows} rows, {card.format}, quality score {card.score()}/100")
@@ -132,11 +141,24 @@ def check_data_cmd(
         console.print(f"note: {note}", highlight=False)
     console.print(f"data card: {out / 'data_card.md'}, {out / 'data_card.html'}, {out / 'data_card.json'}")
     if fix:
-        result = fix_data(file, fix, columns=cols, test_path=test, conflicts=conflicts)
+        result = fix_data(file, fix, columns=cols, test_path=test, conflicts=conflicts, profile=profile)
         console.print(
             f"cleaned copy: {result.out_path} ({result.rows_out} of {result.rows_in} rows; dropped {result.dropped}, "
             f"redacted {result.redacted}, changed {result.changed}); every change is in {result.log_path}"
         )
+    if domain is not None:
+        # A check under a domain pack joins its audit trail, with the redactions when --fix wrote a copy.
+        from tunesmith.domains.audit import (  # numpy (data loaders)
+            file_facts,
+            findings_summary,
+            record_check,
+        )
+
+        checked = [file_facts(file, "train", cols)] + [file_facts(p, role, cols) for role, p in (
+            ("validation", validation), ("test", test)) if p]
+        entry = record_check(domain, checked, findings_summary(card.to_json()), {
+            "rows": card.rows, "quality_score": card.score(), "errors": len(card.errors())}, fix=result if fix else None)
+        console.print(f"audit trail: entry {entry['id']} (`tunesmith audit export --out audit.csv`)", highlight=False)
     if card.errors():
         err.print(f"[red]{len(card.errors())} error(s) would block training[/red]; fix them or use --fix for the safe ones.")
         raise typer.Exit(1)
@@ -294,6 +316,121 @@ def synth_cmd(
     if report.stopped:
         err.print(f"[yellow]{report.stopped}[/yellow]")
     console.print(f"filter report: {report_path}; dropped rows: {dropped_path}")
+
+
+@app.command("ingest")
+@user_errors
+def ingest_cmd(
+    docs: Annotated[list[Path], typer.Argument(help="Documents (PDF, DOCX, HTML, Markdown, text) or folders that hold them.")],
+    out: Annotated[Path, typer.Option(help="Corpus to write (JSONL: text, source, page, section, id per passage).")] = Path("corpus.jsonl"),
+    max_chars: Annotated[int, typer.Option(help="Longest passage in characters (~4 per token).")] = 2000,
+) -> None:
+    """Read the organisation's documents into clean passages with provenance (file, page,
+    section): a corpus for continued pretraining (`tunesmith train --method pretrain --data
+    OUT`) and for `tunesmith data qa`. Files that cannot be read are listed with the reason;
+    the others are still read."""
+    # heavy: imported when the command runs, not for --help
+    from tunesmith.domains.documents import (  # pypdf, python-docx, bs4 on use
+        find_documents,
+        ingest,
+        write_corpus,
+    )
+
+    start = time.perf_counter()
+    with progress_for(err, "reading documents", len(find_documents(docs)[0]), eta=True) as progress:
+        corpus = ingest(docs, max_chars=max_chars, on_file=lambda path, done, total: progress.update(done, note=Path(path).name))
+    seconds = time.perf_counter() - start
+    table = Table(title=f"{len(corpus.files)} file(s) read in {seconds:.1f} s: {corpus.pages} PDF page(s), "
+                        f"{len(corpus.passages)} passages")
+    for col in ("file", "kind", "pages", "passages", "characters"):
+        table.add_column(col, justify="left" if col in ("file", "kind") else "right")
+    for f in corpus.files:
+        table.add_row(f.path, f.kind, str(f.pages) if f.pages is not None else "-", str(f.passages), str(f.characters))
+    if corpus.files:
+        console.print(table)
+    for note in corpus.notes:
+        console.print(f"note: {note}", highlight=False)
+    for _, reason in corpus.skipped:
+        err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False)
+    if not corpus.passages:
+        raise TunesmithError(f"No text could be read from {', '.join(map(str, docs))}; see the skipped files above.")
+    write_corpus(corpus.passages, out)
+    console.print(f"corpus: {out} ({len(corpus.passages)} passages, {len(corpus.skipped)} file(s) skipped). Next: "
+                  f"`tunesmith train --method pretrain --data {shlex.quote(str(out))}` or "
+                  f"`tunesmith data qa {shlex.quote(str(out))} --out qa.jsonl`.", highlight=False)
+
+
+@app.command("qa")
+@user_errors
+def qa_cmd(
+    corpus: Annotated[Path, typer.Argument(help="Corpus JSONL from `tunesmith data ingest` (or a document or folder, ingested first).")],
+    out: Annotated[Path, typer.Option(help="Question-answer rows to write (JSONL: question, passage, answer, source, page, section, passage_id).")] = Path("qa.jsonl"),
+    per_passage: Annotated[int, typer.Option(help="Question-answer pairs to ask for per passage.")] = 3,
+    max_passages: Annotated[int | None, typer.Option(help="Use only the first N passages (a quick trial).")] = None,
+    teacher: Annotated[str | None, typer.Option("--teacher", "--model", help="Local model that writes the pairs: built-in name, folder or run directory (default smollm2-135m).")] = None,
+    teacher_url: TeacherUrlOpt = None,
+    teacher_model: TeacherModelOpt = None,
+    teacher_key: TeacherKeyOpt = None,
+    rpm: Annotated[float | None, typer.Option(help="Endpoint requests per minute at most.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Endpoint requests in flight at once.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Passages per generation batch.")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (low: answers stay close to the passage).")] = 0.3,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Longest reply in tokens (default 96 per pair).")] = None,
+    min_coverage: Annotated[float, typer.Option(help="Share of an answer's content words the passage must hold.")] = 0.6,
+    random_seed: Annotated[int, typer.Option(help="Random seed of a local model's sampling.")] = 0,
+) -> None:
+    """Generate grounded question-answer pairs from CORPUS: a teacher writes pairs per passage,
+    and a pair is kept only when its passage supports the answer (numbers, negations and
+    content words checked). Each row cites its passage; the counts and dropped examples go to
+    OUT's .report.json."""
+    quiet_libraries()
+    # heavy: imported when the command runs, not for --help
+    from tunesmith.domains.documents import (  # pypdf, python-docx, bs4 on use
+        ingest,
+        read_corpus,
+    )
+    from tunesmith.domains.grounded_qa import generate_qa, write_qa  # the grounding checks' regexes
+    from tunesmith.inference.teacher import make_teacher  # pydantic
+
+    _refuse_overwrite(corpus, out)
+    if corpus.is_file() and corpus.suffix.lower() == ".jsonl":
+        passages = read_corpus(corpus)
+    else:
+        made = ingest([corpus])
+        for _, reason in made.skipped:
+            err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False)
+        if not made.passages:
+            raise TunesmithError(f"No text could be read from {corpus}; see the skipped files above.")
+        passages = made.passages
+    if max_passages is not None:
+        passages = passages[: max(0, max_passages)]
+    the_teacher = make_teacher(teacher, teacher_url, teacher_model, teacher_key, rpm, concurrency)
+    if hasattr(the_teacher, "target"):
+        convert_builtin_once(the_teacher.target)
+        import torch  # a local model samples: seeded for repeatable pairs
+
+        torch.manual_seed(random_seed)
+    budget = max_new_tokens or 96 * per_passage
+
+    def generate(conversations: list[list[dict]]) -> list[str]:
+        return the_teacher.complete(conversations, temperature=temperature, max_new_tokens=budget)
+
+    with progress_for(err, f"writing pairs with {the_teacher.name}", len(passages), eta=True) as progress:
+        rows, stats = generate_qa(passages, generate, per_passage=per_passage, batch_size=batch_size,
+                                  min_coverage=min_coverage, on_progress=lambda done, total, s: progress.update(
+                                      done, note=f"kept {s.kept}, dropped {sum(s.dropped.values())}"))
+    _, report_path = write_qa(rows, out, stats)
+    table = Table(title=f"{out}: {stats.kept} pairs kept of {stats.generated} generated from {stats.passages} passages")
+    table.add_column("dropped because")
+    table.add_column("count", justify="right")
+    for reason, count in stats.dropped.most_common():
+        table.add_row(reason, str(count))
+    console.print(table if stats.dropped else f"{out}: {stats.kept} pairs kept of {stats.generated}, none dropped.")
+    console.print(f"report: {report_path}. Train with `tunesmith train --data {shlex.quote(str(out))}`: each row's "
+                  "passage is the context of its question.", highlight=False)
+    if not rows:
+        err.print("[yellow]no pair was kept[/yellow]: try a stronger teacher (--teacher-url/--teacher-model) or see the "
+                  "dropped examples in the report.")
 
 
 def _refuse_overwrite(source: Path, out: Path) -> None:

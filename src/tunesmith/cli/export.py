@@ -37,6 +37,7 @@ def export_cmd(
     metric) to OUT/report.json, then prints the commands that run it."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
+    from tunesmith.domains.audit import record_export  # pydantic (runs)
     from tunesmith.evaluate.card import refresh_card  # pydantic, yaml
     from tunesmith.export.build import export_run  # pydantic (runs)
 
@@ -47,6 +48,9 @@ def export_cmd(
     finally:
         bars.stop()
     print_export(report)
+    # A run under a domain pack: the export joins its audit trail (before the card is rewritten, so the card cites it).
+    if entry := record_export(run, report):
+        console.print(f"audit trail: entry {entry['id']} (`tunesmith audit export --run {run} --out audit.csv`)")
     if card := refresh_card(run):
         console.print(f"Model card (with a deployment section): {card}")
 

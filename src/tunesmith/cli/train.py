@@ -13,11 +13,15 @@ from rich.table import Table
 from tunesmith.cli.common import (
     DatabaseOpt,
     DataDirOpt,
+    DomainOpt,
     EvalBars,
+    KeepGeneralOpt,
     PlainProgress,
+    ReportToOpt,
     TeacherKeyOpt,
     TeacherModelOpt,
     TeacherUrlOpt,
+    TemplateOpt,
     console,
     convert_builtin_once,
     default_run_dir,
@@ -85,15 +89,21 @@ def train_cmd(
     machine_rank: Annotated[int, typer.Option(help="This machine's number, 0 to --num-machines - 1 (0 runs the main process).")] = 0,
     main_ip: Annotated[Optional[str], typer.Option(help="Address of machine 0, for --num-machines above 1.")] = None,
     main_port: Annotated[int, typer.Option(help="Port machine 0 listens on for the others.")] = 29500,
+    report_to: ReportToOpt = None,
+    domain: DomainOpt = None,
+    template: TemplateOpt = None,
+    keep_general: KeepGeneralOpt = False,
 ) -> None:
     """Fine-tune a model on your data: chat tuning, continued pretraining, a classifier, a reward
     model, preference optimisation (DPO, ORPO, SimPO, KTO) or RL (GRPO, RLOO), with LoRA
-    (default), another PEFT method or full fine-tuning, validation and early stopping."""
+    (default), another PEFT method or full fine-tuning, validation and early stopping. With
+    --domain, the pack's compliance profile gates the data and the run goes to the audit trail."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
     from tunesmith.config import RunConfig, apply_overrides, load_config  # pydantic
     from tunesmith.runs import RunDir  # pydantic
     from tunesmith.train.callbacks import RichProgressCallback  # torch
+    from tunesmith.tracking import check_installed, parse_report_to
     from tunesmith.train.distributed import Cluster  # pydantic
     from tunesmith.workflows.train_eval import train  # torch
 
@@ -149,7 +159,12 @@ def train_cmd(
             "eval.items_per_week": items_per_week,
             "distributed.num_processes": num_processes,
             "distributed.strategy": strategy,
-        }, source="options")  # fmt: skip
+            "train.report_to": parse_report_to(report_to) or None,
+            "eval.keep_general": True if keep_general else None,
+            "domain": domain,
+            "template": template,
+        }, source="options", names={"domain": "--domain", "template": "--template"})  # fmt: skip
+        check_installed(cfg.train.report_to)  # before training, not after it
         run_dir = output or default_run_dir()
     convert_builtin_once(str(run_dir) if resume else cfg.model.name)
     progress = RichProgressCallback(console=err)
@@ -157,7 +172,8 @@ def train_cmd(
     bars = EvalBars(err)
     try:
         cluster = Cluster(num_machines, machine_rank, main_ip, main_port)
-        summary = train(cfg, run_dir, callbacks=[progress], resume=resume is not None, eval_progress=bars, cluster=cluster)
+        summary = train(cfg, run_dir, callbacks=[progress], resume=resume is not None, eval_progress=bars, cluster=cluster,
+                        say=lambda line: err.print(f"[dim]domain:[/dim] {line}", highlight=False))
     except KeyboardInterrupt:
         progress.close()
         bars.stop()
@@ -216,12 +232,16 @@ def quickstart_cmd(
     output: Annotated[Optional[Path], typer.Option(help="Run directory; default runs/quickstart-DATE-TIME.")] = None,
     model: Annotated[str, typer.Option(help="Base model.")] = "smollm2-135m",
     max_steps: Annotated[Optional[int], typer.Option(help="Cap optimizer steps (for a faster demo).")] = None,
+    export: Annotated[bool, typer.Option("--export/--no-export", help="End with an ONNX export, verified in onnxruntime.")] = True,
+    report_to: ReportToOpt = None,
 ) -> None:
-    """Fine-tune the bundled SmolLM2 on the bundled Banking77 sample (query in, intent out),
-    then print the test accuracy of the base and the tuned model side by side."""
+    """The platform in one command, on the bundled SmolLM2 and Banking77 sample: data gate,
+    automatic choices with their reasons, training, base vs tuned evaluation with a report
+    and a model card, and a verified ONNX export with the command that runs it."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
-    from tunesmith.runs import RunDir  # pydantic
+    from tunesmith.cli.export import print_export
+    from tunesmith.tracking import check_installed, parse_report_to
     from tunesmith.train.callbacks import RichProgressCallback  # torch
     from tunesmith.workflows.quickstart import (  # torch
         SAMPLE_TEST,
@@ -229,6 +249,8 @@ def quickstart_cmd(
         run_quickstart,
     )
 
+    trackers = parse_report_to(report_to)
+    check_installed(trackers)
     run_dir = output or default_run_dir("quickstart")
     err.print(f"fine-tuning [bold]{model}[/bold] on {SAMPLE_TRAIN.name}; testing on {SAMPLE_TEST.name}")
     err.print(f"run directory: [bold]{run_dir}[/bold]")
@@ -236,7 +258,8 @@ def quickstart_cmd(
     progress = RichProgressCallback(console=err)
     bars = EvalBars(err)  # starts once training's bar has closed: one live display at a time
     try:
-        report = run_quickstart(run_dir, model, max_steps, [progress], bars)
+        report = run_quickstart(run_dir, model, max_steps, [progress], bars, say=lambda line: err.print(f"[dim]auto:[/dim] {line}"),
+                                export=export, report_to=trackers)
     except KeyboardInterrupt:
         progress.close()
         err.print(f"[yellow]interrupted.[/yellow] continue training with: tunesmith train --resume {run_dir}")
@@ -244,11 +267,13 @@ def quickstart_cmd(
     finally:
         bars.stop()
     print_evaluation(RunDir(run_dir).results(), run_dir)
+    if report["export"]:
+        print_export(report["export"])
     console.print(
         f"Banking77 intent accuracy on {report['test_rows']} held-out queries: base {report['base_accuracy']:.1%}, "
         f"tuned {report['tuned_accuracy']:.1%}. Training {report['train_seconds']:.0f} s, total "
-        f"{report['total_seconds']:.0f} s; try it: tunesmith chat {run_dir}"
-    )
+        f"{report['total_seconds']:.0f} s.", soft_wrap=True)
+    console.print(f"try it: tunesmith predict {run_dir} --text \"I still have not received my new card\"", soft_wrap=True)
 
 
 @user_errors
@@ -350,10 +375,14 @@ def auto_cmd(
     project: Annotated[str, typer.Option(help="Project the model is registered in, for `tunesmith serve`.")] = "default",
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
+    domain: DomainOpt = None,
+    template: TemplateOpt = None,
 ) -> None:
     """From a data file to an evaluated specialist in one command: detect the task, check and
     fix the data, plan memory and the budget, train, report base vs tuned, and register the
-    model so `tunesmith serve` serves it. Every decision is listed with its reason."""
+    model so `tunesmith serve` serves it. Every decision is listed with its reason. With
+    --domain, identifiers of the pack's compliance profile are redacted into the copy that
+    trains, and the run goes to the audit trail; --template picks the task and system prompt."""
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
     from tunesmith.inference.teacher import make_teacher  # pydantic
@@ -371,7 +400,7 @@ def auto_cmd(
     try:
         result = run_auto(data, run_dir, test, task, budget, model, parse_columns_option(columns), force, synth_below,
                           the_teacher, callbacks=[progress], eval_progress=bars,
-                          say=lambda line: err.print(f"[dim]auto:[/dim] {line}"))
+                          say=lambda line: err.print(f"[dim]auto:[/dim] {line}"), domain=domain, template=template)
     except KeyboardInterrupt:
         progress.close()
         err.print(f"[yellow]interrupted.[/yellow] continue training with: tunesmith train --resume {run_dir}")

@@ -81,7 +81,7 @@ _IPV6 = re.compile(
 # Three shapes, every one needing a "+" or separators: a bare digit run is far more often
 # an amount, an order id or a timestamp than a phone number.
 _PHONE_INTL = re.compile(
-    r"(?<![\w+])\+(?:\d{8,15}|\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]\d{1,5}){1,6})(?!\d)"
+    r"(?<![\w+])\+(?:\d{8,15}|\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]\d{1,6}){1,6})(?!\d)"
 )
 # North American: (415) 555-2671, 415-555-2671, 415.555.2671, 1-415-555-2671.
 _PHONE_NANP = re.compile(

@@ -3,8 +3,9 @@ what is safe to fix.
 
 ``check_data`` loads a training file (and optional validation/test files) with
 ``formats.load_data`` and runs, in order: encoding, schema/content, length (with a
-tokenizer), duplicates/conflicts/leakage (``dedup.py``), PII (``pii.py``), labels
-(classification) and preference-pair checks. Each problem is a ``Finding`` with a
+tokenizer), duplicates/conflicts/leakage (``dedup.py``), PII (``pii.py``), a domain's
+compliance profile when one is given (``identifiers.py``), labels (classification) and
+preference-pair checks. Each problem is a ``Finding`` with a
 severity: an ``error`` blocks training, a ``warning`` is reported. Rows are the source
 row numbers of ``LoadedData.rows`` (``load.py`` says what they mean per file type).
 
@@ -14,7 +15,8 @@ are no records to judge until it is fixed.
 
 ``fix_data`` writes a cleaned copy in the canonical shape plus ``fix_log.jsonl``; it only
 applies safe fixes (drop exact duplicates and rows without an answer, strip control
-characters and HTML, redact PII) and never touches the input file.
+characters and HTML, redact PII and a profile's identifiers) and never touches the input
+file.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import html
 import json
 import math
 import re
+import shlex
 import statistics
 from collections import Counter
 from collections.abc import Iterator
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.data import dedup, pii, textcheck
+from tunesmith.data import dedup, identifiers, pii, textcheck
 from tunesmith.data import labels as label_check
 from tunesmith.data.formats import (
     LoadedData,
@@ -43,6 +46,7 @@ from tunesmith.data.formats import (
     to_chat,
     token_lengths,
 )
+from tunesmith.data.identifiers import Profile
 from tunesmith.errors import DataError
 
 __all__ = ["DataCard", "Finding", "FixResult", "check_data", "fix_data", "write_card"]
@@ -66,7 +70,7 @@ IMBALANCE_RATIO = 10
 TYPICAL_ANSWER_WORDS = 3
 
 CHECKS = (
-    "schema", "encoding", "length", "duplicates", "conflicts", "leakage", "pii", "labels", "preference", "language", "toxicity",
+    "schema", "encoding", "length", "duplicates", "conflicts", "leakage", "pii", "identifiers", "labels", "preference", "language", "toxicity",
 )
 
 # C0 and C1 control characters except \t \n \r.
@@ -119,6 +123,7 @@ class DataCard:
     findings: list[Finding]
     stats: dict  # token/character length percentiles, label counts for classify, ...
     notes: list[str] = field(default_factory=list)  # how the file was read (LoadedData.notes), for people
+    profile: str | None = None  # the compliance profile enforced ("hipaa-safe-harbor: HIPAA ..."), if any
 
     def errors(self) -> list[Finding]:
         """Findings that block training."""
@@ -168,6 +173,7 @@ class DataCard:
             f"<p>{esc(self.format)} &middot; {esc(self.task)} &middot; {self.rows} rows &middot; "
             f"{len(self.errors())} errors (block training) &middot; {len(self.warnings())} warnings</p>"
             f"<p><b>Quality score {self.score()} / 100</b> <small>({esc(SCORE_FORMULA)})</small></p>"
+            + (f"<p>Compliance profile: {esc(self.profile)}</p>" if self.profile else "")
             + "".join(f"<p><i>note: {esc(note)}</i></p>" for note in self.notes)
             + table
             + f"<h2>Statistics</h2><pre>{esc(json.dumps(self.stats, indent=2, ensure_ascii=False))}</pre>"
@@ -184,6 +190,7 @@ class DataCard:
             f"- Errors: {len(self.errors())} (block training)",
             f"- Warnings: {len(self.warnings())}",
             f"- Quality score: {self.score()} / 100 ({SCORE_FORMULA})",
+            *([f"- Compliance profile: {self.profile}"] if self.profile else []),
             *(f"- Note: {note}" for note in self.notes),
             "",
         ]
@@ -237,6 +244,7 @@ def check_data(
     label_check: bool = True,
     on_batch=None,
     task: str | None = None,
+    profile: Profile | None = None,
 ) -> DataCard:
     """Run every quality check on a training file (and leakage checks against validation
     and test files) and return a ``DataCard``.
@@ -247,8 +255,9 @@ def check_data(
     embedding-based label-error check on classification data (about 60 s per 10k rows on
     2 cores; ``on_batch(n)`` reports embedding progress). ``task`` says what the data will
     train ("chat", "classify", ...): text+label data checked as "chat" is checked as the
-    chats `train` makes of it. Raises ``DataError`` when a
-    file cannot be read (e.g. invalid UTF-8).
+    chats `train` makes of it. ``profile`` (a domain's compliance profile) makes every
+    identifier of its kinds an error, one finding per kind (check "identifiers"). Raises
+    ``DataError`` when a file cannot be read (e.g. invalid UTF-8).
     """
     columns = parse_columns(columns) if isinstance(columns, str) else columns
     bad: list[tuple[int, str]] = []
@@ -289,7 +298,9 @@ def check_data(
     for other_path in (validation_path, test_path):
         if other_path is not None:
             findings += _check_leakage(ctx, _as_task(load_data(other_path, columns=columns), task))
-    findings += _check_pii(ctx)
+    findings += _check_pii(ctx, skip=frozenset(profile.kinds) if profile else frozenset())
+    if profile is not None:
+        findings += _check_identifiers(ctx, profile)
     if data.records:
         findings += _check_language(ctx, stats)
         findings += _check_toxicity(ctx)
@@ -307,6 +318,7 @@ def check_data(
         findings=findings,
         stats=stats,
         notes=list(data.notes),
+        profile=f"{profile.name}: {profile.regulation}" if profile else None,
     )
 
 
@@ -335,7 +347,9 @@ def write_card(card: DataCard, out_dir) -> None:
 CONFLICT_POLICIES = ("keep-majority", "keep-first")
 
 
-def fix_data(card_input_path, out_path, columns=None, test_path=None, conflicts: str | None = None) -> FixResult:
+def fix_data(
+    card_input_path, out_path, columns=None, test_path=None, conflicts: str | None = None, profile: Profile | None = None
+) -> FixResult:
     """Write a cleaned copy of a data file as canonical JSONL, and ``fix_log.jsonl`` next to it.
 
     Safe fixes only: drop exact duplicates (the first copy stays), drop rows without an
@@ -344,8 +358,11 @@ def fix_data(card_input_path, out_path, columns=None, test_path=None, conflicts:
     characters and HTML tags (entities are unescaped), redact PII with typed placeholders
     such as ``[EMAIL]``. Conflicting answers (one prompt, different answers) stay unless
     ``conflicts`` says which to keep: "keep-majority" (the most common answer, the first
-    on a tie) or "keep-first"; rows with the other answers are dropped. The input file is
-    never modified.
+    on a tie) or "keep-first"; rows with the other answers are dropped. With a compliance
+    ``profile`` every identifier of its kinds is replaced by a numbered placeholder, the
+    same one throughout a row (``[PERSON_1]`` in every turn for one person, ``[PERSON_2]``
+    for the next); the log names the kinds per row, never the values. Code spans are left
+    alone. The input file is never modified.
     """
     if conflicts is not None and conflicts not in CONFLICT_POLICIES:
         raise DataError(f"--conflicts must be one of {', '.join(CONFLICT_POLICIES)}, not {conflicts!r}.")
@@ -380,11 +397,14 @@ def fix_data(card_input_path, out_path, columns=None, test_path=None, conflicts:
             drop.setdefault(index_of[row], f"exact duplicate of row {group.rows[0]}")
     kept: list[dict] = []
     redacted = changed = 0
+    found = _identifiers_by_text(data.records, drop, profile) if profile is not None else {}
     for i, (record, row) in enumerate(zip(data.records, data.rows)):
         if i in drop:
             log.append({"row": row, "action": "dropped", "reason": drop[i]})
             continue
-        cleaned, fixes = _clean_record(record)
+        id_kinds: Counter = Counter()  # the profile's kinds redacted in this row
+        redact = _row_redactor(profile, found, id_kinds) if profile is not None else None
+        cleaned, fixes = _clean_record(record, redact)
         reason = _missing_answer(cleaned) or _identical_pair(cleaned) or _empty_prompt(cleaned)
         if reason:
             log.append({"row": row, "action": "dropped", "reason": f"{reason} after cleaning"})
@@ -392,10 +412,14 @@ def fix_data(card_input_path, out_path, columns=None, test_path=None, conflicts:
         if fixes["changed"]:
             changed += 1
             log.append({"row": row, "action": "changed", "reason": ", ".join(sorted(fixes["changed"]))})
-        if fixes["pii"]:
+        if fixes["pii"] or id_kinds:
             redacted += 1
-            kinds = dict(sorted(fixes["pii"].items()))
-            log.append({"row": row, "action": "redacted", "reason": "personal data or secrets", "kinds": kinds})
+            kinds = dict(sorted((Counter(fixes["pii"]) + id_kinds).items()))
+            line = {"row": row, "action": "redacted", "reason": "personal data or secrets", "kinds": kinds}
+            if id_kinds:
+                line["reason"] = f"identifiers under {profile.name}" + (" and personal data or secrets" if fixes["pii"] else "")
+                line["profile"] = profile.name
+            log.append(line)
         kept.append(cleaned)
     log.sort(key=lambda line: line["row"])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -762,12 +786,15 @@ def _check_leakage(ctx: _Context, other: LoadedData) -> list[Finding]:
     return findings
 
 
-def _check_pii(ctx: _Context) -> list[Finding]:
+def _check_pii(ctx: _Context, skip: frozenset[str] = frozenset()) -> list[Finding]:
+    """PII warnings; ``skip`` holds kinds a compliance profile reports as errors instead."""
     rows_by_kind: dict[str, list[int]] = {}
     hits = Counter()
     for record, row in zip(ctx.data.records, ctx.data.rows):
         for text, code in _code_fields(record):
             for match in pii.find_pii(text, code):
+                if match.kind in skip:
+                    continue
                 hits[match.kind] += 1
                 found = rows_by_kind.setdefault(match.kind, [])
                 if not found or found[-1] != row:
@@ -793,6 +820,77 @@ _KIND_NAMES = {
     "ip": "IP addresses",
     "secret": "API keys or secrets",
 }
+
+
+def _check_identifiers(ctx: _Context, profile: Profile) -> list[Finding]:
+    """One error per identifier kind of ``profile`` found, with examples that show where
+    the identifier is but not the identifier itself."""
+    fields = [(row, text, code) for record, row in zip(ctx.data.records, ctx.data.rows) for text, code in _code_fields(record)]
+    found = identifiers.find_identifiers_batch([t for _, t, _ in fields], profile.kinds, [c for _, _, c in fields])
+    rows_by_kind: dict[str, list[int]] = {}
+    hits: Counter = Counter()
+    examples: dict[str, list[dict]] = {}
+    for (row, text, _), matches in zip(fields, found):
+        for m in matches:
+            hits[m.kind] += 1
+            rows = rows_by_kind.setdefault(m.kind, [])
+            if not rows or rows[-1] != row:
+                rows.append(row)
+                if len(examples.setdefault(m.kind, [])) < MAX_EXAMPLES:
+                    examples[m.kind].append({"row": row, "text": _masked_example(text, matches, m)})
+    file = ctx.data.path
+    fix = f"`tunesmith data check {shlex.quote(file)} --fix {shlex.quote(Path(file).stem + '.clean.jsonl')}`"
+    findings = []
+    for kind in profile.kinds:
+        if kind not in rows_by_kind:
+            continue
+        rows = rows_by_kind[kind]
+        what = re.sub(r" [(].*[)]$", "", identifiers.KINDS[kind])  # "names of people", without the how
+        message = (
+            f"{len(rows)} rows contain {hits[kind]} {kind} identifiers ({what}), which the "
+            f"{profile.name} profile ({profile.regulation}) requires removed; {fix} with the same --domain "
+            f"replaces each with a numbered placeholder such as [{kind.upper()}_1]."
+        )
+        findings.append(Finding("identifiers", "error", message, rows[:MAX_ROWS], len(rows), file, examples[kind]))
+    return findings
+
+
+def _masked_example(text: str, matches: list, around) -> str:
+    """The text near the identifier ``around``, every identifier in it shown as ``[KIND]``."""
+    start = max(0, around.start - EXAMPLE_CHARS // 3)
+    parts, pos = [], start
+    for m in matches:
+        if m.end <= start:
+            continue
+        parts += [text[pos : max(pos, m.start)], f"[{m.kind.upper()}]"]
+        pos = max(pos, m.end)
+    parts.append(text[pos:])
+    return ("…" if start else "") + _shorten("".join(parts))
+
+
+def _identifiers_by_text(records: list[dict], drop: dict[int, str], profile: Profile) -> dict[str, list]:
+    """The identifiers in every prose piece ``fix_data`` will redact, found in one batch.
+
+    A first cleaning pass only collects the pieces (after HTML is stripped, so the spans fit
+    the text the redaction sees); the named-entity model then reads them all at once."""
+    pieces: list[str] = []
+    for i, record in enumerate(records):
+        if i not in drop:
+            _clean_record(record, lambda text: pieces.append(text) or text)
+    unique = list(dict.fromkeys(pieces))
+    return dict(zip(unique, identifiers.find_identifiers_batch(unique, profile.kinds)))
+
+
+def _row_redactor(profile: Profile, found: dict[str, list], kinds: Counter):
+    """A redaction for the prose of one row: one placeholder mapping for all its fields."""
+    mapping: dict = {}
+
+    def redact(text: str) -> str:
+        redacted, matches = identifiers.redact_identifiers(text, profile.kinds, mapping, matches=found.get(text))
+        kinds.update(m.kind for m in matches)
+        return redacted
+
+    return redact
 
 
 def _check_labels(ctx: _Context, stats: dict) -> list[Finding]:
@@ -956,12 +1054,13 @@ def _side_text(messages: list[dict]) -> str:
     return dedup.normalize("\n".join(f"{m['role']}: {m['content']} {c}" for m, c in zip(messages, calls)))
 
 
-def _clean_text(text: str, changed: set[str], pii_kinds: Counter, answer: bool = False) -> str:
+def _clean_text(text: str, changed: set[str], pii_kinds: Counter, answer: bool = False, redact=None) -> str:
     """Clean prose; code spans keep their HTML and lose only distinctive secrets and control
-    characters, so a fix never rewrites code."""
+    characters, so a fix never rewrites code. ``redact(prose) -> prose`` (a compliance
+    profile's redaction) runs on the prose only."""
     parts, pos = [], 0
     for start, end in textcheck.code_spans(text, answer=answer):
-        parts.append(_clean_prose(text[pos:start], changed, pii_kinds))
+        parts.append(_clean_prose(text[pos:start], changed, pii_kinds, redact))
         code = text[start:end]
         cleaned = _CONTROL.sub("", code)
         if cleaned != code:
@@ -970,11 +1069,11 @@ def _clean_text(text: str, changed: set[str], pii_kinds: Counter, answer: bool =
         pii_kinds.update(m.kind for m in matches)
         parts.append(cleaned)
         pos = end
-    parts.append(_clean_prose(text[pos:], changed, pii_kinds))
+    parts.append(_clean_prose(text[pos:], changed, pii_kinds, redact))
     return "".join(parts)
 
 
-def _clean_prose(text: str, changed: set[str], pii_kinds: Counter) -> str:
+def _clean_prose(text: str, changed: set[str], pii_kinds: Counter, redact=None) -> str:
     cleaned = _CONTROL.sub("", text)
     if cleaned != text:
         changed.add("stripped control characters")
@@ -985,25 +1084,27 @@ def _clean_prose(text: str, changed: set[str], pii_kinds: Counter) -> str:
         cleaned = html.unescape(cleaned).replace("\xa0", " ")
         if cleaned != before:
             changed.add("stripped HTML")
+    if redact is not None and cleaned:
+        cleaned = redact(cleaned)  # before pii.redact: the profile's kinds get numbered placeholders
     cleaned, matches = pii.redact(cleaned)
     pii_kinds.update(m.kind for m in matches)
     return cleaned
 
 
-def _clean_record(record: dict) -> tuple[dict, dict]:
+def _clean_record(record: dict, redact=None) -> tuple[dict, dict]:
     changed: set[str] = set()
     kinds: Counter = Counter()
     cleaned = {}
     for key, value in record.items():
         if isinstance(value, list) and key != "tools":  # tool definitions are not text to clean
             cleaned[key] = [
-                {**m, "content": _clean_text(m["content"], changed, kinds, m["role"] == "assistant" or key == "completion")}
+                {**m, "content": _clean_text(m["content"], changed, kinds, m["role"] == "assistant" or key == "completion", redact)}
                 if m.get("content") is not None
                 else m
                 for m in value
             ]
         elif key == "text":
-            cleaned[key] = _clean_text(value, changed, kinds)
+            cleaned[key] = _clean_text(value, changed, kinds, redact=redact)
         else:
             cleaned[key] = value
     return cleaned, {"changed": changed, "pii": dict(kinds)}

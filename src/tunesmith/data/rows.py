@@ -1,13 +1,21 @@
 """The rows each kind of training and evaluation reads from a data file, in the canonical
 shapes (DESIGN.md): chats, raw texts, text+label rows, preference pairs, RL prompts; and
-the token budget of a conversation under a chat template.
+the token budget of a conversation under a chat template; and the general rows replayed
+against forgetting.
 """
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 from tunesmith.config import RunConfig
 from tunesmith.data.formats import Format, load_data, to_chat
 from tunesmith.errors import DataError
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+# The general chat set SFT replays against forgetting (samples/README.md): written for this project.
+GENERAL_CHAT = SAMPLES / "general_chat.jsonl"
 
 
 def load_pairs(path, columns: dict | None = None, kto: bool = False) -> list[dict]:
@@ -135,3 +143,38 @@ def encode_answers(prompt: list[dict], answers: list[list[dict]], tokenizer, max
     Training and scoring both encode this way. Returns (ids per answer, shortened)."""
     prompt, shortened = fit_prompt(prompt, answers, tokenizer, max_length)
     return [chat_tokens(prompt + a, tokenizer)[-max_length:] for a in answers], shortened
+
+
+def replay_share(n_task: int, ratio: float, pool: list, seed: int) -> list:
+    """Items of `pool` (general data) so that they make `ratio` of the mix with `n_task`
+    task items: ratio / (1 - ratio) per task item, drawn seeded and cycling through the
+    pool (reshuffled each round) when it is too small. Pretraining replays text blocks and
+    SFT replays chats through this one rule."""
+    want = round(n_task * ratio / (1 - ratio))
+    if want == 0 or not pool:
+        return []
+    rng = random.Random(seed)
+    out: list = []
+    while len(out) < want:
+        order = list(pool)
+        rng.shuffle(order)
+        out.extend(order[: want - len(out)])
+    return out
+
+
+def replay_chats(n_task: int, config: RunConfig) -> list[dict]:
+    """General chat rows to mix into `n_task` SFT training rows so that they make
+    `data.replay_ratio` of the training set, from `data.replay_file` (default: the shipped
+    `general_chat.jsonl`). They are general questions asked plainly, as the forgetting probes
+    are: the run's system prompt is not added to them."""
+    ratio = config.data.replay_ratio
+    if ratio <= 0 or n_task == 0:
+        return []
+    path = config.data.replay_file or str(GENERAL_CHAT)
+    data = load_data(path)
+    if data.task != "chat":
+        raise DataError(
+            f"{path}: SFT replays general chat rows, but this replay file holds {data.task} data ({data.format.value}); "
+            "give a chat file as data.replay_file, or leave it empty for the general chat set shipped with tunesmith."
+        )
+    return replay_share(n_task, ratio, to_chat(data, system_prompt=None), config.train.seed)

@@ -70,6 +70,21 @@ def held_out_test(config: RunConfig):
     return subset(data, sorted(_test_rows(len(data.records), config)))
 
 
+def held_out_validation(config: RunConfig):
+    """The validation records of a finished run's `config` (its resolved config): its
+    validation file, or the rows `split_validation` held out of the training rows, the same
+    rows its recipe held out (one per record, split by position with the run's seed). None
+    when the run had none."""
+    if config.data.validation:
+        return load_data(config.data.validation, columns=config.data.columns)
+    fraction = config.data.validation_split
+    if fraction == "auto" or float(fraction) <= 0:
+        return None
+    config, data = training_data(config)
+    _, held = split_validation(list(range(len(data.records))), float(fraction), config.train.seed)
+    return subset(data, held) if held else None
+
+
 def test_split(n: int, has_test_file: bool) -> tuple[float, str]:
     """(share of the training rows held out as the test set, why)."""
     if has_test_file:

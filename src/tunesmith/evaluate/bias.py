@@ -367,6 +367,51 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 
+def swap_pairs(texts: Iterable[str], swaps: Iterable[tuple[str, str]], max_pairs: int = 200,
+               source: Literal["template", "test"] = "test") -> list[Pair]:
+    """Counterfactual pairs from the caller's texts for a custom list of (term, swapped term)
+    swaps, such as a domain pack's (`domains.packs.Domain.bias_swaps`).
+
+    Each swap is an attribute of its own, named "term/swapped", with the groups "term" (A)
+    and "swapped" (B). A text that contains either side of a swap gives one pair for it: the
+    text in the form it has more words of (ties go to A) and its swap. Terms match as whole
+    words or phrases, case-insensitively, and keep the case of the text (He -> She); the
+    swapped words are written as the pack spells them otherwise ("white" -> "Black"). A pronoun
+    pair the general gender swap knows (his/her) takes its context-dependent form from there
+    ("gave her the card" -> "gave him the card"). Repeated texts count once; past `max_pairs`
+    the swaps share the budget round-robin, as in `counterfactuals`."""
+    gender = swap_mapping("gender")
+    by_attribute: dict[str, list[Pair]] = {}
+    swaps = [(a, b) for a, b in swaps if a.strip() and b.strip() and a.lower() != b.lower()]
+    mappings = {}
+    for a, b in swaps:
+        mapping = {" ".join(a.lower().split()): b, " ".join(b.lower().split()): a}
+        for key, value in list(mapping.items()):
+            if "|" in gender.get(key, "") and value.lower() in gender[key].split("|"):
+                mapping[key] = gender[key]
+        mappings[f"{a}/{b}"] = (a, b, mapping)
+        by_attribute[f"{a}/{b}"] = []
+    order: dict[int, int] = {}
+    seen: set[str] = set()
+    for text in texts:
+        if text in seen:
+            continue
+        seen.add(text)
+        for name, (a, b, mapping) in mappings.items():
+            side_a = len(_pattern((" ".join(a.lower().split()),)).findall(text))
+            side_b = len(_pattern((" ".join(b.lower().split()),)).findall(text))
+            if not (side_a or side_b):
+                continue
+            other = swap(text, mapping)
+            if other == text:
+                continue
+            text_a, text_b = (text, other) if side_a >= side_b else (other, text)
+            pair = Pair(name, a, b, text_a, text_b, source, dict(mapping))
+            order[id(pair)] = len(order)
+            by_attribute[name].append(pair)
+    return sorted(_cap(by_attribute, max_pairs), key=lambda p: order[id(p)])
+
+
 def template_pairs(max_pairs: int = 200) -> list[Pair]:
     """Counterfactual pairs from the built-in `TEMPLATES` (source "template").
 
@@ -592,7 +637,13 @@ def probe(
     overall = _figures(rows)
     result.update(overall)
     findings: dict[str, list[str]] = {metric: [] for metric in limits}
-    for attribute, groups in GROUPS.items():
+    attributes = dict(GROUPS)
+    for pair in pairs:  # an attribute of a custom swap (`swap_pairs`) has the groups its pairs name
+        if pair.attribute not in GROUPS:
+            groups = attributes.setdefault(pair.attribute, (pair.group_a,))
+            if pair.group_b not in groups:
+                attributes[pair.attribute] = (*groups, pair.group_b)
+    for attribute, groups in attributes.items():
         attr_rows = [r for r in rows if r["pair"].attribute == attribute]
         if not attr_rows:
             continue

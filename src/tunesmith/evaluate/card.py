@@ -17,6 +17,8 @@ import yaml
 
 from tunesmith.config import PREFERENCE_STAGES, RL_STAGES, RunConfig, load_config
 from tunesmith.data.load import read_records
+from tunesmith.domains import audit as trail
+from tunesmith.domains.packs import get_domain
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.report import (
     alarms,
@@ -552,8 +554,12 @@ def _forgetting_section(run: _Run) -> str:
         out.append(f"- General-knowledge probes answered ({probes.get('n', '?')}): {_pct_or(probes, 'base')} (base) "
                    f"-> {_pct_or(probes, 'tuned')} (tuned){change}.")
     threshold = f" (threshold {pct(f['threshold'])})" if f.get("threshold") is not None else ""
-    out.append(f"- Flagged: {'**yes**' if f.get('flagged') else 'no'}{threshold}.")
+    alarm = f.get("alarm", f.get("flagged"))
+    flagged = "**yes**" if alarm else "beyond the threshold, as information" if f.get("flagged") else "no"
+    out.append(f"- Flagged: {flagged}{threshold}.")
     out += [f"- {x}" for x in f.get("findings") or []]
+    if f.get("rule"):
+        out.append(f"- {f['rule']}")
     return "\n".join(out)
 
 
@@ -699,6 +705,159 @@ def _how_to_use(run: _Run) -> str:
     return "## How to use\n\n```bash\n" + "\n".join(lines) + "\n```"
 
 
+def _regulated_section(run: _Run) -> str:
+    """A run under a domain pack: intended and out-of-scope use and human oversight (from the
+    pack), data governance (the compliance profile, its findings, redactions, data hashes),
+    the evaluation against the pack, transparency items in the spirit of the EU AI Act, and
+    the audit-trail entries that record the run."""
+    config = run.config
+    if config is None or not config.domain:
+        return ""
+    pack = get_domain(config.domain)
+    entries = trail.full_entries(run.dir)
+    template = f", template `{config.template}`" if config.template else ""
+    out = ["## Regulated use", "", (f"Trained and evaluated under tunesmith's **{pack.name}** domain pack ({pack.title}"
+           f"{template}). This section is written for the people who approve, deploy and oversee the model.")]
+    out += ["", "### Intended use and out of scope", "", f"- Intended use: {pack.intended_use}", "- Out of scope:"]
+    out += [f"  - {item}." for item in pack.out_of_scope]
+    out += ["", "### Human oversight", "", f"- {pack.oversight}"]
+    a = run.results.get("abstention") or {}
+    if a.get("threshold") is not None:
+        out.append(f"- Below a confidence of {a['threshold']:.3g} (calibrated on the validation rows to answer "
+                   f"{pct(a.get('target_coverage') or 0)} of them) the model answers \"{a.get('refer', 'refer to a person')}\" "
+                   "instead of a label; route those items to a person.")
+    out.append("- Keep a person able to overrule, stop and correct the model, and review its mistakes regularly.")
+    out += ["", "### Data governance", ""] + _governance(run, pack, entries)
+    out += ["", "### Evaluation against the pack", ""] + _pack_evaluation(run.results)
+    out += ["", "### Transparency (in the spirit of the EU AI Act)", ""] + _transparency(run, pack)
+    out += ["", "### Audit trail", ""] + _audit_lines(run, entries)
+    return "\n".join(out)
+
+
+def _governance(run: _Run, pack, entries: list[dict]) -> list[str]:
+    profile = pack.profile
+    out = [(f"- Compliance profile applied by the data gate: `{profile.name}`, {profile.regulation}; identifiers "
+            f"checked: {', '.join(profile.kinds)}. Every identifier found is an error that blocks training.")]
+    card = run.final.get("card") or {}
+    found = trail.findings_summary(card) if card else {}
+    if found:
+        kinds = found.get("identifiers") or {}
+        named = ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())) if kinds else "none"
+        out.append(f"- Findings on the data that trained: {found.get('errors', 0)} error(s), {found.get('warnings', 0)} "
+                   f"warning(s); identifiers per kind: {named}.")
+        if found.get("trained_despite_errors"):
+            out.append("- **Trained despite data-gate errors** (`--force`): the findings are in `data_card.json`.")
+    else:
+        out.append("- Findings: unknown (no data card).")
+    trained = [e for e in entries if e.get("event") in ("train", "auto") and not e.get("missing")]
+    before = ((trained[-1].get("findings_before") or {}) if trained else {}).get("identifiers") or {}
+    if before:
+        out.append("- Identifiers found in the data as given, before redaction: "
+                   + ", ".join(f"{k} {v:,} row(s)" for k, v in sorted(before.items())) + ".")
+    if trained:
+        red = trained[-1].get("redactions") or {}
+        kinds = ", ".join(f"{k} {v:,}" for k, v in sorted((red.get("kinds") or {}).items()))
+        out.append(f"- Redactions before training: {red.get('rows', 0):,} row(s)" + (f" (placeholders: {kinds})" if kinds else "")
+                   + ("; the rows as given are listed below as `train (as given)`, the redacted copy as `train`."
+                      if trained[-1].get("source_data") else "."))
+        files = list(trained[-1].get("source_data") or []) + list(trained[-1].get("data") or [])
+    else:
+        out.append("- Redactions before training: not recorded (the run has no training entry in the audit trail).")
+        files = [trail.file_facts(run.config.data.train, "train", run.config.data.columns)] if run.config.data.train else []
+    if files:
+        out += ["", _table(["data", "file", "rows", "SHA-256"], [
+            [f.get("role", "?"), f"`{f.get('path')}`", "-" if f.get("rows") is None else f"{f['rows']:,}",
+             f"`{f['sha256']}`" if f.get("sha256") else "not found"] for f in files])]
+    return out
+
+
+def _pack_evaluation(r: dict) -> list[str]:
+    skipped = r.get("skipped") or {}
+    a = r.get("abstention") or {}
+    test = a.get("test") or {}
+    if test:
+        line = (f"- Abstention: at the calibrated threshold the model answered {pct(test.get('coverage') or 0)} of "
+                f"{test.get('rows', '?')} test rows with {pct(test.get('accuracy') or 0)} accuracy, and referred the "
+                f"rest to a person (accuracy on every row: {pct(test.get('accuracy_all') or 0)}).")
+    elif a.get("at_target"):
+        t = a["at_target"]
+        line = (f"- Abstention: answering the {pct(t.get('coverage') or 0)} most confident test rows gives "
+                f"{pct(t.get('accuracy') or 0)} accuracy; no threshold was calibrated ({a.get('note') or 'no validation rows'}).")
+    else:
+        why = _why(skipped, "abstention") or ("" if r.get("task") == "labels" else
+                                              " (it applies to runs that answer with a label)")
+        line = f"- Abstention: not measured{why}."
+    out = [line]
+    domain = r.get("domain") or {}
+    safety = domain.get("safety")
+    if safety:
+        failed = "; failed: " + "; ".join(safety.get("failed") or []) if safety.get("failed") else ""
+        out.append(f"- Safety probes: the tuned model passed {safety['tuned']['passed']} of {safety['probes']} "
+                   f"({pct(safety['tuned']['pass_rate'] or 0)}), the base {safety['base']['passed']}{failed}.")
+    else:
+        out.append(f"- Safety probes: not measured{_why(skipped, 'domain_safety')}.")
+    swaps = (domain.get("bias_swaps") or {}).get("tuned")
+    if swaps and not swaps.get("pairs"):
+        out.append("- Bias swaps of the pack: no test row holds any of the pack's terms "
+                   f"({', '.join(' / '.join(s) for s in domain['bias_swaps'].get('swaps', []))}), so none was swapped; "
+                   "test them on inputs that do.")
+    elif swaps:
+        gaps = [f"answers changed for {pct(swaps['changed_rate'])} of {swaps.get('pairs', '?')} swapped pairs"
+                if swaps.get("changed_rate") is not None else ""]
+        gaps += [f"{name.replace('_', ' ')} {swaps[name]:+.3g}" for name in ("sentiment_gap", "length_gap")
+                 if isinstance(swaps.get(name), (int, float))]
+        out.append(f"- Bias swaps of the pack ({', '.join(' / '.join(s) for s in domain['bias_swaps'].get('swaps', []))}): "
+                   f"{'; '.join(g for g in gaps if g) or 'measured'}; {'**flagged**' if swaps.get('flagged') else 'not flagged'}.")
+    else:
+        out.append(f"- Bias swaps of the pack: not measured{_why(skipped, 'domain_bias')}.")
+    grounding = r.get("grounding")
+    if isinstance(grounding, dict) and grounding:
+        figures = [f"{k.replace('_', ' ')} {pct(v) if 0 <= v <= 1 else f'{v:.3g}'}" for k, v in grounding.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        out.append(f"- Grounding: {', '.join(figures) or 'measured (see results.json)'}.")
+    else:
+        out.append(f"- Grounding: not measured{_why(skipped, 'grounding')}.")
+    return out
+
+
+def _why(skipped: dict, key: str) -> str:
+    return f" ({str(skipped[key]).rstrip('.')})" if skipped.get(key) else ""
+
+
+def _transparency(run: _Run, pack) -> list[str]:
+    card = run.final.get("card") or {}
+    licence = _base_licence(run.base)
+    rows = f"{card.get('rows'):,} rows of {card.get('format', '?')} data" if card.get("rows") is not None else "unknown data"
+    return [
+        ("- It is an AI system: its outputs are generated by a fine-tuned language model and can be wrong. Tell the "
+         "people who read or are affected by them that they come from an AI system (EU AI Act, Art. 50)."),
+        f"- Base model: `{run.base}`" + (f" ({licence} licence)" if licence else "") + f"; fine-tuned with {run.adapter_text()}.",
+        (f"- Training data: {rows} (`{card.get('path') or run.config.data.train}`), checked and, where needed, redacted "
+         f"under the `{pack.profile.name}` profile; hashes above and in the audit trail."),
+        ("- Known limitations: see Limitations and Evaluation above; it was tested only on the test set and probes "
+         "named here."),
+        ("- Provider and contact: _to be filled in by the organisation that deploys the model (who is responsible for "
+         "it, and how a person affected reaches a human)._"),
+        f"- Oversight: {pack.oversight}",
+        "- Record keeping: every check, training, evaluation and export of this run is in the audit trail below.",
+    ]
+
+
+def _audit_lines(run: _Run, entries: list[dict]) -> list[str]:
+    if not entries:
+        return ["No audit-trail entries are recorded for this run yet."]
+    rows = []
+    for e in entries:
+        state = "not in the log" if e.get("missing") else (
+            "verified" if e.get("hash") == trail.entry_hash(e) else "**hash does not match its content**")
+        rows.append([f"`{e['id']}`", e.get("event", "?"), e.get("time", "?"), f"`{str(e.get('hash', ''))[:16]}`", state,
+                     trail.actor_text(e.get("actor")) if not e.get("missing") else "-"])
+    return [("Entries recorded for this run (each holds the data files' hashes, the findings, the settings and the "
+             "result):"), "", _table(["entry", "event", "time (UTC)", "hash", "state", "by"], rows), "",
+            (f"Export them with `tunesmith audit export --run {run.name} --out audit.csv` (add `--data-dir DIR` for a run "
+             "the service trained) and check the log's hash chain with `tunesmith audit verify`.")]
+
+
 def _deployment_section(run: _Run) -> str:
     """The run's exports (`tunesmith export`), each with how its file did against the PyTorch model."""
     reports = export_reports(run.dir)
@@ -758,6 +917,7 @@ def render_card(run_dir: str | Path, results: dict) -> str:
         _value_section(run),
         _limitations(run),
         _ethics(run),
+        _regulated_section(run),
         _how_to_use(run),
         _deployment_section(run),
         _reproduce(run),

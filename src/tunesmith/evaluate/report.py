@@ -225,7 +225,7 @@ def alarms(results: EvalResults | dict, run_dir: str | Path | None = None) -> li
     if over.get("flagged"):
         out.append(f"Overfitting: {over.get('message', 'validation loss rose while training loss fell.')}")
     forgetting = results.get("forgetting") or {}
-    if forgetting.get("flagged"):
+    if forgetting.get("alarm", forgetting.get("flagged")):  # results before "alarm" existed: flagged
         findings = forgetting.get("findings") or ["the tuned model lost general ability beyond the threshold."]
         out.extend(f"Forgetting: {f}" for f in findings)
     bias = results.get("bias") or {}
@@ -233,6 +233,11 @@ def alarms(results: EvalResults | dict, run_dir: str | Path | None = None) -> li
     if tuned_bias.get("flagged"):
         findings = tuned_bias.get("findings") or ["the tuned model answers differently for different groups."]
         out.extend(f"Bias: {f}" for f in findings)
+    safety = (results.get("domain") or {}).get("safety") or {}
+    if safety.get("flagged"):
+        rules = "; ".join(dict.fromkeys(safety.get("failed") or []))
+        out.append(f"Domain safety: the tuned model failed {len(safety.get('failed') or [])} of {safety.get('probes')} "
+                   f"{results['domain'].get('name')} safety probes ({rules}).")
     if run_dir is not None:
         for stage in run_stages(run_dir):
             card = read_json(RunDir(stage["dir"]).data_card_file) or {}
@@ -598,6 +603,16 @@ def _training_section(run_dir: Path, results: dict) -> str:
             bits.append(f"best validation loss {s['best_eval_loss']:.4f}")
         if s.get("train_runtime_s") is not None:
             bits.append(f"{s['train_runtime_s']:.0f} s")
+        if s.get("tokens_per_s") is not None:  # speed figures of train/speed.py
+            speed = f"{s['tokens_per_s']:,.0f} tokens/s"
+            if s.get("mfu") is not None:
+                speed += f" ({s['mfu']:.0%} MFU)"
+            if s.get("peak_memory_gb") is not None:
+                kind = "GPU memory" if s.get("peak_memory_kind") == "cuda" else "process memory (RSS)"
+                speed += f", peak {kind} {s['peak_memory_gb']:.1f} GB"
+            if s.get("device"):
+                speed += f" on {s['device']}"
+            bits.append(speed)
         card = read_json(RunDir(stage["dir"]).data_card_file)
         if card:
             score = (card.get("summary") or {}).get("quality_score")
@@ -722,6 +737,37 @@ def _judge_section(results: dict) -> str:
     return _section("judge", "LLM judge", body)
 
 
+def _grounding_section(results: dict) -> str:
+    """Answers checked against the context each test row gave (evaluate/grounding.py); no
+    section when no test row had a context."""
+    g = results.get("grounding")
+    if not g:
+        return ""
+    base, tuned = g.get("base") or {}, g.get("tuned") or {}
+    rows = []
+    for key, name, share in (("unsupported_share", "statements unsupported by the context (lower is better)", True),
+                             ("rows_with_unsupported_share", "answers with an unsupported statement (lower is better)", True),
+                             ("invented_citations", "invented citations (lower is better)", False)):
+        b, t = base.get(key), tuned.get(key)
+        how = "better" if b is not None and t is not None and t < b else "worse" if b is not None and t is not None and t > b else ""
+        show = (lambda v: pct(v)) if share else (lambda v: str(v))
+        change = (f"{100 * (t - b):+.1f} pp" if share else f"{t - b:+d}") if b is not None and t is not None else "—"
+        rows.append([_e(name), _e(show(b) if b is not None else "—"), _e(show(t) if t is not None else "—"),
+                     _changed(change, how)])
+    body = (f"<p>{_e(g.get('rows'))} test rows gave a context; statements checked: base {_e(base.get('statements'))}, "
+            f"tuned {_e(tuned.get('statements'))}.</p>")
+    body += _table(["measure", "base", "tuned", "change"], rows, "grounding-table", raw=True)
+    if g.get("method"):
+        body += f'<p class="note">{_e(g["method"])}.</p>'
+    examples = tuned.get("examples") or []
+    if examples:
+        body += "<p>Tuned answers with unsupported statements:</p>" + _table(
+            ["context", "answer", "unsupported", "invented citations"],
+            [[_short(x.get("context"), MAX_TEXT), _short(x.get("answer"), MAX_TEXT), "; ".join(x.get("unsupported") or []),
+              ", ".join(x.get("invented_citations") or [])] for x in examples[:MAX_EXAMPLES]], "grounding-examples")
+    return _section("grounding", "Grounding in the context", body)
+
+
 def _forgetting_section(results: dict) -> str:
     f = results.get("forgetting")
     if not f:
@@ -741,9 +787,12 @@ def _forgetting_section(results: dict) -> str:
         rows.append([_e(name), _e(fmt_metric("probes", probes.get("base"), True)),
                      _e(fmt_metric("probes", probes.get("tuned"), True)), _changed(change, how)])
     body = _table(["measure", "base", "tuned", "change"], rows, "forgetting-table", raw=True) if rows else ""
-    status = "flagged" if f.get("flagged") else "not flagged"
+    alarm = f.get("alarm", f.get("flagged"))
+    status = "flagged" if alarm else "beyond the threshold, reported as information" if f.get("flagged") else "not flagged"
     threshold = f" (threshold {pct(f['threshold'])})" if f.get("threshold") is not None else ""
-    body += f"<p class=\"{'alarm' if f.get('flagged') else 'ok'}\">Forgetting {status}{_e(threshold)}.</p>"
+    body += f"<p class=\"{'alarm' if alarm else 'ok'}\">Forgetting {status}{_e(threshold)}.</p>"
+    if f.get("rule"):
+        body += f"<p>{_e(f['rule'])}</p>"
     if f.get("findings"):
         body += "<ul>" + "".join(f"<li>{_e(x)}</li>" for x in f["findings"]) + "</ul>"
     answers = f.get("probe_answers") or {}
@@ -804,6 +853,105 @@ def _bias_section(results: dict) -> str:
                   _short(x.get("text_b"), MAX_TEXT), _short(x.get("answer_b"), MAX_TEXT)] for x in examples],
                 f"bias-examples-{side}")
     return _section("bias", "Bias", body)
+
+
+def _coverage_chart(abstention: dict) -> str | None:
+    """Accuracy against coverage on the test rows, with the target coverage and the calibrated threshold's point."""
+    curve = abstention.get("curve") or []
+    if not curve:
+        return None
+    fig = _figure(6, 3.2)
+    ax = fig.add_subplot()
+    ax.plot([100 * p["coverage"] for p in curve], [100 * p["accuracy"] for p in curve], color="#1a73e8",
+            marker="o" if len(curve) < 30 else None, markersize=3, label="tuned model, test rows")
+    target = abstention.get("target_coverage")
+    if target is not None:
+        ax.axvline(100 * target, color="#9aa0a6", linestyle="--", label=f"target coverage {pct(target, 0)}")
+    test = abstention.get("test") or {}
+    if test.get("accuracy") is not None:
+        ax.scatter([100 * test["coverage"]], [100 * test["accuracy"]], color="#d93025", zorder=3,
+                   label="calibrated threshold")
+    ax.set_xlabel("coverage: rows answered (%)")
+    ax.set_ylabel("accuracy on answered rows (%)")
+    ax.set_xlim(0, 101)
+    ax.set_ylim(0, 101)
+    ax.legend(fontsize=8, loc="lower left")
+    return _png(fig)
+
+
+def _abstention_section(results: dict) -> str:
+    a = results.get("abstention")
+    if not a:
+        reason = (results.get("skipped") or {}).get("abstention")
+        return _section("abstention", "Abstention", _missing(skipped_line(results, "abstention"))) if reason else ""
+    target = a.get("target_coverage")
+    body = (f"<p>Below a confidence threshold the model answers “{_e(a.get('refer'))}” instead of a label. Confidence: "
+            f"{_e(a.get('confidence_note') or a.get('confidence'))}.</p>")
+    if a.get("threshold") is not None:
+        val, test = a.get("validation") or {}, a.get("test") or {}
+
+        def acc(d):
+            return pct(d["accuracy"]) if d.get("accuracy") is not None else "—"
+
+        rows = [["threshold", fmt_number(a["threshold"]), ""],
+                ["rows", str(val.get("rows", "—")), str(test.get("rows", "—"))],
+                ["answered", str(val.get("answered", "—")), str(test.get("answered", "—"))],
+                ["referred to a person", str(val.get("referred", "—")), str(test.get("referred", "—"))],
+                ["coverage", pct(val["coverage"]) if val.get("coverage") is not None else "—",
+                 pct(test["coverage"]) if test.get("coverage") is not None else "—"],
+                ["accuracy on answered rows", acc(val), acc(test)]]
+        if test.get("accuracy_all") is not None:
+            rows.append(["accuracy answering every row", "", pct(test["accuracy_all"])])
+        body += (f"<p>Threshold calibrated on the validation rows to answer {_e(pct(target, 0))} of them, then "
+                 "applied to the test rows.</p>") + _table(["", "validation", "test"], rows, "abstention-table")
+    else:
+        body += f'<p class="note">{_e(a.get("note") or "No threshold was calibrated.")}</p>'
+    at = a.get("at_target")
+    if at and at.get("accuracy") is not None:
+        body += (f"<p>Accuracy at {_e(pct(at['coverage']))} coverage of the test rows (their own most confident "
+                 f"{_e(pct(target, 0))}): {_e(pct(at['accuracy']))}.</p>")
+    chart = _coverage_chart(a)
+    if chart:
+        body += (f"<figure>{_img('plot-coverage', chart, 'Accuracy against coverage')}<figcaption>Accuracy on the "
+                 "answered test rows as the threshold falls and more rows are answered.</figcaption></figure>")
+    return _section("abstention", "Abstention", body)
+
+
+def _domain_section(results: dict) -> str:
+    d = results.get("domain")
+    if not d:
+        return ""
+    skipped = results.get("skipped") or {}
+    body = f"<p>Domain pack: {_e(d.get('title') or d.get('name'))}.</p>"
+    safety = d.get("safety")
+    if safety:
+        def rate(side):
+            s = safety.get(side) or {}
+            return f"{s.get('passed', '—')} of {safety.get('probes', '—')}" + (
+                f" ({pct(s['pass_rate'], 0)})" if s.get("pass_rate") is not None else "")
+
+        body += (f"<p>Safety probes passed: base {_e(rate('base'))}, tuned {_e(rate('tuned'))}. An answer fails when it "
+                 "says what the domain forbids (a dosage or diagnosis beyond the source, personalised investment "
+                 "advice, ...) without deferring to a person.</p>")
+        rows = [[r.get("rule", ""), _short(r.get("prompt"), MAX_TEXT), r["base"].get("verdict", ""),
+                 _short(r["base"].get("answer"), MAX_TEXT), r["tuned"].get("verdict", ""),
+                 _short(r["tuned"].get("answer"), MAX_TEXT)] for r in safety.get("results") or []]
+        body += _table(["rule", "probe", "base", "base answer", "tuned", "tuned answer"], rows, "domain-safety-table")
+    else:
+        body += _missing(skipped_line(results, "domain_safety", "domain safety probes"))
+    swaps = d.get("bias_swaps")
+    if swaps and swaps.get("tuned"):
+        base, tuned = swaps.get("base") or {}, swaps["tuned"]
+        pairs = ", ".join(f"{a} ↔ {b}" for a, b in swaps.get("swaps") or [])
+        changed = lambda x: pct(x["changed_rate"]) if x.get("changed_rate") is not None else "—"
+        body += (f"<h3>Domain bias swaps</h3><p>The pack's swaps ({_e(pairs)}) applied to the test prompts: "
+                 f"{tuned.get('pairs', 0)} pairs; answer changed for base {_e(changed(base))}, tuned "
+                 f"{_e(changed(tuned))}.</p>")
+        if tuned.get("findings"):
+            body += "<ul>" + "".join(f"<li>{_e(x)}</li>" for x in tuned["findings"]) + "</ul>"
+    elif "domain_bias" in skipped:
+        body += _missing(skipped_line(results, "domain_bias", "domain bias swaps"))
+    return _section("domain", "Domain safety", body)
 
 
 def value_line(value: dict) -> str:
@@ -882,8 +1030,11 @@ def render_report(run_dir: str | Path, results: dict) -> str:
         _labels_section(results),
         _tool_calls_section(results),
         _judge_section(results),
+        _grounding_section(results),
         _forgetting_section(results),
         _bias_section(results),
+        _abstention_section(results),
+        _domain_section(results),
         _value_section(results),
         _samples_section(results),
         _decisions_section(run_dir),

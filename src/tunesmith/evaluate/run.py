@@ -13,6 +13,15 @@ What is measured follows the run's last stage and the test data:
 | text | continued pretraining, or raw-text test data | perplexity |
 | reward | a reward model | pairwise accuracy (the base: its own likelihood of each answer) |
 
+A labelling run also gets abstention (`evaluate/abstention.py`, results key "abstention"): the
+tuned model's confidence in each label, a threshold calibrated on the run's validation rows to
+answer `eval.coverage` of them (saved as `RUN/abstention.json` for serving), and accuracy
+against coverage on the test rows. A run with a domain pack (`domain`) also gets the pack's
+safety probes and bias swaps (`evaluate/domain.py`, results key "domain"). Generation rows
+with a context column (a `context` or `passage`) also get grounding (`evaluate/grounding.py`,
+results key "grounding"): each model's statements unsupported by the context, and invented
+citations.
+
 A test row is its conversation up to the last assistant turn, which is the expected answer.
 Rows with tools are rendered as training rendered them (`formats.template_inputs`: the tool
 definitions and earlier calls through the chat template, or as JSON text when it does not
@@ -47,15 +56,20 @@ from tunesmith.data.rows import (
     load_prompts,
     load_texts,
 )
-from tunesmith.data.splits import held_out_test, subset
+from tunesmith.data.splits import held_out_test, held_out_validation, subset
+from tunesmith.domains.packs import get_domain
 from tunesmith.errors import ConfigError, DataError, ModelError
 from tunesmith.evaluate import metrics as M
-from tunesmith.evaluate.bias import counterfactuals, probe, template_pairs
+from tunesmith.evaluate.abstention import abstention_results, write_threshold
+from tunesmith.evaluate.bias import counterfactuals, probe, swap_pairs, template_pairs
 from tunesmith.evaluate.card import write_card
+from tunesmith.evaluate.domain import NO_SAFETY, domain_results, run_safety_probes
+from tunesmith.evaluate.grounding import grounding_results, row_contexts
 from tunesmith.evaluate.judge import judge_pairwise
 from tunesmith.evaluate.metrics import overfitting_alarm, relative_change
 from tunesmith.evaluate.report import write_report
 from tunesmith.inference.classifier import load_classifier, predict
+from tunesmith.inference.confidence import label_confidence
 from tunesmith.inference.generate import (
     generate,
     load_for_inference,
@@ -65,6 +79,7 @@ from tunesmith.inference.reward import load_reward_model
 from tunesmith.inference.teacher import make_teacher
 from tunesmith.models import load_tokenizer
 from tunesmith.runs import EvalResults, RunDir
+from tunesmith.tracking import log_evaluation
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 GENERAL_TEXT = SAMPLES / "general_text.jsonl"
@@ -73,6 +88,7 @@ GENERAL_PROBES = SAMPLES / "general_probes.jsonl"
 GENERAL_TEXT_ROWS = 64
 MAX_SCORED_LENGTH = 1024  # tokens of one perplexity example; longer ones are cut
 BIAS_MAX_NEW_TOKENS = 64  # enough to see a changed label, tone or length; keeps the probes cheap
+SAFETY_MAX_NEW_TOKENS = 128  # a domain safety probe's answer: room for a dosage or a recommendation to show
 # Free-text metrics, each a function of the same name in `evaluate.metrics`.
 GENERATION_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "semantic_similarity")
 
@@ -111,6 +127,8 @@ def evaluate_run(
     judge = make_judge(opts)  # a bad judge setting fails before any model is loaded
     if task.classifier:
         task.labels = final.labels
+    if task.kind == "labels":
+        _validation_task(task, stage, config, opts)
     results: dict = {
         "run": str(run),
         "task": task.kind,
@@ -147,9 +165,18 @@ def evaluate_run(
     results["judge"] = _judge(judge, task, opts, base.get("answers"), tuned.get("answers"), progress, results["skipped"])
     results["forgetting"] = _forgetting(base.get("forgetting"), tuned.get("forgetting"), opts, task, results["skipped"])
     if tuned.get("bias") is not None:
-        results["bias"] = {"base": base["bias"], "tuned": tuned["bias"]}
+        results["bias"] = {"base": base.get("bias"), "tuned": tuned["bias"]}  # a prompted classifier base: None
     else:
         results["skipped"]["bias"] = task.no_bias or "bias probes are switched off (eval.bias)"
+    results["abstention"] = tuned.get("abstention")
+    if results["abstention"] is not None:
+        write_threshold(run, results["abstention"], task.labels)
+    if top.domain:
+        no_safety = NO_SAFETY if task.classifier else "a reward model scores answers and writes none of its own"
+        results["domain"] = domain_results(get_domain(top.domain), base, tuned, results["skipped"], no_safety,
+                                           task.no_bias or "bias probes are switched off (eval.bias)")
+    if task.contexts:  # answers checked against the context each test row gave (evaluate/grounding.py)
+        results["grounding"] = grounding_results(task.contexts, base.get("answers"), tuned.get("answers"))
     results["value"] = _value(results["metrics"]["tuned"], task, opts, results["skipped"])
     results["overfitting"] = _overfitting(final)
     results["samples"] = [
@@ -170,7 +197,15 @@ def evaluate_run(
     folder.results_file.write_text(json.dumps(evaluation.to_json(), indent=2, ensure_ascii=False))
     write_report(run, evaluation)
     write_card(run, evaluation)
+    # the run's experiment trackers (`--report-to`) get the results, report and card
+    log_evaluation(run, evaluation.to_json(), _last_step(final), [folder.results_file, run / "report.html", run / "MODEL_CARD.md"])
     return evaluation
+
+
+def _last_step(final: RunDir) -> int:
+    """The optimizer step the run finished at (where the evaluation is plotted in trackers)."""
+    lines = final.metrics_file.read_text().splitlines() if final.metrics_file.exists() else []
+    return int(json.loads(lines[-1]).get("step", 0)) if lines else 0
 
 
 # --------------------------------------------------------------------------- test data
@@ -206,10 +241,13 @@ class Task:
     calls: list[list[dict]] = field(default_factory=list)  # tool_calls: each row's expected calls ([]: text)
     pairs: list[dict] = field(default_factory=list)  # preference pairs (preference, reward)
     texts: list[str] = field(default_factory=list)  # raw text (text kind) or texts to classify
-    labels: list[str] = field(default_factory=list)  # a classifier's label set
+    labels: list[str] = field(default_factory=list)  # the label set (a classifier's, or a labelling run's answers)
+    validation: Task | None = None  # labels: the run's validation rows, to calibrate abstention on
+    no_validation: str = ""  # labels: why there are none
     max_new_tokens: int = 16
     base_note: str = ""  # how the base model was asked, when not like the tuned one
     no_bias: str = ""  # why bias probes do not apply, when they do not
+    contexts: list[str | None] = field(default_factory=list)  # generation: each row's context column, for grounding
 
     @classmethod
     def build(cls, stage: str, data, config: RunConfig, opts: EvalConfig) -> Task:
@@ -244,6 +282,8 @@ class Task:
         task.requests = [last_user(p) for p in task.prompts]
         task.references = references
         task.calls = [r["calls"] for r in rows]
+        if kind == "generation":
+            task.contexts = row_contexts(data, task.prompts)
         if kind == "preference":
             task.pairs = data.records
         task.max_new_tokens = opts.max_new_tokens or _answer_budget(references, config)
@@ -302,9 +342,18 @@ def measure(side: str, run: Path, top: RunConfig, config: RunConfig, task: Task,
     model = _load(side, run, top, task)
     step = _stepper(progress)
     if task.kind == "labels" and task.classifier:
-        answer_fn = _label_fn(side, model, task, opts, step)
-        out["answers"] = answer_fn(task.texts, f"{side}: labelling the test set")
-        out["labelling"] = M.labelling(out["answers"], task.references, labels=task.labels or None)
+        if side == "tuned":  # the head's probabilities are the confidences abstention calibrates
+            predictions = predict(model, task.texts, on_batch=step("tuned: labelling the test set", len(task.texts)))
+            out["answers"], out["confidence"] = [p["label"] for p in predictions], [p["probability"] for p in predictions]
+            out["labelling"] = M.labelling(out["answers"], task.references, labels=task.labels or None)
+        else:  # the base, asked by prompt on a seeded sample; the other rows' answers stay None
+            rows = _base_rows(task, opts, top.train.seed)
+            asked = _label_fn(side, model, task, opts, step)([task.texts[i] for i in rows], f"{side}: labelling the test set")
+            out["answers"] = [None] * len(task.texts)
+            for i, answer in zip(rows, asked):
+                out["answers"][i] = answer
+            out["rows"] = len(rows)
+            out["labelling"] = M.labelling(asked, [task.references[i] for i in rows], labels=task.labels or None)
         out["metrics"] = {k: out["labelling"][k] for k in ("accuracy", "macro_f1")}
     elif task.kind == "tool_calls":
         answers = generate(model, task.prompts, task.max_new_tokens, batch_size=opts.batch_size, tools=task.tools,
@@ -339,8 +388,17 @@ def measure(side: str, run: Path, top: RunConfig, config: RunConfig, task: Task,
         else:
             out["metrics"]["pairwise_accuracy"] = likelihood_preference(model, task.pairs, opts.batch_size, step, side)
 
-    if opts.bias and not task.no_bias:
+    if task.kind == "labels" and side == "tuned":
+        out["abstention"] = _abstention(model, task, out, opts, step)
+    prompted_base = task.classifier and side == "base"  # its answers are prose around a label
+    if opts.bias and not task.no_bias and not prompted_base:
         out["bias"] = _bias(side, model, task, opts, step)
+    if top.domain:
+        domain = get_domain(top.domain)
+        if not task.classifier and task.kind != "reward":
+            out["safety"] = run_safety_probes(domain, _safety_answer(side, model, opts, step))
+        if opts.bias and not task.no_bias and not prompted_base:
+            out["domain_bias"] = _bias(side, model, task, opts, step, swap_pairs(task.requests, domain.bias_swaps))
     if opts.forgetting and not task.classifier and task.kind != "reward":
         out["forgetting"] = _forgetting_side(side, model, opts, step)
     del model
@@ -374,6 +432,15 @@ def _stepper(progress: Progress | None):
         return on_batch
 
     return step
+
+
+def _base_rows(task: Task, opts: EvalConfig, seed: int) -> list[int]:
+    """The test rows a classifier's base model is asked: all, or a seeded sample of `base_rows`."""
+    n = len(task.texts)
+    if n <= opts.base_rows:
+        return list(range(n))
+    task.base_note += f"; it answered a seeded sample of {opts.base_rows} of the {n} test rows (eval.base_rows)"
+    return sorted(random.Random(seed).sample(range(n), opts.base_rows))
 
 
 def _label_fn(side: str, model, task: Task, opts: EvalConfig, step):
@@ -517,6 +584,12 @@ def probe_correct(answer: str, accepted: list[str]) -> bool:
     return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", answer, re.IGNORECASE) for a in accepted)
 
 
+FORGETTING_RULE_KEEP = ("Forgetting is an alarm: this model must stay a general assistant (--keep-general, or a chat or "
+                        "generation task), so lost general skills threaten what it is for.")
+FORGETTING_RULE_SPECIALIST = ("Forgetting is information, not an alarm: this is a labelling task and --keep-general was not "
+                              "asked for, so the model was meant to become a specialist; general skills were not its job.")
+
+
 def _forgetting(base: dict | None, tuned: dict | None, opts: EvalConfig, task: Task, skipped: dict) -> dict | None:
     if not (base and tuned):
         skipped["forgetting"] = (
@@ -537,20 +610,24 @@ def _forgetting(base: dict | None, tuned: dict | None, opts: EvalConfig, task: T
             f"general instruction probes fell from {base['probe_accuracy']:.1%} to {tuned['probe_accuracy']:.1%}, "
             f"more than the {opts.forgetting_threshold:.0%} threshold."
         )
+    keep = opts.keep_general if opts.keep_general is not None else task.kind != "labels"
     return {
         "general_perplexity": {"base": base["general_perplexity"], "tuned": tuned["general_perplexity"], "change": ppl_change},
         "probes": {"n": len(tuned["probes"]), "base": base["probe_accuracy"], "tuned": tuned["probe_accuracy"],
                    "change": probe_change},
         "threshold": opts.forgetting_threshold,
         "flagged": bool(findings),
+        # An alarm only when it threatens what the user asked for: general skills they want kept.
+        "alarm": bool(findings) and keep,
+        "rule": FORGETTING_RULE_KEEP if keep else FORGETTING_RULE_SPECIALIST,
         "findings": findings,
         "probe_answers": {"base": base["probes"], "tuned": tuned["probes"]},
     }
 
 
-def _bias(side: str, model, task: Task, opts: EvalConfig, step) -> dict:
-    """Counterfactual pairs from the built-in templates and from the test prompts."""
-    pairs = template_pairs() + counterfactuals(task.requests)
+def _bias(side: str, model, task: Task, opts: EvalConfig, step, pairs: list | None = None) -> dict:
+    """Counterfactual pairs from the built-in templates and from the test prompts (or `pairs`)."""
+    pairs = template_pairs() + counterfactuals(task.requests) if pairs is None else pairs
     if task.classifier:
         label = _label_fn(side, model, task, opts, step)
         answer = lambda texts: label(texts, f"{side}: bias probes")
@@ -563,6 +640,73 @@ def _bias(side: str, model, task: Task, opts: EvalConfig, step) -> dict:
                             on_batch=step(f"{side}: bias probes", len(texts)))
 
     return probe(answer, pairs, threshold=opts.bias_threshold)
+
+
+def _safety_answer(side: str, model, opts: EvalConfig, step):
+    """A generating model answering the domain's safety probes (with the run's system prompt)."""
+    def answer(texts: list[str]) -> list[str]:
+        return generate(model, [[{"role": "user", "content": t}] for t in texts], SAFETY_MAX_NEW_TOKENS,
+                        batch_size=opts.batch_size, on_batch=step(f"{side}: domain safety probes", len(texts)))
+    return answer
+
+
+# --------------------------------------------------------------------------- abstention
+
+
+def _validation_task(task: Task, stage: str, config: RunConfig, opts: EvalConfig) -> None:
+    """Set `task.validation` to the run's validation rows (or `task.no_validation` to why there are
+    none) and a generating labeller's label set: its training answers and the test labels."""
+    if not task.classifier:
+        task.labels = sorted(set(_training_answers(config) or []) | set(task.references))
+    data = held_out_validation(config)
+    if data is None or not data.records:
+        task.no_validation = "the run held no validation rows out of its training data (data.validation_split 0)"
+        return
+    try:
+        validation = Task.build(stage, data, config, opts)
+    except DataError as exc:
+        task.no_validation = f"the run's validation rows cannot be read ({exc})"
+        return
+    if not validation.references:
+        task.no_validation = "the run's validation rows have no labels to check"
+        return
+    validation.labels, validation.max_new_tokens = task.labels, task.max_new_tokens
+    task.validation = validation
+
+
+def _scored_labels(model, task: Task, opts: EvalConfig, step, what: str, answers: list[str] | None = None):
+    """(labels, confidences) of the tuned model on `task`'s rows: a classifier's labels and softmax
+    probabilities; a generating model's answers and its probability of the label it wrote."""
+    if task.classifier:
+        predictions = predict(model, task.texts, on_batch=step(f"tuned: labelling {what}", len(task.texts)))
+        return [p["label"] for p in predictions], [p["probability"] for p in predictions]
+    if answers is None:
+        answers = generate(model, task.prompts, task.max_new_tokens, batch_size=opts.batch_size, tools=task.tools,
+                           on_batch=step(f"tuned: answering {what}", len(task.prompts)))
+    by_form: dict[str, str] = {}
+    for label in task.labels:  # the first spelling wins, as in `metrics.labelling`
+        by_form.setdefault(M.normalize(label), label)
+    chosen = [by_form.get(M.normalize(a)) for a in answers]
+    confidence = label_confidence(model, task.prompts, chosen, task.labels, opts.batch_size,
+                                  on_batch=step(f"tuned: confidence on {what}", len(task.prompts)))
+    return answers, confidence
+
+
+def _abstention(model, task: Task, out: dict, opts: EvalConfig, step) -> dict:
+    """Calibrate the tuned model's threshold on the validation rows and measure it on the test rows."""
+    if "confidence" in out:
+        test_conf = out["confidence"]
+    else:
+        _, test_conf = _scored_labels(model, task, opts, step, "the test set", out["answers"])
+    def correct(answers: list[str], references: list[str]) -> list[bool]:
+        return [M.normalize(a) == M.normalize(r) for a, r in zip(answers, references)]
+
+    validation = None
+    if task.validation is not None:
+        answers, conf = _scored_labels(model, task.validation, opts, step, "the validation rows")
+        validation = (conf, correct(answers, task.validation.references))
+    return abstention_results(test_conf, correct(out["answers"], task.references), validation, opts.coverage,
+                              "softmax" if task.classifier else "label_probability", task.no_validation)
 
 
 def _value(tuned: dict, task: Task, opts: EvalConfig, skipped: dict) -> dict | None:

@@ -31,7 +31,7 @@ from tunesmith.export.verify import (
     reference,
     verification_rows,
 )
-from tunesmith.runs import RunDir
+from tunesmith.runs import LABELS_FILE, RunDir
 
 FORMATS = ("hf", "gguf", "ollama", "onnx")
 REPORT_FILE = "report.json"
@@ -184,6 +184,9 @@ def usage(fmt: str, out: Path, name: str, lora: bool = False) -> list[str]:
                 "print(m.create_chat_completion([{'role': 'user', 'content': 'Hello'}])['choices'][0]['message']['content'])\"")]
     if fmt == "ollama":
         return [f"ollama create {name} -f {out / 'Modelfile'}", f"ollama run {name}"]
+    if fmt == "onnx" and (out / LABELS_FILE).exists():  # a classifier
+        return [(f"python -c \"from tunesmith.export.onnx import load_onnx; m = load_onnx('{out}'); "
+                "print(m.predict(['I still have not received my new card']))\"")]
     if fmt == "onnx":
         return [(f"python -c \"from tunesmith.export.onnx import load_onnx; m = load_onnx('{out}'); "
                 "print(m.chat([{'role': 'user', 'content': 'Hello'}]))\"")]

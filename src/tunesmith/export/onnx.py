@@ -18,6 +18,7 @@ changed a third of SmolLM2's answer tokens (`quantize_int8`).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 import shutil
@@ -46,6 +47,7 @@ from tunesmith.runs import LABELS_FILE, RunDir
 
 ONNX_FILE = "model.onnx"  # float32, the name optimum and transformers.js look for
 INT8_FILE = "model_int8.onnx"
+CLASSIFIER_FILE = "classifier.json"  # a classifier's tokenisation settings (its max_length) for `load_onnx`
 # What each file must keep, in `verify`'s measures: PyTorch's answer tokens (teacher-forced, see
 # `verify.token_agreement`) and test metric, as GGUF's float32 and q8_0 files must (int8 is 8-bit
 # too); a classifier's labels, checked whatever its accuracy, since an accuracy near chance cannot
@@ -185,6 +187,45 @@ def load_onnx_causal_lm(path: Path, threads: int | None = None) -> OnnxCausalLM:
                         "position_ids" in inputs)
 
 
+@dataclass
+class OnnxChat:
+    """A chat model exported to ONNX, with its tokenizer and stop tokens: `chat(messages)`."""
+
+    model: OnnxCausalLM
+    tokenizer: object
+    stops: list[int]
+
+    def chat(self, messages: list[dict], max_new_tokens: int = 128) -> str:
+        """The model's greedy answer to one conversation (OpenAI-style messages)."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        out = self.model.generate([ids], max_new_tokens=max_new_tokens, eos_token_id=self.stops)
+        new = [t for t in out[0][len(ids):].tolist() if t not in self.stops]
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def load_onnx(folder: str | Path, int8: bool = True, threads: int | None = None) -> OnnxChat | OnnxClassifier:
+    """An export folder written by `tunesmith export --format onnx`, ready to use: a chat model
+    (`.chat(messages)`) or a classifier (`.predict(texts)`), on the int8 file when there is one."""
+    import json
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    folder = Path(folder)
+    path = folder / INT8_FILE if int8 and (folder / INT8_FILE).exists() else folder / ONNX_FILE
+    if not path.exists():
+        raise ModelError(f"{folder} holds no {ONNX_FILE}; give the folder `tunesmith export --format onnx` wrote.")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if (folder / LABELS_FILE).exists():  # a classifier
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        meta = folder / CLASSIFIER_FILE
+        max_length = json.loads(meta.read_text())["max_length"] if meta.exists() else tokenizer.model_max_length
+        return OnnxClassifier(open_session(path, threads), tokenizer, json.loads((folder / LABELS_FILE).read_text()),
+                              int(min(max_length, 100_000)))
+    stops = GenerationConfig.from_pretrained(folder).eos_token_id
+    return OnnxChat(load_onnx_causal_lm(path, threads), tokenizer, [stops] if isinstance(stops, int) else list(stops))
+
+
 def _cache_order(name: str) -> tuple[int, str]:
     _, layer, kind = name.split(".")
     return int(layer), kind
@@ -308,6 +349,7 @@ def _export_classifier(folder: RunDir, merged: Path, out: Path, quantize: str | 
     del model
     _write_model_files(merged, out, tokenizer, None)
     shutil.copy2(folder.final.labels_file, out / LABELS_FILE)
+    (out / CLASSIFIER_FILE).write_text(json.dumps({"max_length": max_length}))
 
     files_figures = []
     for n, name in enumerate(files):

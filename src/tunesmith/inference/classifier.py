@@ -1,12 +1,15 @@
 """A finished classification run as a labeller: load it (base + adapter with its head, or
-full weights) and label texts with probabilities.
+full weights) and label texts with probabilities; with the confidence threshold its
+evaluation calibrated (`RUN/abstention.json`), refer the texts below it to a person.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.domains.packs import REFER
 from tunesmith.errors import ModelError
 from tunesmith.models import load_model
 from tunesmith.runs import RunDir
@@ -79,3 +82,27 @@ def predict(classifier: Classifier, texts: list[str], batch_size: int = 32, top_
         if on_batch:
             on_batch(len(batch))
     return out
+
+
+# --------------------------------------------------------------------------- abstention
+
+
+def load_threshold(run: str | Path) -> float | None:
+    """The confidence threshold the run's evaluation calibrated (`RUN/abstention.json`,
+    written by `evaluate.abstention`), or None when it has none."""
+    path = RunDir(Path(run)).abstention_file
+    try:
+        threshold = json.loads(path.read_text())["threshold"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(threshold) if isinstance(threshold, (int, float)) else None
+
+
+def abstain(prediction: dict, threshold: float | None) -> dict:
+    """A `predict` result with the threshold applied: `{"label", "predicted", "confidence",
+    "threshold", "referred"}`; label is "refer to a person" when the confidence is below the
+    threshold (never without one), else the predicted label."""
+    confidence = float(prediction["probability"])
+    referred = threshold is not None and confidence < threshold
+    return {"label": REFER if referred else prediction["label"], "predicted": prediction["label"],
+            "confidence": confidence, "threshold": threshold, "referred": referred}

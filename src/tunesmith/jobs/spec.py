@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from tunesmith.config import RL_STAGES, STAGE_TASKS, RunConfig, Stage, apply_overrides
+from tunesmith.domains.apply import apply_pack
+from tunesmith.domains.packs import DOMAINS
 from tunesmith.errors import ConfigError
 from tunesmith.train.auto import default_learning_rate
 
@@ -76,6 +78,10 @@ COMMON: dict[str, Setting] = {
     "test_split": Setting("data.test_split", "number", auto=True),
     "system_prompt": Setting("data.system_prompt", "string"),
     "force": Setting("data.force", "boolean"),
+    # A domain pack and its task template (`GET /v1/tunesmith/domains`): the pack's compliance
+    # profile gates the data, its probes join the evaluation, and the job goes to the audit trail.
+    "domain": Setting("domain", "string", choices=tuple(DOMAINS)),
+    "template": Setting("template", "string"),
 }
 _BETA = {"beta": Setting("method.beta", "number")}
 _RL = _BETA | {
@@ -188,6 +194,9 @@ def build_config(
     config = apply_overrides(RunConfig(), job, source="job")
     config = apply_overrides(config, values, source="hyperparameters", names=names)
     config = apply_overrides(config, overrides or {}, source="server")
+    # A template without its domain, or of another pack, is one sentence; a template sets the
+    # system prompt and its settings here, so the preview shows them.
+    config, _ = apply_pack(config)
     if multiplier not in (None, "auto"):
         if not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool) or not 0 < multiplier <= 100:
             raise ConfigError("hyperparameter 'learning_rate_multiplier' must be a number above 0 and at most 100, or 'auto'.")

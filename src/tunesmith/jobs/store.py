@@ -101,6 +101,9 @@ class Job(Base):
     # Config values the server resolved from the names a client gave (a registered reward
     # function's file, a judge's URL): server-side only, never shown to the client.
     overrides: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The id of the API key that created the job: the audit trail names it (with the project)
+    # as who ran a job under a domain pack.
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 class Event(Base):

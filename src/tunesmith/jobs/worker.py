@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import TrainerCallback
 
+from tunesmith.domains.audit import Audit, api_actor, service_log
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.evaluate.report import alarms
 from tunesmith.jobs import store
@@ -272,8 +273,10 @@ def run_job(sessions, job: Job, worker: str, data_dir: Path, heartbeat_s: float,
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint: start clean
         lease.event("Resuming from the last checkpoint." if resume else "Fine-tuning job started.")
+        # Under a domain pack the job's entries go to the service's audit trail, naming its project and key.
+        audit = Audit(service_log(data_dir), api_actor(job.project, job.key_id))
         summary = train(config, run_dir, callbacks=[JobCallback(lease, job, flags)], resume=resume,
-                        eval_progress=EvalWatch(lease, flags))
+                        eval_progress=EvalWatch(lease, flags), audit=audit)
         lease.check()  # the report and the model card are rewritten in place
         for path in (RunDir(run_dir).report_file, RunDir(run_dir).model_card_file):
             if path.exists():

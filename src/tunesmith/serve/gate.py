@@ -23,6 +23,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from tunesmith.data.quality import check_data
+from tunesmith.domains.audit import findings_summary
+from tunesmith.domains.packs import get_domain
 from tunesmith.errors import DataError
 
 
@@ -34,16 +36,20 @@ class GateCrashed(DataError):
     """The data gate's process died on one file (out of memory, or killed)."""
 
 
-def card_info(path: str, filename: str) -> dict:
+def card_info(path: str, filename: str, domain: str | None = None) -> dict:
     """Parse the file and run the data gate's quick checks; the summary the API stores and
-    shows (the embedding-based label check runs when a job trains on the file).
+    shows (the embedding-based label check runs when a job trains on the file). Under a
+    `domain` pack the gate applies its compliance profile (its identifiers are errors), and
+    the summary adds the profile and the findings per identifier kind.
 
     Runs in the gate process. Messages name `filename`, never the storage path.
     """
-    card = check_data(path, label_check=False)
+    profile = {"profile": get_domain(domain).profile} if domain else {}
+    card = check_data(path, label_check=False, **profile)
     name = lambda text: text.replace(path, filename)  # noqa: E731 - never show our storage path
     findings = sorted(card.findings, key=lambda f: f.severity != "error")
-    return {
+    extra = {"domain": domain, "profile": profile["profile"].name, "summary": findings_summary(card.to_json())} if domain else {}
+    return extra | {
         "format": card.format,
         "task": card.task,
         "rows": card.rows,
@@ -101,22 +107,23 @@ def _size(path: Path) -> str:
     return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"
 
 
-def _submit(state, path: Path, filename: str) -> Future:
+def _submit(state, path: Path, filename: str, domain: str | None = None) -> Future:
     try:
-        return _pool(state).submit(card_info, str(path), filename)
+        return _pool(state).submit(card_info, str(path), filename, domain)
     except BrokenProcessPool:  # its process died while idle (e.g. the OOM killer): start a fresh one
         close_gate(state)
-        return _pool(state).submit(card_info, str(path), filename)
+        return _pool(state).submit(card_info, str(path), filename, domain)
 
 
-async def check_upload(app, path: Path, filename: str) -> dict:
-    """`card_info` for a stored upload, computed in the gate process without blocking the
-    event loop. Raises `DataError` for a file the gate refuses, `GateTimeout` when the check
-    passes `Settings.gate_timeout_s` and `GateCrashed` when the gate process dies."""
+async def check_upload(app, path: Path, filename: str, domain: str | None = None) -> dict:
+    """`card_info` for a stored upload (under `domain`'s profile when given), computed in the
+    gate process without blocking the event loop. Raises `DataError` for a file the gate
+    refuses, `GateTimeout` when the check passes `Settings.gate_timeout_s` and `GateCrashed`
+    when the gate process dies."""
     state, timeout_s = app.state, app.state.settings.gate_timeout_s
     async with _lock(state):
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(_submit(state, path, filename)), timeout_s)
+            return await asyncio.wait_for(asyncio.wrap_future(_submit(state, path, filename, domain)), timeout_s)
         except asyncio.TimeoutError:
             close_gate(state)
             raise GateTimeout(
@@ -134,8 +141,8 @@ async def check_upload(app, path: Path, filename: str) -> dict:
             raise
 
 
-def check_upload_blocking(app, path: Path, filename: str) -> dict:
+def check_upload_blocking(app, path: Path, filename: str, domain: str | None = None) -> dict:
     """`check_upload` from a synchronous route (it runs in a worker thread of the event loop)."""
     from anyio.from_thread import run  # only the server process needs anyio
 
-    return run(check_upload, app, path, filename)
+    return run(check_upload, app, path, filename, domain)

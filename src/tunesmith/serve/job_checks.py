@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunesmith.config import RunConfig
-from tunesmith.errors import ConfigError
+from tunesmith.domains import audit as trail
+from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.jobs.spec import (
     Judge,
     Resources,
@@ -22,6 +24,7 @@ from tunesmith.jobs.spec import (
 )
 from tunesmith.jobs.store import File, Model
 from tunesmith.runs import RunDir
+from tunesmith.serve import gate
 from tunesmith.serve.deps import APIError, Caller, Settings, base_models, get_file
 from tunesmith.serve.schemas import JobCreate
 
@@ -98,3 +101,50 @@ def checked_job(sessions: sessionmaker[Session], settings: Settings, caller: Cal
     except ConfigError as exc:
         raise APIError(400, str(exc), param="method") from None
     return CheckedJob(method, training, validation, seed, config, overrides)
+
+
+# --------------------------------------------------------------------------- domain packs
+
+
+def audit_of(settings: Settings, caller: Caller) -> trail.Audit:
+    """The service's audit trail (in its data folder), naming the caller's project and key."""
+    return trail.Audit(trail.service_log(settings.data_dir), trail.api_actor(caller.project, caller.key_id))
+
+
+def domain_check(app, sessions: sessionmaker[Session], settings: Settings, caller: Caller, f: File, domain: str,
+                 param: str = "file_id") -> dict:
+    """The data gate's summary of an uploaded file under `domain`'s compliance profile (its
+    identifiers are errors), run in the gate process. Kept with the file (`info["domains"]`),
+    so a file is checked once per pack; each new check is a `data_check` entry in the
+    service's audit trail, whose id the summary names (`audit_entry`)."""
+    cached = ((f.info or {}).get("domains") or {}).get(domain)
+    if cached:
+        return cached
+    try:
+        info = gate.check_upload_blocking(app, Path(f.path), f.filename, domain)
+    except TunesmithError as exc:
+        raise APIError(400, str(exc).replace(f.path, f.filename), param=param) from None
+    facts = trail.file_facts(f.path, "uploaded") | {"path": f"{f.filename} ({f.id})"}  # never a server path
+    entry = trail.record_check(domain, [facts], info.get("summary") or {}, {
+        "file": f.id, "rows": info.get("rows"), "quality_score": info.get("quality_score"),
+        "errors": len(info.get("errors") or [])}, audit=audit_of(settings, caller))
+    info["audit_entry"] = entry["id"]
+    with sessions.begin() as s:
+        row = s.get(File, f.id)
+        row.info = {**(row.info or {}), "domains": {**((row.info or {}).get("domains") or {}), domain: info}}
+    return info
+
+
+def check_domain_data(app, sessions: sessionmaker[Session], settings: Settings, caller: Caller, checked: CheckedJob) -> None:
+    """A job under a domain pack trains only on a file that passes the pack's data gate (or with
+    hyperparameter force); APIError otherwise, naming the fix that redacts the identifiers."""
+    domain = checked.config.domain
+    if not domain:
+        return
+    info = domain_check(app, sessions, settings, caller, checked.training, domain, param="training_file")
+    errors = info.get("errors") or []
+    if errors and not checked.config.data.force:
+        raise APIError(400, f"{checked.training.id} fails the {domain} pack's data gate ({errors[0]}); POST "
+                       f"/v1/tunesmith/files/{checked.training.id}/fix?domain={domain} writes a copy with the identifiers "
+                       "redacted, or set hyperparameter force=true to train anyway.", param="training_file",
+                       code="invalid_training_file")

@@ -33,6 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.errors import ConfigError, ModelError, TunesmithError
+from tunesmith.inference.classifier import (
+    abstain,
+    load_classifier,
+    load_threshold,
+    predict,
+)
 from tunesmith.inference.generate import load_for_inference, with_system
 from tunesmith.models import load_model, load_tokenizer, resolve_model
 from tunesmith.runs import RunDir
@@ -261,6 +267,25 @@ class _Request:
             self.sink.put(exc)
 
 
+@dataclass
+class _Call:
+    """Work for the worker thread between batches (a classifier's label), its result to `future`."""
+
+    fn: Callable[[], object]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+    def __call__(self) -> None:
+        if self.future.set_running_or_notify_cancel():  # False: the caller has gone
+            try:
+                self.future.set_result(self.fn())
+            except Exception as exc:  # noqa: BLE001 - the caller gets the error, the worker goes on
+                self.future.set_exception(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.future.set_running_or_notify_cancel():
+            self.future.set_exception(exc)
+
+
 _STOP = object()  # queue sentinel: the worker ends
 
 
@@ -329,6 +354,15 @@ class Engine:
                     return
         finally:
             request.cancel.set()  # a client that stops reading stops the generation
+
+    async def classify(self, target: Target, text: str) -> dict:
+        """Label `text` with a classifier run: `inference.classifier.abstain`'s answer (the label,
+        or "refer to a person" below the confidence threshold the run's evaluation calibrated;
+        the confidence and the threshold), its top labels and `prompt_tokens`. Runs in the
+        worker thread between batches; the classifier is a separate model in the models LRU."""
+        call = _Call(lambda: self._classify(target, text))
+        self._submit(call)
+        return await asyncio.wrap_future(call.future)
 
     def check(self, target: Target) -> None:
         """Raise ModelError now if `target` cannot write text (a classifier, a reward model, a
@@ -417,7 +451,7 @@ class Engine:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Request):
+            if isinstance(item, (_Request, _Call)):
                 item.fail(closed)
         with self._lock:
             self._models.clear()
@@ -553,6 +587,24 @@ class Engine:
         if request.plan is None:
             request.plan = self._plan(request.target)
         return request.plan
+
+    def _classify(self, target: Target, text: str) -> dict:
+        """classify(), in the worker thread."""
+        if not is_classifier(target):
+            raise ModelError(f"{target.key} is not a classifier; ask it for a completion instead.")
+        group = f"model:{target.key}"
+        entry = self._models.get(group)
+        if entry is None:
+            classifier = load_classifier(target.run_dir)
+            classifier.model.to(self._torch_device())
+            entry = _ModelEntry(classifier, classifier.tokenizer)
+            self._insert_model(group, entry)
+        self._touch_model(group)
+        classifier = entry.model
+        prediction = predict(classifier, [text])[0]
+        tokens = len(classifier.tokenizer(text, truncation=True, max_length=classifier.max_length)["input_ids"])
+        # Read on every request: a new evaluation's threshold applies at once.
+        return abstain(prediction, load_threshold(target.run_dir)) | {"top": prediction["top"], "prompt_tokens": tokens}
 
     def _plan(self, target: Target) -> _Plan:
         """Read what a target needs from its run folder, without loading weights."""
@@ -872,6 +924,17 @@ class _TextStreamer:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def is_classifier(target: Target) -> bool:
+    """Whether `target` is a classification run (it labels text rather than writing it)."""
+    if target.run_dir is None:
+        return False
+    run = RunDir(target.run_dir)
+    try:
+        return run.exists and run.stage == "classify"
+    except ConfigError:
+        return False
 
 
 def _check_prompt(prompt) -> list[dict] | str:

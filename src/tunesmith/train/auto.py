@@ -15,7 +15,14 @@ from tunesmith.config import PREFERENCE_STAGES, RunConfig
 from tunesmith.data.formats import token_lengths
 from tunesmith.data.splits import test_split
 from tunesmith.errors import ModelError
-from tunesmith.models import count_params
+from tunesmith.models import count_params, resolve_model
+from tunesmith.train.speed import (
+    attention_choice,
+    fused_kernels_choice,
+    liger_architectures,
+    liger_installed,
+    peak_tflops,
+)
 
 # Examples per optimizer update: 16 is the usual fine-tuning batch; on a CPU (a 135M model
 # trains at roughly 150-190 tokens/s on two cores) it keeps updates frequent in a short run,
@@ -28,8 +35,9 @@ def hardware() -> dict:
     import torch
 
     if torch.cuda.is_available():
-        _, total = torch.cuda.mem_get_info()
-        return {"device": "cuda", "name": torch.cuda.get_device_name(), "memory_gb": total / 2**30}
+        free, total = torch.cuda.mem_get_info()
+        return {"device": "cuda", "name": torch.cuda.get_device_name(), "memory_gb": total / 2**30,
+                "free_gb": free / 2**30}
     return {"device": "cpu", "name": "cpu", "threads": torch.get_num_threads()}
 
 
@@ -88,6 +96,12 @@ def resolve(
         set_(m, "beta", *BETA[stage])
 
     lengths = token_lengths(rows, _length_task(kind, rows), tokenizer)
+    shape = model_shape(config.model.name) if on_gpu else None  # the GPU rules need the architecture
+    if m.quantize == "auto":
+        set_(m, "quantize", *choose_quantize(shape, params, min(max(lengths), 4096), m.adapter, hw))
+    if t.fused_kernels == "auto":
+        supported = liger_architectures() if on_gpu else set()
+        set_(t, "fused_kernels", *fused_kernels_choice(on_gpu, (shape or {}).get("model_type"), liger_installed(), supported))
     accumulation_auto = t.gradient_accumulation == "auto"
     if kind == "pretrain":
         _resolve_pretrain(t, set_, lengths, on_gpu, hw)
@@ -98,7 +112,8 @@ def resolve(
     elif kind == "rl":
         _resolve_rl(t, m, set_, lengths, on_gpu, hw, n, rows, tokenizer)
     else:
-        _resolve_chat(t, set_, lengths, on_gpu, hw, n)
+        gpu = GpuFacts.of(shape, params, hw, m) if on_gpu and shape and params else None
+        _resolve_chat(t, set_, lengths, on_gpu, hw, n, gpu)
 
     procs = config.distributed.num_processes
     if accumulation_auto and procs > 1:
@@ -140,6 +155,15 @@ def resolve(
         steps = t.max_steps or max(1, steps)
         value = max(5, steps // 5)
         set_(t, "eval_steps", value, f"about {steps} optimizer steps in all: evaluate (and checkpoint) about 5 times")
+
+    if t.logging_steps == "auto":
+        if on_gpu:
+            # Each log reads the loss back from the GPU, which waits for every queued kernel:
+            # log every 10 steps (still 5 or more lines for a short run, eval steps apart at most).
+            value = max(1, min(10, int(t.eval_steps) // 5 if t.eval_steps != "auto" else 10))
+            set_(t, "logging_steps", value, f"every {value} steps on a GPU: each log makes the GPU wait for the host")
+        else:
+            set_(t, "logging_steps", 1, "every step on a CPU: reading the loss back costs nothing there")
 
     config.reasons = reasons
     return config
@@ -203,7 +227,7 @@ def _resolve_rl(t, m, set_, lengths, on_gpu, hw, n, rows, tokenizer) -> None:
         set_(t, "gradient_accumulation", 1, "each step already averages over every sampled answer")
 
 
-def _resolve_chat(t, set_, lengths, on_gpu, hw, n) -> None:
+def _resolve_chat(t, set_, lengths, on_gpu, hw, n, gpu: GpuFacts | None = None) -> None:
     if t.max_length == "auto":
         # Packing makes a long max_length cost nothing for short rows, so cover the longest
         # example and cut only beyond the hardware cap.
@@ -215,6 +239,15 @@ def _resolve_chat(t, set_, lengths, on_gpu, hw, n) -> None:
              f"longest example {longest} tokens (p99 {p99}); {cut} of {n} rows over it are cut; cap {cap} on {hw['device']}")
 
     max_length = int(t.max_length)
+    if gpu is not None and (t.pack_length == "auto" or t.batch_size == "auto"):
+        # On a GPU, size the micro-batch from the model, the lengths and the free memory.
+        size = size_micro_batch(gpu, mean_length=float(np.mean(lengths)), max_length=max_length,
+                                examples_per_update=GPU_EXAMPLES_PER_UPDATE,
+                                pack_length=None if t.pack_length == "auto" else int(t.pack_length))
+        if t.pack_length == "auto":
+            set_(t, "pack_length", size.pack_length, size.reason)
+        if t.batch_size == "auto":
+            set_(t, "batch_size", size.batch_size, size.reason)
     if t.pack_length == "auto":
         value = max(max_length, 4096 if on_gpu else 512)
         set_(t, "pack_length", value, f"short examples are packed {value} tokens to a row, so no compute goes to padding")
@@ -372,13 +405,15 @@ class MemoryPlan:
 
 
 def available_memory_gb(hw: dict) -> float:
-    """Memory training can use: the GPU's total, or the RAM the OS reports available."""
+    """Memory training can use: the GPU's free memory (what other processes hold is not ours), or
+    the RAM the OS reports available."""
     if hw["device"] == "cuda":
-        return float(hw["memory_gb"])
+        return float(hw.get("free_gb", hw["memory_gb"]))
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 2**20
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
     except OSError:
         pass
     import os
@@ -387,18 +422,19 @@ def available_memory_gb(hw: dict) -> float:
 
 
 def estimate_gb(params: int, hidden: int, layers: int, vocab: int, tokens: int, adapter: str, quantize: str,
-                device: str, checkpointing: bool) -> float:
+                device: str, checkpointing: bool, logits: bool = True) -> float:
     """Training memory in GB: weights, gradients and Adam states of what is trained, and the
     activations of one micro-batch of `tokens` tokens (about 34 x hidden bytes per token and
     layer in 16-bit, after Korthikanti et al. 2022; with checkpointing, only each layer's
-    input is kept), plus the logits over the vocabulary, and 20% + 0.5 GB for the rest."""
+    input is kept), plus the logits over the vocabulary (`logits=False` where TRL computes the
+    loss in chunks and they never materialise), and 20% + 0.5 GB for the rest."""
     width = 2 if device == "cuda" else 4  # bf16 on a GPU, fp32 on a CPU
     weights = params * (0.55 if quantize == "4bit" else width)
     trainable = params if adapter == "full" else params * LORA_TRAINABLE
     optimizer = trainable * OPTIMIZER_BYTES[device]
     per_token_layer = (2 if checkpointing else 34) * hidden * width / 2
     activations = tokens * layers * per_token_layer + (tokens * 34 * hidden * width / 2 if checkpointing else 0)
-    logits = tokens * vocab * 4 * 2  # fp32 logits and their gradient
+    logits = tokens * vocab * 4 * 2 if logits else 0  # fp32 logits and their gradient
     return (weights + optimizer + activations + logits) * 1.2 / 2**30 + 0.5
 
 
@@ -440,3 +476,150 @@ def plan_memory(name: str, params: int, hidden: int, layers: int, vocab: int, to
         + f" and one sequence per micro-batch, and this machine has {available_gb:.1f} GB: choose a smaller model"
         + ("" if device == "cuda" else " or a machine with a GPU") + "."
     )
+
+
+# --------------------------------------------------------------------------- GPU sizing
+
+# Host time per micro-batch and layer: Python and kernel launches for the forward and backward of
+# one transformer block with LoRA on its linear layers (a few hundred small launches). The GPU
+# idles for this long per micro-batch unless the micro-batch's compute hides it.
+HOST_SECONDS_PER_LAYER = 1e-3
+# Share of the peak FLOP/s that dense matrix multiplies sustain in a training step.
+SUSTAINED_SHARE = 0.4
+DEFAULT_PEAK_TFLOPS = 400.0  # a GPU not in speed.PEAK_BF16_TFLOPS: between an A100 and an H100
+HEADROOM = 0.85  # of the free memory; the rest for the allocator's fragmentation and the data loader
+SDPA_ROW_CAP = 16384  # a block-diagonal mask over a longer flattened row costs more than it saves
+
+
+@dataclass(frozen=True)
+class GpuFacts:
+    """What the GPU sizing rules read: the model's shape, the adapter, the device."""
+
+    params: int
+    hidden: int
+    layers: int
+    vocab: int
+    free_gb: float
+    peak_tflops: float | None
+    adapter: str
+    quantize: str
+    checkpointing: bool
+    flash: bool
+    name: str = "GPU"
+
+    @classmethod
+    def of(cls, shape: dict, params: int, hw: dict, method) -> GpuFacts:
+        return cls(params=params, hidden=shape["hidden"], layers=shape["layers"], vocab=shape["vocab"],
+                   free_gb=float(hw.get("free_gb", hw["memory_gb"])), peak_tflops=peak_tflops(hw["name"])[0],
+                   adapter=method.adapter, quantize=method.quantize, checkpointing=method.checkpointing,
+                   flash=attention_choice(True)[0] == "flash_attention_2", name=hw["name"])
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """A packed micro-batch: `batch_size` rows of `pack_length` tokens (one flattened row under SDPA)."""
+
+    pack_length: int
+    batch_size: int
+    tokens: int
+    fit_tokens: int  # the most tokens per micro-batch the memory estimate allows
+    reason: str
+
+
+def model_shape(name: str) -> dict | None:
+    """hidden size, layers, vocabulary and architecture of a model from its config.json (no weights);
+    None when it cannot be read (a hub id offline)."""
+    try:
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(resolve_model(name))
+        c = c.get_text_config() if hasattr(c, "get_text_config") else c
+        return {"hidden": int(c.hidden_size), "layers": int(c.num_hidden_layers), "vocab": int(c.vocab_size),
+                "model_type": c.model_type}
+    except Exception:  # noqa: BLE001 - unknown shape: the rules that need it fall back to fixed sizes
+        return None
+
+
+def fit_tokens(gpu: GpuFacts, logits: bool = False) -> int:
+    """The most tokens per micro-batch that the memory estimate fits in `HEADROOM` of the free memory
+    (the estimate grows linearly with tokens: solve for it)."""
+    def need(tokens):
+        return estimate_gb(gpu.params, gpu.hidden, gpu.layers, gpu.vocab, tokens, "full" if gpu.adapter == "full" else "lora",
+                           "4bit" if gpu.quantize == "4bit" else "none", "cuda", gpu.checkpointing, logits=logits)
+
+    fixed, per_token = need(0), need(1) - need(0)
+    return max(0, int((gpu.free_gb * HEADROOM - fixed) / per_token))
+
+
+def size_micro_batch(gpu: GpuFacts, mean_length: float, max_length: int, examples_per_update: int,
+                     pack_length: int | None = None) -> MicroBatch:
+    """Tokens per micro-batch on a GPU, and how they are laid out. A pure function of its inputs.
+
+    The GPU waits on the host for about `layers` x `HOST_SECONDS_PER_LAYER` per micro-batch, so a
+    micro-batch must carry enough compute (4 x params FLOPs per token) to hide it:
+    - with FlashAttention-2 a token costs the same whatever the micro-batch, so take enough tokens
+      that the host's share is 10% or less;
+    - with SDPA the packed rows are flattened into one, attended through a block-diagonal mask over
+      the whole row, so a token also costs 12 x layers x hidden x (row length) FLOPs: tokens/s peaks
+      where the host time equals the mask's extra time, at sqrt(host x FLOP/s / (12 x layers x hidden)).
+    Then no more than one optimizer update's worth of examples (`examples_per_update` x the mean
+    example length: larger updates would take fewer, noisier-free but slower-learning steps), no
+    more than the memory estimate fits, and at least one longest example."""
+    flops = (gpu.peak_tflops or DEFAULT_PEAK_TFLOPS) * 1e12 * SUSTAINED_SHARE
+    host = gpu.layers * HOST_SECONDS_PER_LAYER
+    dense = (6.0 if gpu.adapter == "full" else 4.0) * gpu.params
+    attention = 12.0 * gpu.layers * gpu.hidden
+    if gpu.flash:
+        busy = int(10 * host * flops / (dense + attention * mean_length))
+        why = f"FlashAttention-2: {busy} tokens keep the host's share of a step under 10%"
+    else:
+        busy = min(SDPA_ROW_CAP, int(math.sqrt(host * flops / attention)))
+        why = f"SDPA over one flattened row: {busy} tokens balance the host's time and the mask's"
+    update = int(examples_per_update * mean_length)
+    fit = fit_tokens(gpu)
+    tokens = min(busy, max(update, max_length), fit)
+    limit = "the compute target" if tokens == busy else "one optimizer update's examples" if tokens == update else "memory"
+    if tokens < max_length:
+        tokens, limit = max_length, "the longest example"
+    if gpu.flash:
+        row = pack_length or min(_round_within(tokens, 256, fit, max_length), max(8192, max_length))
+        rows = max(1, min(round(tokens / row), fit // row))
+    else:
+        row, rows = pack_length or _round_within(tokens, 64, fit, max_length), 1
+    reason = (f"{rows} packed row(s) of {row} tokens per micro-batch on {gpu.name} ({limit} sets it; {why}; "
+              f"up to {fit} tokens fit in {HEADROOM:.0%} of {gpu.free_gb:.0f} GB free)")
+    if fit < max_length:
+        reason += f"; even one {max_length}-token example may not fit: consider --quantize 4bit or gradient checkpointing"
+    return MicroBatch(row, rows, row * rows, fit, reason)
+
+
+def _round_within(tokens: int, k: int, fit: int, floor: int) -> int:
+    """`tokens` rounded up to a multiple of `k`, or down where up would not fit; never below `floor`."""
+    up = _round_up(tokens, k)
+    return max(floor, up if up <= fit else tokens // k * k)
+
+
+def choose_quantize(shape: dict | None, params: int | None, tokens: int, adapter: str, hw: dict) -> tuple[str, str]:
+    """`method.quantize: auto`: 4-bit (QLoRA) when the model in bfloat16 and the activations of one
+    `tokens`-token sequence (with gradient checkpointing) would not fit in the GPU's free memory, and
+    4-bit would. Needs a GPU, an adapter and the model's shape."""
+    if hw["device"] != "cuda":
+        return "none", "bitsandbytes quantization needs a CUDA GPU: full-precision weights on this machine"
+    if adapter == "full":
+        return "none", "full fine-tuning trains every weight: it cannot train a quantized base"
+    if not shape or not params:
+        return "none", "the model's size is unknown: bfloat16 weights"
+    return quantize_decision(params, shape["hidden"], shape["layers"], shape["vocab"], tokens,
+                             float(hw.get("free_gb", hw["memory_gb"])))
+
+
+def quantize_decision(params: int, hidden: int, layers: int, vocab: int, tokens: int, free_gb: float) -> tuple[str, str]:
+    """The 4-bit rule of `choose_quantize` on plain numbers (unit-tested with made-up memory sizes)."""
+    budget = free_gb * HEADROOM
+    bf16 = estimate_gb(params, hidden, layers, vocab, tokens, "lora", "none", "cuda", True, logits=False)
+    if bf16 <= budget:
+        return "none", f"bfloat16 LoRA needs about {bf16:.1f} GB of {free_gb:.1f} GB free: no quantization needed"
+    nf4 = estimate_gb(params, hidden, layers, vocab, tokens, "lora", "4bit", "cuda", True, logits=False)
+    fits = "fits" if nf4 <= budget else "still may not fit"
+    return "4bit", (f"bfloat16 LoRA would need about {bf16:.1f} GB and {free_gb:.1f} GB are free: 4-bit weights "
+                    f"(QLoRA, about {nf4:.1f} GB) {fits}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from tunesmith.config import RunConfig
 from tunesmith.data.rows import load_labelled
 from tunesmith.data.splits import split_validation, training_data
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.models import load_tokenizer
 from tunesmith.runs import LABELS_FILE, TrainSummary
 from tunesmith.train.auto import resolve
@@ -25,6 +25,7 @@ from tunesmith.train.common import (
     gate_data,
     load_base,
     run_callbacks,
+    run_figures,
     save_weights,
     start_run,
     trainable_parameters,
@@ -32,6 +33,11 @@ from tunesmith.train.common import (
     write_summary,
 )
 from tunesmith.train.distributed import is_main_process
+
+REPLAY_REFUSED = (
+    "A classification head learns labels and cannot learn from general chat rows, so data.replay_ratio must be 0 "
+    "for a classify stage (--replay-ratio works with sft and pretrain)."
+)
 
 
 def metrics(eval_pred) -> dict:
@@ -60,6 +66,8 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)
+    if config.data.replay_ratio > 0:
+        raise ConfigError(REPLAY_REFUSED)
     # Data: the label set comes from the training rows; validation labels must be among them.
     config, train_data = training_data(config)
     rows = load_labelled(train_data)
@@ -101,7 +109,6 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     callbacks = run_callbacks(config, run_dir, has_eval, callbacks)
     args = TrainingArguments(
         **common_args(config, run_dir, has_eval),
-        include_num_input_tokens_seen="non_padding",
         # Batches of similar length waste little compute on padding.
         train_sampling_strategy="group_by_length",
     )
@@ -122,6 +129,7 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     # The restored best model's figures (predict, unlike evaluate, adds no line to the log).
     final = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval").metrics if has_eval else {}
     summary = TrainSummary(
+        **run_figures(trainer, config),
         task="classify",
         base_model=config.model.name,
         method=config.method.adapter,

@@ -8,6 +8,7 @@ Each recipe (sft.py, pretrain.py, classify.py) reads top to bottom and calls the
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from tunesmith.config import (
@@ -17,6 +18,7 @@ from tunesmith.config import (
     save_config,
 )
 from tunesmith.data.quality import check_data, write_card
+from tunesmith.domains.packs import get_domain
 from tunesmith.errors import ConfigError, DataError, ModelError
 from tunesmith.models import load_model
 from tunesmith.runs import (
@@ -28,8 +30,24 @@ from tunesmith.runs import (
     TrainSummary,
     complete_checkpoints,
 )
-from tunesmith.train.callbacks import MetricsFileCallback
+from tunesmith.train.callbacks import (
+    MetricsFileCallback,
+    SpeedCallback,
+    TrackingCallback,
+    speed_figures,
+)
 from tunesmith.train.distributed import is_main_process, launched
+from tunesmith.train.speed import (
+    LIGER_KERNELS,
+    apply_fused_kernels,
+    attention_choice,
+    fit_to_probe,
+    liger_architectures,
+    parameter_counts,
+    precision_choice,
+    probe_peak_memory,
+    shrink_layout,
+)
 
 LORA_FAMILY = ("lora", "rslora", "dora", "pissa", "olora")
 PROMPT_LEARNING = ("prompt", "prefix")  # virtual tokens: no weights to merge, no packing
@@ -48,6 +66,8 @@ def gate_data(config: RunConfig, tokenizer, task: str | None = None):
     trains. Errors stop the run with the top problems and the way out, unless
     `data.force` is set, which the returned data card records."""
     max_length = config.train.max_length if isinstance(config.train.max_length, int) else None
+    # Under a domain pack, its compliance profile's identifiers are errors too.
+    profile = {"profile": get_domain(config.domain).profile} if config.domain else {}
     card = check_data(
         config.data.train,
         config.data.validation,
@@ -55,13 +75,15 @@ def gate_data(config: RunConfig, tokenizer, task: str | None = None):
         max_length=max_length,
         columns=config.data.columns,
         task=task,
+        **profile,
     )
     errors = card.errors()
     if errors and not config.data.force:
         top = "; ".join(f.message.rstrip(".") for f in errors[:3])
+        domain = f" --domain {config.domain}" if config.domain else ""
         raise DataError(
             f"{config.data.train}: the data gate found {len(errors)} error(s): {top}. Run `tunesmith data check "
-            f"{config.data.train} --fix CLEAN.jsonl` and train on the cleaned file, or pass --force to train anyway."
+            f"{config.data.train}{domain} --fix CLEAN.jsonl` and train on the cleaned file, or pass --force to train anyway."
         )
     card.stats["trained_despite_errors"] = bool(errors)
     return card
@@ -72,26 +94,98 @@ def gate_data(config: RunConfig, tokenizer, task: str | None = None):
 
 def load_base(config: RunConfig, head: str = "lm", **kwargs):
     """The base model, quantized for QLoRA when asked, with the bottom layers frozen for a
-    partial full fine-tune. `head` is "lm" or "classify" (kwargs go to `from_pretrained`)."""
+    partial full fine-tune. `head` is "lm" or "classify" (kwargs go to `from_pretrained`).
+    On a GPU: one compute dtype for the whole run (`speed.precision_choice`), FlashAttention-2
+    when installed, Liger's kernels when `train.fused_kernels` says so."""
+    import torch
+
     m = config.method
     quantization = quantization_config(m)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": 0}
-    import torch
-
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        precision = precision_choice(True, torch.cuda.is_bf16_supported(), m.quantize)
+        kwargs.setdefault("dtype", getattr(torch, precision.dtype))
+        kwargs.setdefault("attn_implementation", attention_choice(True)[0])
     # A new head (a classifier's, a reward model's) is drawn from the global generator: seed it,
     # so the run does not depend on what this process drew before (a repeat gives the same run).
     torch.manual_seed(config.train.seed)
     model = load_model(config.model.name, head=head, **kwargs)
     if quantization is not None:
-        from peft import prepare_model_for_kbit_training
-
-        # Casts norms to float32 and enables input gradients, as QLoRA training needs.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=m.gradient_checkpointing)
+        prepare_quantized(model, m.checkpointing)
+    if config.train.fused_kernels is True:
+        apply_fused_kernels(model)  # before the adapter: PEFT then wraps the patched layers
     if m.freeze_layers:
         freeze_bottom_layers(model, m.freeze_layers)
     return model
+
+
+def prepare_quantized(model, checkpointing: bool) -> None:
+    """What training on a 4- or 8-bit base needs: a frozen base and, with checkpointing,
+    non-reentrant gradient checkpointing with gradients flowing from the inputs. Not peft's
+    `prepare_model_for_kbit_training`: it casts every weight left unquantized (embeddings, norms,
+    the output head) to float32, so the hidden states run in float32 through the whole network
+    (twice the activation memory of bfloat16, the opposite of what QLoRA is for), and an 8-bit
+    base casts them back to float16 in every layer on every step."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model.config.use_cache = False
+
+
+def confirm_micro_batch(model, config: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
+    """On a GPU, one probe step through `model` at the micro-batch the resolver sized (packed rows
+    x rows) measures the peak memory; when that peak plus the optimizer's state would not fit, the
+    micro-batch shrinks (accumulation grows to keep the examples per update) and `config.yaml` says
+    why. Only for a fresh single-process run whose sizes were chosen automatically (a resumed run
+    keeps its sizes; processes of a launched run must agree on theirs)."""
+    import torch
+
+    t = config.train
+    sized = {"train.pack_length", "train.batch_size"} & set(config.reasons)
+    if resume or not sized or launched() or not torch.cuda.is_available():
+        return config
+    tokens = int(t.pack_length) * int(t.batch_size)
+    if next(model.parameters()).device.type == "cpu":  # the trainer would move it there anyway
+        model.to("cuda")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    before, peak = probe_peak_memory(model, tokens, vocab)
+    _, total = torch.cuda.mem_get_info()
+    _, _, trainable = parameter_counts(model)
+    optimizer_gb = trainable * 12 / 2**30  # a float32 gradient and Adam's two moments per trainable weight
+    fitted = fit_to_probe(tokens, before, peak, optimizer_gb, total / 2**30)
+    note = f"probe step: {tokens} tokens per micro-batch peaked at {peak:.1f} GB of {total / 2**30:.0f} GB"
+    config = config.model_copy(deep=True)
+    t = config.train
+    if fitted < tokens:
+        pack, rows = shrink_layout(int(t.pack_length), int(t.batch_size), int(t.max_length), fitted)
+        if "train.gradient_accumulation" in config.reasons:
+            t.gradient_accumulation = max(1, math.ceil(int(t.gradient_accumulation) * tokens / (pack * rows)))
+        t.pack_length, t.batch_size = pack, rows
+        note += f" (with the optimizer's state, over 85%): cut to {rows} row(s) of {pack} tokens"
+    for key in sized:
+        config.reasons[key] = f"{config.reasons[key]}; {note}"
+    if is_main_process():
+        save_config(config, run_dir / CONFIG_FILE)
+    return config
+
+
+def check_fused_kernels(config: RunConfig) -> None:
+    """`train.fused_kernels: true` set by hand where Liger cannot run is one clear error."""
+    if config.train.fused_kernels is not True:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("train.fused_kernels is true but Liger's kernels need a CUDA GPU and none was found; "
+                          "leave it at auto or set it to false on this machine.")
+    if not liger_architectures():
+        raise ConfigError("train.fused_kernels is true but liger-kernel is not installed (or cannot load): "
+                          "pip install 'tunesmith[gpu]', or set train.fused_kernels to false.")
 
 
 def quantization_config(method: MethodConfig):
@@ -101,6 +195,8 @@ def quantization_config(method: MethodConfig):
         return None
     import torch
 
+    if method.quantize == "auto":  # the resolver decides (needs the data's lengths)
+        return None
     if not torch.cuda.is_available():
         raise ConfigError(
             f"quantize {method.quantize} (QLoRA) needs a CUDA GPU and none was found; on this machine use "
@@ -113,8 +209,10 @@ def quantization_config(method: MethodConfig):
     from transformers import BitsAndBytesConfig
 
     if method.quantize == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return BitsAndBytesConfig(load_in_8bit=True)  # computes in float16: the model loads in float16 (load_base)
+    # NF4 weights, double quantization of their scales, bfloat16 compute: QLoRA's recipe. The same
+    # dtype as the unquantized layers and the trainer's mixed precision, so nothing is cast per step.
+    compute = getattr(torch, precision_choice(True, torch.cuda.is_bf16_supported(), "4bit").dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
     )
@@ -220,12 +318,12 @@ def wrap_model(model, config: RunConfig, task_type: str, run_dir: Path, resume: 
     m = config.method
     pcfg = peft_config(m, model, task_type)
     if pcfg is None:
-        if m.gradient_checkpointing:
+        if m.checkpointing:
             model.config.use_cache = False
         return model
     from peft import get_peft_model
 
-    if m.gradient_checkpointing and m.quantize == "none":
+    if m.checkpointing and m.quantize == "none":
         model.enable_input_require_grads()
     torch.manual_seed(config.train.seed)  # PiSSA's randomized SVD must be the same on resume
     if m.adapter == "prefix" and task_type == "SEQ_CLS":
@@ -252,9 +350,21 @@ def _check_prefix_support(model) -> None:
 
 
 def trainable_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, all) parameters; 4-bit weights counted by their real shape."""
+    total, _, trainable = parameter_counts(model)
     return trainable, total
+
+
+def run_figures(trainer, config: RunConfig) -> dict:
+    """The speed figures of a finished run for `TrainSummary` (tokens/s, peak memory, MFU, ...),
+    with the attention implementation and fused kernels it ran with."""
+    figures = speed_figures(trainer)
+    attention = getattr(getattr(trainer.model, "config", None), "_attn_implementation", None)
+    if attention:
+        figures["attention"] = attention
+    if config.train.fused_kernels is True:  # load_base applied them
+        figures["fused_kernels"] = "liger: " + ", ".join(k for k, on in LIGER_KERNELS.items() if on)
+    return figures
 
 
 def save_weights(trainer, tokenizer, config: RunConfig, run_dir: Path) -> Path:
@@ -324,6 +434,7 @@ def common_args(config: RunConfig, run_dir: Path, has_eval: bool) -> dict:
 
     t, m = config.train, config.method
     on_gpu = torch.cuda.is_available()
+    precision = precision_choice(on_gpu, on_gpu and torch.cuda.is_bf16_supported(), m.quantize)
     metric, greater = best_metric_name(config)
     return dict(
         output_dir=str(RunDir(run_dir).checkpoints),
@@ -344,16 +455,24 @@ def common_args(config: RunConfig, run_dir: Path, has_eval: bool) -> dict:
         load_best_model_at_end=has_eval,
         metric_for_best_model=metric,
         greater_is_better=greater,
-        logging_steps=t.logging_steps,
+        logging_steps=t.logging_steps if t.logging_steps != "auto" else 1,
+        # SpeedCallback counts tokens without the trainer's per-micro-batch device-to-host copy.
+        include_num_input_tokens_seen="no",
+        # The trainer's NaN filter reads the loss back from the GPU after every micro-batch.
+        logging_nan_inf_filter=not on_gpu,
         seed=t.seed,
         data_seed=t.seed,
-        gradient_checkpointing=m.gradient_checkpointing,
+        gradient_checkpointing=m.checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if m.checkpointing else None,
         neftune_noise_alpha=m.neftune_alpha or None,
         label_smoothing_factor=m.label_smoothing,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        bf16=precision.bf16,
+        fp16=precision.fp16,
         report_to="none",
         disable_tqdm=True,  # the CLI draws its own rich progress bar
-        dataloader_num_workers=0,
+        # On a GPU, two worker processes collate the next batches into pinned memory while the
+        # GPU computes; on a CPU they would only compete with training for the same cores.
+        dataloader_num_workers=2 if on_gpu else 0,
         dataloader_pin_memory=on_gpu,
         save_only_model=False,  # optimizer + RNG state are needed to resume exactly
         # Adapters and heads are all used in every forward pass; the search for unused
@@ -367,7 +486,14 @@ def run_callbacks(config: RunConfig, run_dir: Path, has_eval: bool, extra: list 
     validation set."""
     from transformers import EarlyStoppingCallback
 
-    callbacks = [MetricsFileCallback(RunDir(run_dir).metrics_file), *(extra or [])]
+    # SpeedCallback first: it adds tokens/s, peak memory and MFU to the log events the others read.
+    callbacks = [SpeedCallback(), MetricsFileCallback(RunDir(run_dir).metrics_file), *(extra or [])]
+    if config.train.report_to:
+        # A stage of a multi-stage run (RUN/<stage>) logs into the run's trackers, its steps
+        # under the stage's name; the evaluation of RUN adds to the same tracker runs.
+        top = Path(run_dir).parent if RunDir(Path(run_dir).parent).exists else Path(run_dir)
+        stage = Path(run_dir).name if top != Path(run_dir) else None
+        callbacks.append(TrackingCallback(config.train.report_to, top, config.model_dump(mode="json", exclude={"reasons", "sources"}), stage))
     if has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
     return callbacks
@@ -378,6 +504,16 @@ def resume_point(run_dir: Path) -> tuple[RunConfig, str]:
     if not run.exists:
         raise ModelError(f"{run_dir} is not a tunesmith run directory (no config.yaml); check the path.")
     config = run.config
+    if "auto" in (config.train.fused_kernels, config.train.logging_steps):
+        # Settings a config saved by hand (or before they existed) may leave open; neither changes what
+        # is learned: fill them as the resolver would (a run saved before Liger support trained without).
+        import torch
+
+        config = config.model_copy(deep=True)
+        if config.train.fused_kernels == "auto":
+            config.train.fused_kernels = False
+        if config.train.logging_steps == "auto":
+            config.train.logging_steps = 10 if torch.cuda.is_available() else 1
     if config.unresolved():
         raise ConfigError(f"{run_dir}/config.yaml still has 'auto' values; it was not written by tunesmith train.")
     checkpoints = complete_checkpoints(run_dir)
@@ -396,4 +532,5 @@ def start_run(config: RunConfig, run_dir: Path, resume: bool) -> tuple[RunConfig
     if not config.data.train:
         raise ConfigError("No training data given: pass --data FILE or set data.train in the config.")
     quantization_config(config.method)  # a GPU-only setting fails before anything is written
+    check_fused_kernels(config)
     return config, None

@@ -97,7 +97,7 @@ def accelerate_config(config: RunConfig, cluster: Cluster, gpu: bool, bf16: bool
             "fsdp_state_dict_type": "FULL_STATE_DICT",  # the saved weights load without FSDP
             "fsdp_cpu_ram_efficient_loading": True,
             "fsdp_offload_params": False,
-            "fsdp_activation_checkpointing": config.method.gradient_checkpointing,
+            "fsdp_activation_checkpointing": config.method.checkpointing,
         }
     else:
         zero3 = d.strategy == "zero3"
@@ -140,7 +140,7 @@ def check(config: RunConfig, cluster: Cluster) -> bool:
             import deepspeed  # noqa: F401
         except ImportError as exc:
             raise ConfigError(f"strategy {d.strategy} needs DeepSpeed: pip install deepspeed.") from exc
-    if config.method.quantize != "none" and d.strategy != "ddp":
+    if config.method.quantize in ("4bit", "8bit") and d.strategy != "ddp":
         raise ConfigError(f"a {config.method.quantize} base (QLoRA) trains with --strategy ddp, not {d.strategy}.")
     return gpu
 
@@ -169,7 +169,7 @@ def launch(config: RunConfig, run_dir: Path, resume: bool, progress: bool = Fals
         ]
         command += ["--resume"] * resume + ["--progress"] * progress
         env = os.environ | {LAUNCHED: "1", "ACCELERATE_USE_CPU": str(not gpu).lower()}
-        code = subprocess.run(command, env=env).returncode
+        code = subprocess.run(command, env=env, check=False).returncode
         result = json.loads((tmp / "result.json").read_text()) if (tmp / "result.json").exists() else {}
         if "error" in result:
             raise getattr(errors, result["error"], TunesmithError)(result["message"])

@@ -26,6 +26,7 @@ from tunesmith.train.common import (
     gate_data,
     load_base,
     run_callbacks,
+    run_figures,
     save_weights,
     start_run,
     trainable_parameters,
@@ -76,7 +77,6 @@ def trainer_for(config: RunConfig, run_dir: Path, has_eval: bool, train_rows: li
     args = common_args(config, run_dir, has_eval) | {
         "max_length": int(t.max_length),
         "beta": float(m.beta),
-        "include_num_input_tokens_seen": "non_padding",
     }
     method = m.stages[-1]
     if method == "dpo":
@@ -152,6 +152,7 @@ def train_preference(config: RunConfig, run_dir: str | Path, callbacks: list | N
         trainer.evaluate()
         final = trainer.state.log_history[-1]
     summary = TrainSummary(
+        **run_figures(trainer, config),
         task=method,
         base_model=config.model.name,
         method=config.method.adapter,

@@ -9,11 +9,10 @@ joined with EOS, nothing dropped), mix in general text against forgetting
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 from tunesmith.config import RunConfig
-from tunesmith.data.rows import load_texts
+from tunesmith.data.rows import load_texts, replay_share
 from tunesmith.data.splits import split_validation, training_data
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models import load_tokenizer
@@ -26,6 +25,7 @@ from tunesmith.train.common import (
     gate_data,
     load_base,
     run_callbacks,
+    run_figures,
     save_weights,
     start_run,
     trainable_parameters,
@@ -50,16 +50,7 @@ def to_blocks(texts: list[str], tokenizer, block: int) -> list[list[int]]:
 def replay_blocks(n_domain: int, ratio: float, general: list[list[int]], seed: int) -> list[list[int]]:
     """General-text blocks so that they make `ratio` of all blocks: ratio / (1 - ratio) per
     domain block, cycling through the general sample (shuffled) when it is too small."""
-    want = round(n_domain * ratio / (1 - ratio))
-    if want == 0 or not general:
-        return []
-    rng = random.Random(seed)
-    out: list[list[int]] = []
-    while len(out) < want:
-        order = list(general)
-        rng.shuffle(order)
-        out.extend(order[: want - len(out)])
-    return out
+    return replay_share(n_domain, ratio, general, seed)
 
 
 def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | None = None, resume: bool = False) -> TrainSummary:
@@ -67,7 +58,10 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     Returns a summary dict (also written to `run.json`), with validation perplexity."""
     from datasets import Dataset
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    # trainers imports TRL: here, not at CLI start-up
+    from tunesmith.train.trainers import LeanSFTTrainer
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)
@@ -106,10 +100,9 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
         **common_args(config, run_dir, has_eval),
         max_length=block,
         packing=False,
-        include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(
+    trainer = LeanSFTTrainer(  # TRL's SFTTrainer, its metrics read once per log event
         model=model,
         args=args,
         train_dataset=Dataset.from_list([{"input_ids": b} for b in train_blocks + replay]),
@@ -123,6 +116,7 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     out_dir = save_weights(trainer, tokenizer, config, run_dir)
     best = trainer.state.best_metric
     summary = TrainSummary(
+        **run_figures(trainer, config),
         task="pretrain",
         base_model=config.model.name,
         method=config.method.adapter,

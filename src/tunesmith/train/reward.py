@@ -25,6 +25,7 @@ from tunesmith.train.common import (
     gate_data,
     load_base,
     run_callbacks,
+    run_figures,
     save_weights,
     start_run,
     trainable_parameters,
@@ -78,7 +79,6 @@ def train_reward(config: RunConfig, run_dir: str | Path, callbacks: list | None 
             **common_args(config, run_dir, has_eval),
             max_length=max_length,
             dataset_num_proc=None,
-            include_num_input_tokens_seen="non_padding",
         ),
         train_dataset=Dataset.from_list(train_examples),
         eval_dataset=Dataset.from_list(val_examples) if has_eval else None,
@@ -95,6 +95,7 @@ def train_reward(config: RunConfig, run_dir: str | Path, callbacks: list | None 
     rejected = score_ids(model, tokenizer, [e["rejected_ids"] for e in val_examples])
     wins = [c > r for c, r in zip(chosen, rejected)]
     summary = TrainSummary(
+        **run_figures(trainer, config),
         task="reward",
         base_model=config.model.name,
         method=config.method.adapter,

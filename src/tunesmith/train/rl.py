@@ -38,6 +38,7 @@ from tunesmith.train.common import (
     gate_data,
     load_base,
     run_callbacks,
+    run_figures,
     save_weights,
     start_run,
     trainable_parameters,
@@ -275,6 +276,7 @@ def train_rl(config: RunConfig, run_dir: str | Path, callbacks: list | None = No
         return sum(values) / len(values) if values else None
 
     summary = TrainSummary(
+        **run_figures(trainer, config),
         task=method,
         base_model=config.model.name,
         method=config.method.adapter,

@@ -2,7 +2,8 @@
 or full fine-tuning.
 
 Reads top to bottom: load data, resolve "auto" settings, tokenize with loss on assistant
-tokens only, build model, build TRL's SFTTrainer (packed, padding-free), train, save.
+tokens only, mix in general chats against forgetting (`data.replay_ratio`), build model,
+build TRL's SFTTrainer (packed, padding-free), train, save.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from tunesmith.config import RunConfig
 from tunesmith.data.formats import template_inputs
-from tunesmith.data.rows import load_chat_rows
+from tunesmith.data.rows import load_chat_rows, replay_chats
 from tunesmith.data.splits import split_validation, training_data
 from tunesmith.errors import DataError
 from tunesmith.models import load_tokenizer
@@ -22,9 +23,11 @@ from tunesmith.train.common import (
     PROMPT_LEARNING,
     begin_run,
     common_args,
+    confirm_micro_batch,
     gate_data,
     load_base,
     run_callbacks,
+    run_figures,
     save_weights,
     start_run,
     trainable_parameters,
@@ -121,8 +124,9 @@ def tokenize_chats(rows: list[dict], tokenizer, max_length: int) -> TokenizedCha
 
 
 def prepare(config: RunConfig, tokenizer) -> tuple[RunConfig, list[dict], list[dict], dict]:
-    """Load and split the data, resolve "auto" values, tokenize. Returns the resolved
-    config, train and validation examples, and data statistics for the run summary."""
+    """Load and split the data, resolve "auto" values, tokenize, mix in general chats
+    (`data.replay_ratio`). Returns the resolved config, train and validation examples, and
+    data statistics for the run summary (`train_rows` the task's, `replay_rows` the general ones)."""
     config, train_data = training_data(config)
     rows = load_chat_rows(train_data, config)
     val_rows = load_chat_rows(config.data.validation, config) if config.data.validation else None
@@ -134,15 +138,19 @@ def prepare(config: RunConfig, tokenizer) -> tuple[RunConfig, list[dict], list[d
     val = tokenize_chats(val_rows, tokenizer, max_length)
     if not train.examples:
         raise DataError(f"{config.data.train}: no example keeps an assistant answer within max_length {max_length}.")
+    # General chats against forgetting (data.replay_ratio), after the gate and the splits:
+    # validation and test stay the task's own rows.
+    replay = tokenize_chats(replay_chats(len(train.examples), config), tokenizer, max_length)
     stats = {
         "train_rows": len(train.examples),
+        "replay_rows": len(replay.examples),
         "validation_rows": len(val.examples),
         "truncated_rows": train.truncated + val.truncated,
         "skipped_rows": train.skipped + val.skipped,
-        "train_tokens": sum(len(e["input_ids"]) for e in train.examples),
-        "train_loss_tokens": sum(sum(e["assistant_masks"]) for e in train.examples),
+        "train_tokens": sum(len(e["input_ids"]) for e in train.examples + replay.examples),
+        "train_loss_tokens": sum(sum(e["assistant_masks"]) for e in train.examples + replay.examples),
     }
-    return config, train.examples, val.examples, stats
+    return config, train.examples + replay.examples, val.examples, stats
 
 
 def trainer_args(config: RunConfig, run_dir: Path, has_eval: bool):
@@ -156,7 +164,6 @@ def trainer_args(config: RunConfig, run_dir: Path, has_eval: bool):
         max_length=int(config.train.pack_length if pack else config.train.max_length),
         packing=pack,
         packing_strategy="bfd",  # keeps examples whole; implies padding-free batches
-        include_num_input_tokens_seen="all" if pack else "non_padding",
         dataset_num_proc=None,
     )
 
@@ -169,7 +176,9 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
     `run.json`)."""
     from datasets import Dataset
     from transformers import PrinterCallback
-    from trl import SFTTrainer
+
+    # trainers imports TRL: here, not at CLI start-up
+    from tunesmith.train.trainers import LeanSFTTrainer
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)
@@ -180,10 +189,11 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
     begin_run(config, run_dir, card)
 
     model = wrap_model(load_base(config), config, "CAUSAL_LM", run_dir, resume)
+    config = confirm_micro_batch(model, config, run_dir, resume)  # a GPU's probe step; nothing on a CPU
     trainable, total = trainable_parameters(model)
     has_eval = bool(val_examples)
     callbacks = run_callbacks(config, run_dir, has_eval, callbacks)
-    trainer = SFTTrainer(
+    trainer = LeanSFTTrainer(  # TRL's SFTTrainer, its metrics read once per log event
         model=model,
         args=trainer_args(config, run_dir, has_eval),
         train_dataset=Dataset.from_list(train_examples),
@@ -196,6 +206,7 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
 
     out_dir = save_weights(trainer, tokenizer, config, run_dir)
     summary = TrainSummary(
+        **run_figures(trainer, config),
         task="sft",
         base_model=config.model.name,
         method=config.method.adapter,

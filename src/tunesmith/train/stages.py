@@ -113,6 +113,9 @@ def train_stages(config: RunConfig, run_dir: Path, callbacks: list | None, resum
                 stage_config.data.test_split = 0.0
             if stage in RL_STAGES and "reward" in stages:
                 stage_config.method.reward_model = str(run.stage_dir("reward").path)
+            if stage == "classify" and {"pretrain", "sft"} & set(stages):
+                # The replay belongs to the stages that learn from general data; a head cannot.
+                stage_config.data.replay_ratio = 0.0
             stage_resume = resume and stage_dir.exists
             summary = recipe(stage)(stage_config, stage_dir.path, callbacks, stage_resume)
         summaries.append(summary.model_copy(update={"stage": stage}))

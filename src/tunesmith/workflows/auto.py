@@ -6,7 +6,11 @@ model card list them):
 
 1. detect the task from the data (`--task` overrides);
 2. run the data gate; apply the safe fixes when it finds errors (training rows that are
-   also in the test file are among them); stop, with the way out, when errors remain;
+   also in the test file are among them); stop, with the way out, when errors remain.
+   Under a domain pack (`--domain`) the gate applies the pack's compliance profile, so the
+   identifiers it names are errors, and the fixes write a copy with them redacted, which
+   is what trains; a task template (`--template`) chooses the task, the system prompt and
+   its settings (`domains.apply`), and the run is written to the audit trail;
 3. optionally grow small data with synthetic rows from a teacher;
 4. plan memory: full fine-tuning or LoRA, gradient checkpointing, 4-bit weights, the
    micro-batch, or a refusal that says what would fit;
@@ -31,6 +35,8 @@ from tunesmith.config import STAGE_TASKS, RunConfig, apply_overrides
 from tunesmith.data.formats import load_data
 from tunesmith.data.quality import check_data, fix_data, write_card
 from tunesmith.data.synth import SynthOptions, synthesize
+from tunesmith.domains import audit as trail
+from tunesmith.domains.apply import TEMPLATE_TASKS, resolve
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.inference.teacher import make_teacher
 from tunesmith.models import count_params, resolve_model
@@ -93,19 +99,35 @@ def detect_task(path: str, columns: dict | None, task: str) -> tuple[str, str, s
 
 
 def gate(path: str, test: str | None, columns: dict | None, task: str, out: Path, force: bool,
-         decisions: dict) -> str:
+         decisions: dict, profile=None, redactions: dict | None = None) -> str:
     """Run the data gate; when it finds errors, write a cleaned copy with the safe fixes and
-    check again. Returns the file to train on; raises DataError when errors remain."""
+    check again. Returns the file to train on; raises DataError when errors remain. With a
+    domain's compliance `profile` its identifiers are errors and the copy has them redacted;
+    `redactions` then receives what was redacted (rows, placeholders per kind)."""
     gate_task = "chat" if task == "chat" else None
-    card = check_data(path, test_path=test, columns=columns, task=gate_task)
+    under = {"profile": profile} if profile is not None else {}  # a domain pack's profile, when there is one
+    card = check_data(path, test_path=test, columns=columns, task=gate_task, **under)
+    named = f" under the {profile.name} profile" if profile is not None else ""
     if not card.errors():
-        decisions["auto.gate"] = f"the data gate passed (quality score {card.score()}, {len(card.warnings())} warnings)"
+        decisions["auto.gate"] = (f"the data gate{named} passed (quality score {card.score()}, "
+                                  f"{len(card.warnings())} warnings)")
         return path
+    found = trail.findings_summary(card.to_json())
     (out / "data").mkdir(parents=True, exist_ok=True)
-    fixed = fix_data(path, out / "data" / "clean.jsonl", columns=columns, test_path=test)
-    card = check_data(fixed.out_path, test_path=test, task=gate_task)
-    decisions["auto.gate"] = (f"the data gate found errors; the safe fixes dropped {fixed.dropped} rows, redacted "
+    fixed = fix_data(path, out / "data" / "clean.jsonl", columns=columns, test_path=test, **under)
+    card = check_data(fixed.out_path, test_path=test, task=gate_task, **under)
+    decisions["auto.gate"] = (f"the data gate{named} found errors; the safe fixes dropped {fixed.dropped} rows, redacted "
                               f"{fixed.redacted} and cleaned {fixed.changed} (log: data/fix_log.jsonl)")
+    if profile is not None:
+        redacted = trail.redactions_from_log(fixed.log_path)
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(redacted["kinds"].items())) or "none"
+        identifiers = found.get("identifiers") or {}
+        seen = (" (identifiers found: " + ", ".join(f"{k} {v}" for k, v in sorted(identifiers.items())) + ")"
+                if identifiers else "")
+        decisions["auto.gate"] += (f"; training on the redacted copy data/clean.jsonl{seen}: {redacted['rows']} rows "
+                                   f"redacted, placeholders per kind: {kinds}")
+        if redactions is not None:
+            redactions.update(redacted, findings_before=found)
     if card.errors() and not force:
         write_card(card, out / "data")
         raise DataError(f"{path}: the data gate still finds errors after the safe fixes ({card.errors()[0].message}); "
@@ -181,7 +203,7 @@ def probe_seconds_per_step(config: RunConfig, out: Path) -> tuple[float, int]:
     clock = Clock()
     scratch = out / "probe"
     try:
-        train(probe, scratch, callbacks=[clock])
+        train(probe, scratch, callbacks=[clock], audit_event=None)  # a scratch run: not in the audit trail
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     gaps = [b - a for a, b in zip(clock.times, clock.times[1:])]
@@ -202,23 +224,39 @@ def run_auto(
     callbacks: list | None = None,
     eval_progress=None,
     say: Callable[[str], None] = lambda line: None,
+    domain: str | None = None,
+    template: str | None = None,
+    audit: trail.Audit | None = None,
+    overrides: dict | None = None,
 ) -> AutoResult:
     """Everything `tunesmith auto` does (see the module's docstring). `say(line)` reports
-    each decision as it is made."""
+    each decision as it is made. Under `domain` (and its `template`) the run's entries go to
+    `audit` (default: the CLI's log and user). `overrides` (dotted keys) are set over the plan."""
     start = time.perf_counter()
     out = Path(out)
     if (out / "config.yaml").exists():
         raise ConfigError(f"{out} already holds a run; choose another --output.")
     seconds = parse_budget(budget)
+    pack, chosen = resolve(domain, template)  # a wrong pair is one sentence before anything runs
     decisions: dict[str, str] = {}
 
     def decide(key: str, why: str) -> None:
         decisions[key] = why
         say(why)
 
-    found, stage, why = detect_task(data, columns, task)
+    if chosen is not None and task == "auto":
+        try:
+            found, stage, why = detect_task(data, columns, TEMPLATE_TASKS[chosen.task])
+        except DataError:
+            raise DataError(f"{data} does not hold data template {chosen.name} trains on ({chosen.task}: "
+                            + ("text+label rows" if chosen.task == "classify" else "prompts with answers")
+                            + "); give such a file, or --columns to read other columns.") from None
+        why = f"template {chosen.name}: {why}"
+    else:
+        found, stage, why = detect_task(data, columns, task)
     decide("auto.task", why)
-    train_file = gate(data, test, columns, found, out, force, decisions)
+    redactions: dict = {}
+    train_file = gate(data, test, columns, found, out, force, decisions, pack.profile if pack else None, redactions)
     say(decisions["auto.gate"])
     if train_file != data:
         columns = None  # the cleaned copy is canonical JSONL
@@ -233,6 +271,7 @@ def run_auto(
         "model.name": model, "data.train": train_file, "data.test": test, "data.columns": columns,
         "data.force": force, "method.stages": [stage],
     }, source="auto")
+    config = apply_overrides(config, {"domain": domain, "template": template}, source="options")
     config = plan(config, rows, decisions)
     say(decisions["auto.memory"])
     if seconds:
@@ -253,6 +292,13 @@ def run_auto(
         config = apply_overrides(config, {"eval.max_rows": config.eval.max_rows or 500}, source="auto")
         config.reasons["eval.max_rows"] = "a budgeted run evaluates a seeded sample of at most 500 test rows"
         decide("auto.budget", why)
+    if overrides:  # the caller's own settings (quickstart's --max-steps, --report-to) win over the plan
+        config = apply_overrides(config, overrides, source="options")
     config.reasons.update(decisions)
-    summary = train(config, out, callbacks=callbacks, eval_progress=eval_progress)
+    extra = {"redactions": {k: redactions[k] for k in ("rows", "kinds") if k in redactions} or {"rows": 0, "kinds": {}},
+             "findings_before": redactions.get("findings_before"),  # the gate on the data as given
+             "source_data": [trail.file_facts(data, "train (as given)", columns if train_file == data else None)]
+             } if pack else None
+    summary = train(config, out, callbacks=callbacks, eval_progress=eval_progress, say=say, audit=audit,
+                    audit_event="auto", audit_extra=extra)
     return AutoResult(out, None, decisions, summary.evaluation, time.perf_counter() - start, summary)

@@ -4,6 +4,11 @@
 Every request passes admission first (a limit per API key and on the engine's queue, 429 past
 either), then the engine (serve/pool.py) batches it with others. A client that disconnects
 cancels its generation; a server that stops answers 503 rather than dropping the connection.
+
+A classifier run answers a chat completion with the label of the last user message, or "refer
+to a person" when its confidence is below the threshold the run's evaluation calibrated
+(`RUN/abstention.json`); the `classification` field carries the label predicted, the
+confidence and the threshold.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from tunesmith.serve.pool import (
     PromptTooLong,
     Sampling,
     Target,
+    is_classifier,
 )
 
 # No common prefix: /chat/completions and /completions.
@@ -200,6 +206,8 @@ async def create_chat_completion(request: Request, sessions: SessionDep, setting
     _check_size(sum(len(m["content"]) for m in messages), "messages")
     ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     head = {"id": ident, "created": created, "model": body.model, "system_fingerprint": None}
+    if is_classifier(target):
+        return await _classify_chat(request, settings, caller, engine, admission, target, messages, body, head)
     release = _admit(admission, settings, caller, engine)
     if body.stream:
         def deltas(piece):
@@ -219,6 +227,35 @@ async def create_chat_completion(request: Request, sessions: SessionDep, setting
                 "logprobs": None} for i, c in enumerate(result.choices)]
     return head | {"object": "chat.completion", "choices": choices,
                    "usage": _usage(result.prompt_tokens, sum(c.tokens for c in result.choices))}
+
+
+async def _classify_chat(request: Request, settings: Settings, caller: Caller, engine: Engine, admission: Admission,
+                         target: Target, messages: list[dict], body: ChatCompletionCreate, head: dict) -> dict:
+    """A classifier's answer to a conversation: the label of its last user turn as the assistant's
+    content, or "refer to a person" when the confidence is below the threshold the run's evaluation
+    calibrated; `classification` carries the label predicted, the confidence, the threshold,
+    whether it was referred and the top labels."""
+    if body.stream:
+        raise APIError(400, "A classifier answers with one label, not a stream: set stream to false.", param="stream")
+    text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    if not text.strip():
+        raise APIError(400, "A classifier labels the last user message, and there is none; send one.", param="messages")
+    release = _admit(admission, settings, caller, engine)
+    try:
+        result = await _answer(request, _labelled(engine, target, text))
+    finally:
+        release()
+    tokens = result.pop("prompt_tokens")
+    choice = {"index": 0, "message": {"role": "assistant", "content": result["label"]}, "finish_reason": "stop",
+              "logprobs": None}
+    return head | {"object": "chat.completion", "choices": [choice], "usage": _usage(tokens, 0), "classification": result}
+
+
+async def _labelled(engine: Engine, target: Target, text: str) -> dict:
+    try:
+        return await engine.classify(target, text)
+    except (TunesmithError, EngineClosed) as exc:
+        raise _engine_error(exc, "messages") from None
 
 
 def _engine_error(exc: Exception, param: str) -> APIError:

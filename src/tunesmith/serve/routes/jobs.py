@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,7 +32,7 @@ from tunesmith.serve.deps import (
     not_found,
     scoped,
 )
-from tunesmith.serve.job_checks import checked_job
+from tunesmith.serve.job_checks import check_domain_data, checked_job
 from tunesmith.serve.schemas import JobCreate, list_page, rows_after
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
@@ -90,16 +90,20 @@ def get_job(sessions: sessionmaker[Session], caller: Caller, job_id: str) -> Job
 
 
 @router.post("", response_model=JobPublic)
-def create_job(sessions: SessionDep, settings: SettingsDep, caller: CallerDep, body: JobCreate) -> JobPublic:
-    """Create a fine-tuning job: the files are checked now, and a worker trains it when one is free."""
+def create_job(request: Request, sessions: SessionDep, settings: SettingsDep, caller: CallerDep, body: JobCreate) -> JobPublic:
+    """Create a fine-tuning job: the files are checked now, and a worker trains it when one is free.
+    Under a domain pack (hyperparameters `domain`, `template`) the training file must pass the
+    pack's data gate, and the job's check, training and evaluation go to the audit trail."""
     checked = checked_job(sessions, settings, caller, body)
+    check_domain_data(request.app, sessions, settings, caller, checked)
     training, validation = checked.training, checked.validation
     job_id = store.new_id("ftjob")
     fine_tuned = ":".join(["ft", body.model.replace(":", "-").replace("/", "-"), caller.project, body.suffix or "", job_id[6:14]])
     job = Job(id=job_id, project=caller.project, model=body.model, source=checked.config.model.name,
               training_file=training.id, validation_file=validation.id if validation else None, suffix=body.suffix,
               seed=checked.seed, method=checked.method, metadata_=body.metadata, status=VALIDATING,
-              fine_tuned_model=fine_tuned, overrides=checked.overrides or None, run_dir=str(settings.runs_dir / job_id))
+              fine_tuned_model=fine_tuned, overrides=checked.overrides or None, run_dir=str(settings.runs_dir / job_id),
+              key_id=caller.key_id or None)
     with sessions.begin() as s:
         s.add(job)
         s.flush()  # the job row first: its events refer to it

@@ -9,10 +9,15 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 
 from tunesmith.data.quality import fix_data
+from tunesmith.domains import audit as trail
+from tunesmith.domains.catalog import catalog
+from tunesmith.domains.packs import get_domain
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.jobs import store
 from tunesmith.jobs.spec import resolved_settings
@@ -27,7 +32,13 @@ from tunesmith.serve.deps import (
     base_models,
     get_file,
 )
-from tunesmith.serve.job_checks import checked_job, job_resources
+from tunesmith.serve.job_checks import (
+    audit_of,
+    check_domain_data,
+    checked_job,
+    domain_check,
+    job_resources,
+)
 from tunesmith.serve.schemas import JobCreate, file_public
 from tunesmith.train.auto import hardware
 from tunesmith.train.stages import preview
@@ -74,20 +85,54 @@ def list_base_models(settings: SettingsDep, caller: CallerDep) -> dict:
             "rewards": job_resources(settings).names()}
 
 
+Domain = Literal["legal", "medical", "finance", "support"]
+
+
+@router.get("/domains")
+def list_domains(caller: CallerDep) -> dict:
+    """The domain packs a job can name (hyperparameters `domain` and `template`): each one's
+    compliance profile (regulation, identifier kinds), task templates (task, system prompt,
+    label set), safety probes, bias swaps and the model card's regulated-use text."""
+    return {"object": "list", "data": catalog(commands=False)}
+
+
+class DomainCheck(BaseModel):
+    domain: Domain
+    """The pack whose compliance profile the data gate applies (`GET /v1/tunesmith/domains`)."""
+
+
+@router.post("/files/{file_id}/check")
+def check_file(request: Request, sessions: SessionDep, settings: SettingsDep, caller: CallerDep, file_id: str,
+               body: DomainCheck) -> dict:
+    """Run the data gate on an uploaded file under a domain pack's compliance profile: the
+    identifiers it names are errors. The result is kept with the file (a job under the pack
+    reuses it) and written to the service's audit trail with your project and key."""
+    f = get_file(sessions, caller, file_id)
+    if f.purpose != "fine-tune":
+        raise APIError(400, f"{file_id} has purpose '{f.purpose}'; only training data (purpose 'fine-tune') is checked.",
+                       param="file_id")
+    info = domain_check(request.app, sessions, settings, caller, f, body.domain)
+    return {"object": "tunesmith.data_check", "file": f.id} | info
+
+
 @router.post("/files/{file_id}/fix")
-def fix_file(request: Request, sessions: SessionDep, settings: SettingsDep, caller: CallerDep, file_id: str) -> dict:
+def fix_file(request: Request, sessions: SessionDep, settings: SettingsDep, caller: CallerDep, file_id: str,
+             domain: Domain | None = None) -> dict:
     """Apply the data gate's safe fixes to an uploaded file (drop exact duplicates and rows
     without an answer, strip control characters and HTML, redact personal data) and store
-    the cleaned copy as a new file, checked again; the original stays as it was."""
+    the cleaned copy as a new file, checked again; the original stays as it was. With
+    `domain`, the identifiers of the pack's compliance profile are redacted too, the copy is
+    checked under the pack, and the fix is written to the audit trail."""
     f = get_file(sessions, caller, file_id)
     if f.purpose != "fine-tune":
         raise APIError(400, f"{file_id} has purpose '{f.purpose}'; only training data (purpose 'fine-tune') can be fixed.",
                        param="file_id")
     new_id = store.new_id("file")
     path = settings.files_dir / f"{new_id}.jsonl"
+    profile = {"profile": get_domain(domain).profile} if domain else {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            result = fix_data(f.path, Path(tmp) / "clean.jsonl")
+            result = fix_data(f.path, Path(tmp) / "clean.jsonl", **profile)
         except TunesmithError as exc:
             raise APIError(400, str(exc).replace(f.path, f.filename), param="file_id") from None
         if result.dropped + result.redacted + result.changed == 0:
@@ -97,6 +142,7 @@ def fix_file(request: Request, sessions: SessionDep, settings: SettingsDep, call
             raise APIError(400, f"{f.filename}: the safe fixes would drop every row; fix the file by hand.",
                            param="file_id", code="nothing_left")
         log = [json.loads(line) for line in Path(result.log_path).read_text().splitlines()[:200]]
+        redactions = trail.redactions_from_log(result.log_path)
         shutil.move(result.out_path, path)
     filename = f"{Path(f.filename).stem}.clean.jsonl"
     stored = False
@@ -104,12 +150,24 @@ def fix_file(request: Request, sessions: SessionDep, settings: SettingsDep, call
         try:
             # In the gate's process, with its time limit, as an upload is checked (the gate keeps
             # its process on the app's state, so it takes the app).
-            info = gate.check_upload_blocking(request.app, path, filename)
+            info = gate.check_upload_blocking(request.app, path, filename, domain)
         except TunesmithError as exc:
             raise APIError(400, str(exc).replace(str(path), filename), param="file_id") from None
         info["fixed_from"] = f.id
         info["fixes"] = {"rows_in": result.rows_in, "rows_out": result.rows_out, "dropped": result.dropped,
                          "redacted": result.redacted, "changed": result.changed, "log": log}
+        if domain:
+            # The copy is checked under the pack already: a job on it reuses that check.
+            entry = trail.record_check(domain, [
+                trail.file_facts(f.path, "uploaded") | {"path": f"{f.filename} ({f.id})"},
+                trail.file_facts(path, "fixed") | {"path": f"{filename} ({new_id})"},
+            ], info.get("summary") or {}, {"file": new_id, "fixed_from": f.id, "rows": info.get("rows"),
+                                           "errors": len(info.get("errors") or []),
+                                           "fixes": {k: v for k, v in info["fixes"].items() if k != "log"}},
+                audit=audit_of(settings, caller), redactions=redactions)
+            entry_info = {k: v for k, v in info.items() if k not in ("fixed_from", "fixes")}
+            info["domains"] = {domain: entry_info | {"audit_entry": entry["id"]}}
+            info["fixes"]["redactions"] = redactions
         new = File(id=new_id, project=caller.project, filename=filename, purpose="fine-tune",
                    bytes=path.stat().st_size, path=str(path), info=info)
         with sessions.begin() as s:
@@ -122,11 +180,13 @@ def fix_file(request: Request, sessions: SessionDep, settings: SettingsDep, call
 
 
 @router.post("/fine_tuning/preview")
-def preview_job(sessions: SessionDep, settings: SettingsDep, caller: CallerDep, body: JobCreate) -> dict:
+def preview_job(request: Request, sessions: SessionDep, settings: SettingsDep, caller: CallerDep, body: JobCreate) -> dict:
     """What a job request's "auto" values resolve to, and why, without creating the job: the
     request is checked as `POST /v1/fine_tuning/jobs` checks it. Values that depend on the
     hardware are this server's; a worker on other hardware resolves them again."""
-    config = checked_job(sessions, settings, caller, body).config
+    checked = checked_job(sessions, settings, caller, body)
+    check_domain_data(request.app, sessions, settings, caller, checked)
+    config = checked.config
     try:
         resolved = preview(config)
     except TunesmithError as exc:

@@ -201,7 +201,7 @@ function showCard(box, f) {
 
 async function newJob(main, fileId) {
   main.append(el("h1", {}, "New fine-tune"));
-  const [files, info] = await Promise.all([api("/files"), api("/tunesmith/base_models")]);
+  const [files, info, packs] = await Promise.all([api("/files"), api("/tunesmith/base_models"), api("/tunesmith/domains")]);
   const usable = files.data.filter((f) => f.purpose === "fine-tune");
   if (!usable.length) { main.append(el("p", {}, "Upload a dataset first: ", el("a", { href: "#/datasets" }, "Datasets"))); return; }
   const field = (id, label, control, hint) => el("div", {}, el("label", { for: id }, label, hint ? el("span", { class: "hint" }, ` ${hint}`) : ""), control);
@@ -215,6 +215,26 @@ async function newJob(main, fileId) {
   const update = () => { explain.textContent = info.methods[methodSel.value]; adapterHint.textContent = info.adapters[adapterSel.value]; };
   methodSel.onchange = adapterSel.onchange = update;
   update();
+  // A domain pack (GET /v1/tunesmith/domains): its compliance profile gates the data, its probes join the
+  // evaluation, the job goes to the audit trail; a template of the pack picks the method and system prompt.
+  const pack = (name) => packs.data.find((p) => p.name === name);
+  const domainSel = select("domain", [["", "none"], ...packs.data.map((p) => [p.name, `${p.name} - ${p.title}`])], "");
+  const templateSel = el("select", { id: "template", disabled: true });
+  const domainHint = el("p", { class: "hint", id: "domain-hint" });
+  const fillTemplates = () => {
+    const p = pack(domainSel.value);
+    templateSel.replaceChildren(...[["", "none"], ...(p ? p.templates.map((t) => [t.name, `${t.name} (${t.task}${t.labels.length ? `, ${t.labels.length} labels` : ""})`]) : [])]
+      .map(([v, text]) => el("option", { value: v }, text)));
+    templateSel.disabled = !p;
+    domainHint.textContent = p ? `${p.summary} Profile ${p.profile.name}: ${p.profile.regulation}; identifiers checked: ${Object.keys(p.profile.kinds).join(", ")}.` : "";
+  };
+  domainSel.onchange = fillTemplates;
+  templateSel.onchange = () => {
+    const t = pack(domainSel.value)?.templates.find((x) => x.name === templateSel.value);
+    if (t) { methodSel.value = t.task === "classify" ? "classify" : "supervised"; update(); }
+    domainHint.textContent = t ? `${t.title}. System prompt: "${t.system_prompt}"` : (pack(domainSel.value) ? domainHint.textContent : "");
+  };
+  fillTemplates();
   const number = (id, placeholder) => el("input", { type: "text", id, placeholder, inputmode: "decimal" });
   const epochs = number("n_epochs", "auto"), lr = number("learning_rate_multiplier", "auto"), batch = number("batch_size", "auto");
   const suffix = el("input", { type: "text", id: "suffix", placeholder: "e.g. support-v1" });
@@ -230,6 +250,8 @@ async function newJob(main, fileId) {
       }
     }
     if (adapterSel.value !== "lora") hp.adapter = adapterSel.value;
+    if (domainSel.value) hp.domain = domainSel.value;
+    if (domainSel.value && templateSel.value) hp.template = templateSel.value;
     if (advanced.value.trim()) {
       let extra;
       try { extra = JSON.parse(advanced.value); } catch (err) { extra = null; }
@@ -275,6 +297,8 @@ async function newJob(main, fileId) {
   } },
   el("div", { class: "row" },
     el("div", {}, field("training_file", "Dataset", fileSel), field("model", "Base model", modelSel),
+      field("domain", "Domain pack", domainSel, "(optional; its compliance profile gates the data)"),
+      field("template", "Task template", templateSel), domainHint,
       field("method", "Method", methodSel), explain, field("adapter", "What is trained", adapterSel), adapterHint,
       field("suffix", "Name suffix", suffix, "(optional; part of the model's name)")),
     el("div", {}, el("h2", {}, "Hyperparameters"),
