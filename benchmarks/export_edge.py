@@ -1,10 +1,10 @@
-"""Benchmark: the quickstart model in every export format on this CPU, against PyTorch float32
+"""Benchmark: the bundled sample's chat model in every export format on this CPU, against PyTorch float32
 in the same run. Measured, not assumed.
 
 Run from the repository root, in the project's virtualenv:
 
-    python benchmarks/export_edge.py --run runs/quickstart-...   # a finished quickstart run (`tunesmith quickstart`)
-    python benchmarks/export_edge.py --steps 150                 # trains the quickstart's model itself first
+    python benchmarks/export_edge.py --run runs/chat-run          # a finished chat run of the bundled sample
+    python benchmarks/export_edge.py --steps 150                 # trains the bundled sample as chat itself first
     python benchmarks/export_edge.py --model PATH --steps 1 --rows 2 --formats hf,gguf:q8_0   # a smoke test (CI)
 
 For each format `tunesmith export` writes the file and verifies it: the run's test rows (the
@@ -30,14 +30,14 @@ from pathlib import Path
 from tunesmith.export.build import export_run
 from tunesmith.runs import RunDir
 from tunesmith.train.stages import train_run
-from tunesmith.workflows.quickstart import quickstart_config
+from tunesmith.workflows.quickstart import chat_config
 
 DEFAULT_FORMATS = "hf,gguf:f16,gguf:q8_0,gguf:q4_0,onnx"
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", help="a finished run to export (default: train the quickstart's model first)")
+    p.add_argument("--run", help="a finished chat run to export (default: train the bundled sample as chat first)")
     p.add_argument("--model", default="smollm2-135m", help="base model when training (name or local folder)")
     p.add_argument("--steps", type=int, default=150, help="training steps when no --run is given")
     p.add_argument("--rows", type=int, default=48, help="test rows each export answers")
@@ -53,7 +53,7 @@ def main() -> None:
     run = Path(args.run) if args.run else out / "run"
     if not RunDir(run).exists or not RunDir(run).final.summary_file.exists():
         start = time.perf_counter()
-        train_run(quickstart_config(args.model, args.steps), run)
+        train_run(chat_config(args.model, args.steps), run)
         print(f"trained {run} in {time.perf_counter() - start:.0f} s")
     rows, reports = [], {}
     for spec in args.formats.split(","):

@@ -172,3 +172,15 @@ def test_auto_grows_small_data_with_a_teacher_endpoint(tmp_path, tiny_model_dir,
     assert stub_openai.requests and stub_openai.requests[0]["model"] == "teacher-llm"
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     assert summary["train_rows"] + summary["validation_rows"] == 38
+
+
+def test_keep_general_makes_forgetting_an_alarm_and_replays_chat_for_sft():
+    from tunesmith.config import RunConfig
+    from tunesmith.workflows.auto import KEEP_GENERAL_REPLAY, _keep_general
+
+    said = []
+    chat = _keep_general(RunConfig(), "sft", lambda key, why: said.append((key, why)))
+    assert chat.eval.keep_general is True and chat.data.replay_ratio == KEEP_GENERAL_REPLAY
+    assert "general chat rows replayed" in chat.reasons["data.replay_ratio"] and said[0][0] == "auto.keep_general"
+    head = _keep_general(RunConfig(), "classify", lambda key, why: None)
+    assert head.eval.keep_general is True and head.data.replay_ratio == 0.0

@@ -90,6 +90,8 @@ def test_unresolved_lists_auto_fields():
         "train.pack_length",
         "train.eval_steps",
         "train.best_metric",
+        "train.logging_steps",
+        "train.fused_kernels",
     }
     config.train.learning_rate = 1e-4
     assert "train.learning_rate" not in config.unresolved()

@@ -3,6 +3,7 @@ and eval, task templates applied to the config, the audit trail (hash chain, ver
 the model card's regulated-use section, and the service's domain endpoints and jobs."""
 
 import csv
+import itertools
 import json
 import shutil
 import threading
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import write_chat_file
 from test_api import TINY, service, wait_for  # noqa: F401 - `service` is a fixture
 from test_cli import assert_one_sentence_error, invoke
@@ -144,7 +144,7 @@ def test_the_audit_log_is_a_hash_chain_that_shows_tampering(tmp_path):
     written = [trail.append({"event": e, "actor": actor, "domain": "legal", "n": i}, log)
                for i, e in enumerate(("data_check", "train", "eval", "export"))]
     assert [e["seq"] for e in written] == [1, 2, 3, 4] and written[0]["prev"] == trail.GENESIS
-    assert all(b["prev"] == a["hash"] for a, b in zip(written, written[1:]))
+    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(written))
     assert trail.verify(log) == (True, None)
     lines = log.read_text().splitlines()
 

@@ -255,6 +255,7 @@ def test_precision_is_one_dtype_per_run():
     four = speed.precision_choice(True, True, "4bit")
     assert (four.dtype, four.bf16) == ("bfloat16", True)
     assert speed.precision_choice(True, False, "4bit").dtype == "float16"
+    assert speed.precision_choice(True, False, "none").dtype == "float32"  # as before on a GPU without bfloat16
 
 
 def test_attention_choice():

@@ -56,21 +56,30 @@ def test_smollm2_lora_train_reload_generate_stops_at_eos(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
-    """The main job, shortened: train, then the full evaluation on 8 test queries."""
+    """The main job, shortened: auto's choices (a classification head), the evaluation on 8
+    test queries, and the ONNX export verified in onnxruntime."""
     import json
 
     import tunesmith.workflows.quickstart as qs
+    from tunesmith.export.onnx import load_onnx
 
-    report = qs.run_quickstart(tmp_path / "qs", max_steps=2, max_test_rows=8)
+    said = []
+    report = qs.run_quickstart(tmp_path / "qs", max_steps=2, max_test_rows=8, say=said.append)
     assert 0.0 <= report["base_accuracy"] <= 1.0 and 0.0 <= report["tuned_accuracy"] <= 1.0
     assert report["train"]["global_step"] == 2 and report["test_rows"] == 8
+    assert any("classification head" in line for line in said) and "auto.gate" in report["decisions"]
     run = tmp_path / "qs"
     assert (run / "quickstart.json").exists() and (run / "report.html").exists()
-    assert len((run / "eval" / "answers.jsonl").read_text().splitlines()) == 8
     results = json.loads((run / "eval" / "results.json").read_text())
-    assert results["task"] == "labels" and results["labels"]["columns"][-1] == "(other)"
-    assert results["forgetting"]["probes"]["n"] == 24 and results["bias"]["tuned"]["pairs"] >= 50
+    assert results["task"] == "labels" and results["stage"] == "classify"
+    assert results["forgetting"] is None  # a classification head writes no text: nothing to forget there
+    assert results["bias"]["tuned"]["pairs"] >= 50 and results["bias"]["base"] is None
     assert f"{report['tuned_accuracy']:.1%}" in (run / "MODEL_CARD.md").read_text()
+    exported = report["export"]
+    assert exported["format"] == "onnx" and exported["checks"][0]["runtime"] == "pytorch"
+    assert report["artifacts"]["export"] == exported["folder"]
+    labels = load_onnx(exported["folder"], threads=1).predict(["I still have not received my new card"])
+    assert labels[0] in json.loads((run / "labels.json").read_text())
 
 
 def test_smollm2_teacher_writes_classification_rows(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,8 +12,8 @@ from tunesmith.cli.common import console, err, user_errors
 app = typer.Typer(help="The audit trail of runs under a domain pack: export it, verify its hash chain.",
                   no_args_is_help=True)
 
-LogOpt = Annotated[Optional[Path], typer.Option(help="The log to read (default: $TUNESMITH_HOME/audit.jsonl, the CLI's).")]
-ServiceOpt = Annotated[Optional[Path], typer.Option(help="Read the service's log instead: DATA_DIR/audit.jsonl of `tunesmith serve --data-dir`.")]
+LogOpt = Annotated[Path | None, typer.Option(help="The log to read (default: $TUNESMITH_HOME/audit.jsonl, the CLI's).")]
+ServiceOpt = Annotated[Path | None, typer.Option(help="Read the service's log instead: DATA_DIR/audit.jsonl of `tunesmith serve --data-dir`.")]
 
 
 def _log(log: Path | None, data_dir: Path | None) -> Path:
@@ -30,14 +30,15 @@ def _log(log: Path | None, data_dir: Path | None) -> Path:
 @user_errors
 def export_cmd(
     out: Annotated[Path, typer.Option(help="File to write: .csv for a table (nested values as JSON), otherwise JSON Lines.")],
-    since: Annotated[Optional[str], typer.Option(help="Only entries from this date or time on (UTC), e.g. 2025-03-01.")] = None,
-    run: Annotated[Optional[Path], typer.Option(help="Only the entries of this run folder.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only entries from this date or time on (UTC), e.g. 2025-03-01.")] = None,
+    run: Annotated[Path | None, typer.Option(help="Only the entries of this run folder.")] = None,
     log: LogOpt = None,
     data_dir: ServiceOpt = None,
 ) -> None:
     """Write the audit log's entries (each: event, time, actor, domain and profile, data files
     with SHA-256 and rows, findings, redactions, settings, result, hash chain) to OUT, and say
     whether the chain verifies."""
+    # domains.audit imports the data loaders (numpy): not for `tunesmith --help`
     from tunesmith.domains.audit import export, verify
 
     path = _log(log, data_dir)
@@ -57,6 +58,7 @@ def export_cmd(
 def verify_cmd(log: LogOpt = None, data_dir: ServiceOpt = None) -> None:
     """Check the audit log's hash chain: every entry's hash matches its content and names the
     entry before it. Exit code 1, with the first line that breaks it, when it does not."""
+    # domains.audit imports the data loaders (numpy): not for `tunesmith --help`
     from tunesmith.domains.audit import read, verify
 
     path = _log(log, data_dir)

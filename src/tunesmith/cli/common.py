@@ -38,10 +38,10 @@ TeacherKeyOpt = Annotated[Optional[str], typer.Option(envvar="TUNESMITH_TEACHER_
 ReportToOpt = Annotated[Optional[str], typer.Option(help="Also log the run to experiment trackers: tensorboard, mlflow, trackio (comma-separated).")]
 
 # A domain pack and its task template (train, auto, eval, data check).
-DomainOpt = Annotated[Optional[str], typer.Option(help="Domain pack: legal, medical, finance or support (`tunesmith domains`): "
+DomainOpt = Annotated[str | None, typer.Option(help="Domain pack: legal, medical, finance or support (`tunesmith domains`): "
                                                   "its compliance profile gates the data, its probes join the evaluation, "
                                                   "and the run goes to the audit trail.")]
-TemplateOpt = Annotated[Optional[str], typer.Option(help="Task template of the --domain pack (e.g. clause-classification): "
+TemplateOpt = Annotated[str | None, typer.Option(help="Task template of the --domain pack (e.g. clause-classification): "
                                                     "its task, system prompt and label set.")]
 
 KeepGeneralOpt = Annotated[bool, typer.Option("--keep-general", help="The model must stay a general assistant: forgetting is then an alarm, not information.")]

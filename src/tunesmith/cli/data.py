@@ -118,7 +118,7 @@ def check_data_cmd(
         )
     profile = None
     if domain is not None:
-        from tunesmith.domains.packs import get_domain
+        from tunesmith.domains.packs import get_domain  # only with --domain, like the rest: not for --help
 
         profile = get_domain(domain).profile  # an unknown name fails here, before the slow checks
     cols = parse_columns_option(columns)
@@ -307,12 +307,9 @@ def synth_cmd(
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted.[/yellow] the rows kept so far are in {out}; run the same command to continue.")
         raise typer.Exit(130) from None
-    table = Table(title=f"{out}: {report.kept} rows kept of {report.candidates} candidates ({report.kind}, teacher {report.teacher})")
-    table.add_column("dropped because")
-    table.add_column("rows", justify="right")
-    for reason, count in report.dropped.most_common():
-        table.add_row(reason, str(count))
-    console.print(table if report.dropped else f"{out}: {report.kept} rows kept, none dropped.")
+    console.print(_dropped_table(f"{out}: {report.kept} rows kept of {report.candidates} candidates ({report.kind}, "
+                                 f"teacher {report.teacher})", report.dropped, "rows")
+                  if report.dropped else f"{out}: {report.kept} rows kept, none dropped.")
     if report.stopped:
         err.print(f"[yellow]{report.stopped}[/yellow]")
     console.print(f"filter report: {report_path}; dropped rows: {dropped_path}")
@@ -420,17 +417,24 @@ def qa_cmd(
                                   min_coverage=min_coverage, on_progress=lambda done, total, s: progress.update(
                                       done, note=f"kept {s.kept}, dropped {sum(s.dropped.values())}"))
     _, report_path = write_qa(rows, out, stats)
-    table = Table(title=f"{out}: {stats.kept} pairs kept of {stats.generated} generated from {stats.passages} passages")
-    table.add_column("dropped because")
-    table.add_column("count", justify="right")
-    for reason, count in stats.dropped.most_common():
-        table.add_row(reason, str(count))
-    console.print(table if stats.dropped else f"{out}: {stats.kept} pairs kept of {stats.generated}, none dropped.")
+    console.print(_dropped_table(f"{out}: {stats.kept} pairs kept of {stats.generated} generated from {stats.passages} "
+                                 "passages", stats.dropped, "pairs")
+                  if stats.dropped else f"{out}: {stats.kept} pairs kept of {stats.generated}, none dropped.")
     console.print(f"report: {report_path}. Train with `tunesmith train --data {shlex.quote(str(out))}`: each row's "
                   "passage is the context of its question.", highlight=False)
     if not rows:
         err.print("[yellow]no pair was kept[/yellow]: try a stronger teacher (--teacher-url/--teacher-model) or see the "
                   "dropped examples in the report.")
+
+
+def _dropped_table(title: str, dropped, unit: str) -> Table:
+    """What a generator dropped, by reason (a Counter), most common first."""
+    table = Table(title=title)
+    table.add_column("dropped because")
+    table.add_column(unit, justify="right")
+    for reason, count in dropped.most_common():
+        table.add_row(reason, str(count))
+    return table
 
 
 def _refuse_overwrite(source: Path, out: Path) -> None:

@@ -4,7 +4,7 @@ the ready command of each task template."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -16,7 +16,7 @@ SHOWN_LABELS = 12  # labels listed per template in the detail view
 
 @user_errors
 def domains_cmd(
-    name: Annotated[Optional[str], typer.Argument(help="A pack to show in detail: legal, medical, finance or support.")] = None,
+    name: Annotated[str | None, typer.Argument(help="A pack to show in detail: legal, medical, finance or support.")] = None,
 ) -> None:
     """List the domain packs: each one's compliance profile (the regulation and the identifiers
     it makes errors in the data gate), task templates and safety probes. With NAME, one pack in

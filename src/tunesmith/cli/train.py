@@ -48,7 +48,7 @@ def train_cmd(
     task: Annotated[Optional[str], typer.Option(help="classify: same as --method classify.")] = None,
     stages: Annotated[Optional[str], typer.Option(help="Several stages in order, e.g. pretrain,sft or sft,reward,grpo.")] = None,
     adapter: Annotated[Optional[str], typer.Option(help="lora (default), rslora, dora, pissa, olora, loha, lokr, ia3, prompt, prefix, qlora or full.")] = None,
-    quantize: Annotated[Optional[str], typer.Option(help="Load the base in 4bit or 8bit (QLoRA; CUDA GPU only).")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="Load the base in 4bit or 8bit (QLoRA; CUDA GPU only), or auto: 4bit when bf16 would not fit in free GPU memory.")] = None,
     pretrain_data: Annotated[Optional[str], typer.Option(help="Raw-text file for the pretrain stage of --stages pretrain,...")] = None,
     replay_ratio: Annotated[Optional[float], typer.Option(help="Share of general text mixed into pretraining against forgetting.")] = None,
     replay_file: Annotated[Optional[str], typer.Option(help="General text for --replay-ratio; default: the shipped sample.")] = None,
@@ -241,6 +241,7 @@ def quickstart_cmd(
     quiet_libraries()
     # heavy: imported when the command runs, not for --help
     from tunesmith.cli.export import print_export
+    from tunesmith.runs import RunDir  # pydantic
     from tunesmith.tracking import check_installed, parse_report_to
     from tunesmith.train.callbacks import RichProgressCallback  # torch
     from tunesmith.workflows.quickstart import (  # torch
@@ -302,9 +303,9 @@ def tune_cmd(
     )
 
     from tunesmith.config import load_config  # pydantic
-    from tunesmith.evaluate.run import evaluate_run  # numpy, pydantic
     from tunesmith.runs import RunDir  # pydantic
     from tunesmith.tune.study import run_study  # torch
+    from tunesmith.workflows.train_eval import evaluate  # torch
 
     data_dir, url = ensure_database(data_dir, database_url)  # the study is kept in the project database
     base = load_config(config)
@@ -351,7 +352,7 @@ def tune_cmd(
     if RunDir(best_dir).config.has_test_set():
         bars = EvalBars(err)
         try:
-            results = evaluate_run(best_dir, progress=bars)
+            results = evaluate(best_dir, progress=bars)  # under a domain, also an audit-trail entry
         finally:
             bars.stop()
         print_evaluation(results, best_dir)
@@ -377,6 +378,8 @@ def auto_cmd(
     database_url: DatabaseOpt = None,
     domain: DomainOpt = None,
     template: TemplateOpt = None,
+    report_to: ReportToOpt = None,
+    keep_general: KeepGeneralOpt = False,
 ) -> None:
     """From a data file to an evaluated specialist in one command: detect the task, check and
     fix the data, plan memory and the budget, train, report base vs tuned, and register the
@@ -388,9 +391,12 @@ def auto_cmd(
     from tunesmith.inference.teacher import make_teacher  # pydantic
     from tunesmith.jobs.store import register_run  # sqlalchemy
     from tunesmith.runs import RunDir  # pydantic
+    from tunesmith.tracking import check_installed, parse_report_to
     from tunesmith.train.callbacks import RichProgressCallback  # torch
     from tunesmith.workflows.auto import run_auto  # torch
 
+    trackers = parse_report_to(report_to)
+    check_installed(trackers)  # before the gate and training, not after them
     data_dir, url = ensure_database(data_dir, database_url)  # the model is registered there
     run_dir = output or default_run_dir("auto")
     convert_builtin_once(model)
@@ -400,7 +406,8 @@ def auto_cmd(
     try:
         result = run_auto(data, run_dir, test, task, budget, model, parse_columns_option(columns), force, synth_below,
                           the_teacher, callbacks=[progress], eval_progress=bars,
-                          say=lambda line: err.print(f"[dim]auto:[/dim] {line}"), domain=domain, template=template)
+                          say=lambda line: err.print(f"[dim]auto:[/dim] {line}"), domain=domain, template=template,
+                          keep_general=keep_general, overrides={"train.report_to": trackers} if trackers else None)
     except KeyboardInterrupt:
         progress.close()
         err.print(f"[yellow]interrupted.[/yellow] continue training with: tunesmith train --resume {run_dir}")

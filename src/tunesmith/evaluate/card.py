@@ -429,7 +429,7 @@ def _procedure_section(run: _Run) -> str:
             extras.append(f"NEFTune noise {run.method.neftune_alpha:g}")
         if run.method.label_smoothing:
             extras.append(f"label smoothing {run.method.label_smoothing:g}")
-        if run.method.gradient_checkpointing:
+        if run.method.checkpointing:
             extras.append("gradient checkpointing")
         if run.method.beta is not None and any(s in PREFERENCE_STAGES + RL_STAGES for s in stages):
             extras.append(f"beta {run.method.beta:g}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from tunesmith.runtime import duration, progress_interval
+from tunesmith.tracking import Trackers
 from tunesmith.train.speed import (
     flops_per_token,
     mfu,
@@ -82,8 +83,6 @@ class TrackingCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.trackers is None:
-            from tunesmith.tracking import Trackers
-
             self.trackers = Trackers(self.names, self.run_dir, self.config)
             self.trackers.log_params()
 

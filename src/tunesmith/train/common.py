@@ -108,7 +108,8 @@ def load_base(config: RunConfig, head: str = "lm", **kwargs):
     if on_gpu:
         precision = precision_choice(True, torch.cuda.is_bf16_supported(), m.quantize)
         kwargs.setdefault("dtype", getattr(torch, precision.dtype))
-        kwargs.setdefault("attn_implementation", attention_choice(True)[0])
+        if precision.dtype != "float32":  # FlashAttention computes in 16 bits only
+            kwargs.setdefault("attn_implementation", attention_choice(True)[0])
     # A new head (a classifier's, a reward model's) is drawn from the global generator: seed it,
     # so the run does not depend on what this process drew before (a repeat gives the same run).
     torch.manual_seed(config.train.seed)

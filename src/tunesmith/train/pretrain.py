@@ -32,6 +32,7 @@ from tunesmith.train.common import (
     wrap_model,
     write_summary,
 )
+from tunesmith.train.trainers import LeanSFTTrainer
 
 GENERAL_TEXT = Path(__file__).resolve().parent.parent / "samples" / "general_text.jsonl"
 
@@ -60,8 +61,6 @@ def train_pretrain(config: RunConfig, run_dir: str | Path, callbacks: list | Non
     from transformers import PrinterCallback
     from trl import SFTConfig
 
-    # trainers imports TRL: here, not at CLI start-up
-    from tunesmith.train.trainers import LeanSFTTrainer
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)

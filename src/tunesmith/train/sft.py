@@ -34,6 +34,7 @@ from tunesmith.train.common import (
     wrap_model,
     write_summary,
 )
+from tunesmith.train.trainers import LeanSFTTrainer
 
 
 @dataclass
@@ -177,8 +178,6 @@ def train_sft(config: RunConfig, run_dir: str | Path, callbacks: list | None = N
     from datasets import Dataset
     from transformers import PrinterCallback
 
-    # trainers imports TRL: here, not at CLI start-up
-    from tunesmith.train.trainers import LeanSFTTrainer
 
     run_dir = Path(run_dir)
     config, checkpoint = start_run(config, run_dir, resume)

@@ -218,7 +218,9 @@ def precision_choice(on_gpu: bool, bf16_supported: bool, quantize: str) -> Preci
     """One compute dtype per run, so no layer casts its inputs on every step:
     8-bit: float16 throughout, because bitsandbytes' int8 matmul takes float16 inputs (anything
     else is cast, with a warning, on every layer of every step); 4-bit and plain: bfloat16 where
-    the GPU has it (the 4-bit compute dtype is the same), else float16; float32 on a CPU."""
+    the GPU has it (the 4-bit compute dtype is the same); on an older GPU without bfloat16, 4-bit
+    computes in float16 and a plain model trains in float32 (float16 weights cannot take float16
+    mixed-precision updates); float32 on a CPU."""
     if not on_gpu:
         return Precision("float32", False, False, "float32 on CPU")
     if quantize == "8bit":
@@ -226,7 +228,9 @@ def precision_choice(on_gpu: bool, bf16_supported: bool, quantize: str) -> Preci
                          "float16 weights and mixed precision: bitsandbytes' int8 matmul computes in float16")
     if bf16_supported:
         return Precision("bfloat16", True, False, "bfloat16 weights and mixed precision")
-    return Precision("float16", False, True, "float16 (this GPU has no bfloat16)")
+    if quantize == "4bit":
+        return Precision("float16", False, True, "float16 compute (this GPU has no bfloat16)")
+    return Precision("float32", False, False, "float32 (this GPU has no bfloat16)")
 
 
 # --------------------------------------------------------------------------- the probe step

@@ -53,6 +53,7 @@ TASK_STAGES = {
     "preference": ("dpo", "preference pairs: DPO, which needs no separate reward model"),
     "kto": ("kto", "answers marked good or bad: KTO, which learns from unpaired labels"),
 }
+KEEP_GENERAL_REPLAY = 0.2  # share of general chat rows replayed under --keep-general (measured: README)
 EVAL_SHARE = 0.25  # of a budget, kept for the before/after evaluation
 # Optimizer steps timed to plan a budgeted run; the gaps after the first step are averaged.
 # The first steps still run slow while memory is allocated: on full Banking77 the probe
@@ -210,6 +211,25 @@ def probe_seconds_per_step(config: RunConfig, out: Path) -> tuple[float, int]:
     return (sum(gaps) / len(gaps) if gaps else float("nan")), clock.planned
 
 
+def _keep_general(config: RunConfig, stage: str, decide: Callable[[str, str], None]) -> RunConfig:
+    """--keep-general: forgetting becomes an alarm, and chat training replays general chat rows
+    (the shipped set) so the model stays a general assistant."""
+    chosen: dict = {"eval.keep_general": True}
+    if stage == "sft":
+        chosen["data.replay_ratio"] = KEEP_GENERAL_REPLAY
+        why = (f"--keep-general: {KEEP_GENERAL_REPLAY:.0%} of the training rows are general chat rows replayed against "
+               "forgetting (the trade-off is in the README), and forgetting is an alarm")
+    elif stage == "classify":
+        why = ("--keep-general: a classification head leaves the model's text generation untouched; forgetting "
+               "stays an alarm for any other stage")
+    else:
+        why = "--keep-general: forgetting is an alarm"
+    config = apply_overrides(config, chosen, source="auto")
+    config.reasons.update(dict.fromkeys(chosen, why))
+    decide("auto.keep_general", why)
+    return config
+
+
 def run_auto(
     data: str,
     out: str | Path,
@@ -228,6 +248,7 @@ def run_auto(
     template: str | None = None,
     audit: trail.Audit | None = None,
     overrides: dict | None = None,
+    keep_general: bool = False,
 ) -> AutoResult:
     """Everything `tunesmith auto` does (see the module's docstring). `say(line)` reports
     each decision as it is made. Under `domain` (and its `template`) the run's entries go to
@@ -292,6 +313,8 @@ def run_auto(
         config = apply_overrides(config, {"eval.max_rows": config.eval.max_rows or 500}, source="auto")
         config.reasons["eval.max_rows"] = "a budgeted run evaluates a seeded sample of at most 500 test rows"
         decide("auto.budget", why)
+    if keep_general:
+        config = _keep_general(config, stage, decide)
     if overrides:  # the caller's own settings (quickstart's --max-steps, --report-to) win over the plan
         config = apply_overrides(config, overrides, source="options")
     config.reasons.update(decisions)
