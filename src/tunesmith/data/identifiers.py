@@ -440,6 +440,7 @@ _ROLES = frozenset(
 )
 _ORG_SUFFIX = re.compile(r"\b(?:inc|llc|ltd|corp|corporation|llp|lp|plc|gmbh|ag|sa|co|company|group|holdings)\.?$", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"\[[A-Z_]+(?:_\d+)?\]")
+_PLACEHOLDER_END = re.compile(r"\[[A-Z_]+(?:_\d+)?\]['’s]*$")
 
 # Detection order: when two candidates overlap, the earlier group (then the longer match)
 # keeps the text. Checksummed and distinctive formats first, then validated dates and
@@ -704,10 +705,18 @@ def _find(
     for m in _merge_addresses(text, _resolve(text, candidates)):
         kind = m.kind if m.kind in kinds else _FALLBACK.get(m.kind)
         i = bisect_left(starts, m.end)  # masks starting before the match ends
-        if kind not in kinds or (i and ends[i - 1] > m.start):
+        if kind not in kinds or (i and ends[i - 1] > m.start) or (m.kind in NER_KINDS and _beside_placeholder(text, m)):
             continue
         found.append(m if kind == m.kind else IdMatch(kind, m.start, m.end, m.text))
     return found
+
+
+def _beside_placeholder(text: str, m: IdMatch) -> bool:
+    """A name or place right next to a placeholder ("[ADDRESS_1] Disease") is what is left of an
+    entity already redacted: the model reads the placeholder's neighbours as a name. Reporting it
+    would make `--fix` never converge, each pass eating the next word."""
+    before, after = text[max(0, m.start - 40) : m.start].rstrip(), text[m.end : m.end + 40].lstrip()
+    return bool(_PLACEHOLDER_END.search(before) or _PLACEHOLDER.match(after))
 
 
 def _check_kinds(kinds: Iterable[str]) -> frozenset[str]:
