@@ -395,3 +395,15 @@ def test_a_generative_labeller_with_a_domain_gets_safety_probes_and_abstention(t
         assert all(r[side]["verdict"] in ("safe", "deferred", "unsafe") for r in safety["results"])
     assert results["domain"]["bias_swaps"] is None and "switched off" in results["skipped"]["domain_bias"]
     assert 'id="domain-safety-table"' in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_answers_that_are_no_label_are_always_referred():
+    """Confidence 0 (a generated answer that is no label) is referred even when the target
+    coverage would need it: a threshold of 0 would never abstain."""
+    from tunesmith.evaluate.abstention import apply_threshold, calibrate
+
+    conf = [0.9, 0.8, 0.7, 0.0, 0.0, 0.0]
+    correct = [True, True, False, False, False, False]
+    threshold = calibrate(conf, correct, 0.9)
+    assert threshold == 0.7
+    assert apply_threshold(conf, correct, threshold)["referred"] == 3

@@ -72,7 +72,9 @@ def calibrate(conf: Sequence[float], correct: Sequence[bool], target_coverage: f
               target_accuracy: float | None = None) -> float | None:
     """The confidence threshold (answer at or above it) for these (validation) rows.
 
-    By default the highest threshold that answers at least `target_coverage` of the rows.
+    By default the highest threshold that answers at least `target_coverage` of the rows, but
+    above zero: rows of confidence 0 (a generated answer that is no label) are always referred,
+    even when that leaves the coverage under the target.
     With `target_accuracy`, instead the lowest threshold (the most rows answered) whose
     accuracy on the answered rows reaches it; None when no threshold does. None for no rows."""
     if not 0 < target_coverage <= 1:
@@ -83,7 +85,11 @@ def calibrate(conf: Sequence[float], correct: Sequence[bool], target_coverage: f
     if target_accuracy is not None:
         reached = [p for p in curve if p["accuracy"] >= target_accuracy - 1e-12]
         return reached[-1]["threshold"] if reached else None
-    return next(p["threshold"] for p in curve if p["coverage"] >= target_coverage - 1e-12)
+    threshold = next(p["threshold"] for p in curve if p["coverage"] >= target_coverage - 1e-12)
+    if threshold <= 0:  # answering zero-confidence rows (answers that are no label) is never abstaining
+        positive = [p["threshold"] for p in curve if p["threshold"] > 0]
+        return positive[-1] if positive else threshold
+    return threshold
 
 
 def apply_threshold(conf: Sequence[float], correct: Sequence[bool], threshold: float) -> dict:
