@@ -82,6 +82,7 @@ def test_tune_command_runs_a_study_and_evaluates_the_best_trial(tmp_path, tiny_m
     assert (tmp_path / "project" / "tunesmith.db").exists()
 
 
+@pytest.mark.slow
 def test_ray_backend_runs_the_same_study_on_a_local_ray_instance(tmp_path, tiny_model_dir):
     config, storage, space, enqueue = three_trials(tmp_path, tiny_model_dir)
     seen = []

@@ -137,6 +137,7 @@ def test_smollm2_classifier_head_learns_and_reloads(tmp_path):
     assert accuracy == pytest.approx(summary.eval_accuracy, abs=0.01)  # other batches, other padding
 
 
+@pytest.mark.slow
 def test_smollm2_dpo_and_grpo_on_real_data(tmp_path):
     """DPO on a slice of HH-RLHF moves the reward margin; GRPO with a LoRA adapter and the
     exact-match reward runs on Banking77 prompts with finite loss, reward and KL."""
