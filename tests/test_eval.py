@@ -246,3 +246,18 @@ def test_a_local_judge_model(evaluated_run, tiny_model_dir):
     assert judge["prompts"] == 3 and judge["judge"] == str(tiny_model_dir)
     assert judge["wins"] + judge["losses"] + judge["ties"] == 3
     assert judge["ties"] >= sum(v["base_first"] is None and v["tuned_first"] is None for v in judge["verdicts"])
+
+
+def test_a_classifiers_base_answers_a_seeded_sample_and_the_report_says_so():
+    """The base of a classifier is asked by a prompt listing every label: at most
+    eval.base_rows test rows, the same ones every time, named in the base note."""
+    from tunesmith.evaluate.run import Task, _base_rows
+
+    task = Task("labels", classifier=True, texts=[f"text {i}" for i in range(250)])
+    task.base_note = "the base model has no classification head"
+    rows = _base_rows(task, EvalConfig(base_rows=100), seed=42)
+    assert len(rows) == 100 == len(set(rows)) and rows == sorted(rows)
+    assert rows == _base_rows(Task("labels", texts=task.texts), EvalConfig(base_rows=100), seed=42)
+    assert task.base_note.endswith("a seeded sample of 100 of the 250 test rows (eval.base_rows)")
+    small = Task("labels", texts=["a", "b"])
+    assert _base_rows(small, EvalConfig(base_rows=100), seed=42) == [0, 1] and small.base_note == ""

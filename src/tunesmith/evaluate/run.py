@@ -347,8 +347,9 @@ def measure(side: str, run: Path, top: RunConfig, config: RunConfig, task: Task,
             out["answers"], out["confidence"] = [p["label"] for p in predictions], [p["probability"] for p in predictions]
             out["labelling"] = M.labelling(out["answers"], task.references, labels=task.labels or None)
         else:  # the base, asked by prompt on a seeded sample; the other rows' answers stay None
+            ask = _label_fn(side, model, task, opts, step)  # sets task.base_note, which _base_rows extends
             rows = _base_rows(task, opts, top.train.seed)
-            asked = _label_fn(side, model, task, opts, step)([task.texts[i] for i in rows], f"{side}: labelling the test set")
+            asked = ask([task.texts[i] for i in rows], f"{side}: labelling the test set")
             out["answers"] = [None] * len(task.texts)
             for i, answer in zip(rows, asked):
                 out["answers"][i] = answer
