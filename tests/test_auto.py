@@ -75,7 +75,7 @@ def test_memory_plan_refuses_with_what_would_fit():
 
 
 def test_auto_chat_with_a_test_file_and_a_budget(tmp_path, tiny_model_dir):
-    data = write_chat_file(tmp_path / "chat.jsonl", n=200)  # enough steps for the 7-step probe
+    data = write_chat_file(tmp_path / "chat.jsonl", n=200)  # enough steps for the 4-step probe
     test = write_chat_file(tmp_path / "test.jsonl", n=8, offset=200)
     said = []
     db = store.default_database_url(tmp_path)
@@ -86,7 +86,8 @@ def test_auto_chat_with_a_test_file_and_a_budget(tmp_path, tiny_model_dir):
     assert config.method.stages == ["sft"] and config.method.adapter == "lora"
     for key in ("auto.task", "auto.gate", "auto.memory", "auto.budget", "train.max_steps", "train.learning_rate"):
         assert config.reasons.get(key), key
-    assert "s per step measured over 3 probe steps" in config.reasons["train.max_steps"]
+    assert "s per step over a 4-step probe" in config.reasons["train.max_steps"]
+    assert "the evaluation of the full test set (8 rows) measured on the probe" in config.reasons["train.max_steps"]
     assert not (tmp_path / "run" / "probe").exists()
     assert result.evaluation and result.evaluation.test.rows == 8
     html = (tmp_path / "run" / "report.html").read_text()

@@ -71,12 +71,12 @@ def test_benchmark_script_answers_help(script, tmp_path):
 # --------------------------------------------------------------------------- smoke runs
 
 
-def small_banking(path: Path, intents: int = 4, per_intent: int = 10) -> Path:
+def small_banking(path: Path, intents: int = 4, per_intent: int = 10, split: str = "train") -> Path:
     """A Banking77 CSV of `per_intent` rows for each of the first `intents` intents (from the
-    bundled sample): few rows keep the data gate's embedding-based label check cheap, few
-    intents let every validation label also occur in training."""
+    bundled sample's `split`): few rows keep the data gate's embedding-based label check cheap,
+    few intents let every validation label also occur in training."""
     by_label = defaultdict(list)
-    with (SAMPLES / "banking77_train.csv").open(newline="") as f:
+    with (SAMPLES / f"banking77_{split}.csv").open(newline="") as f:
         for row in csv.DictReader(f):
             by_label[row["category"]].append(row)
     with path.open("w", newline="") as f:
@@ -208,8 +208,25 @@ def _gpu_throughput(tmp_path, model):
         assert all(a["steps"] == 2 and a["tokens_per_s"] > 0 and a["peak_memory_gb"] > 0 for a in arms.values()), arms
 
 
+def _budget(tmp_path, model):
+    out = tmp_path / "budget.json"
+    # auto keeps to its budget by planning, and the tiny model's planned steps take seconds, so
+    # it ends well inside 3m; the plain loop trains until its own budget is spent.
+    result = _run("budget.py", ["--model", model, "--train", small_banking(tmp_path / "train.csv"),
+                                "--test", small_banking(tmp_path / "test.csv", per_intent=3, split="test"),
+                                "--budget", "3m", "--plain-budget", "15s", "--out", tmp_path / "out",
+                                "--results", out], tmp_path)
+    result = json.loads(out.read_text())
+    auto, plain = result["arms"]
+    assert (auto["arm"], plain["arm"]) == ("auto", "plain") and auto["test_rows"] == plain["test_rows"] == 12
+    assert auto["wall_over_budget"] <= 1.10 and auto["steps"] >= 1 and 0 <= auto["test_accuracy"] <= 1
+    assert plain["steps"] >= 1 and plain["wall_seconds"] <= 15 * 1.10 and 0 <= plain["test_accuracy"] <= 1
+    assert "auto_accuracy_over_plain" in result["ratios"]
+
+
 SMOKE_RUNS = {
     "align_hh_rlhf": _align_hh_rlhf,
+    "budget": _budget,
     "classify_vs_generate": _classify_vs_generate,
     "data_gate": _data_gate,
     "ddp_scaling": _ddp_scaling,

@@ -484,3 +484,28 @@ def test_the_job_form_offers_the_packs_and_sends_domain_and_template(service, tm
             assert hp["domain"] == "legal" and hp["template"] == "clause-classification"
         finally:
             browser.close()
+
+
+def test_auto_keeps_the_majority_label_where_redaction_made_rows_identical(tmp_path, tiny_model_dir):
+    """CUAD has clauses that differ only in a party's name and carry different labels: once
+    the names are redacted they conflict. That is the pack's doing, so auto resolves it (the
+    majority label of each) and says so, instead of stopping on an error it created."""
+    from tunesmith.workflows.auto import run_auto
+
+    names = ["Acme Corporation", "Globex Corporation", "Initech Inc.", "Umbrella Corporation"]
+    rows = [{"text": f"This Agreement shall be governed by the laws of the State of Delaware, clause {i}.",
+             "label": "Governing Law"} for i in range(20)]
+    rows += [{"text": f"{name} may not assign this Agreement without prior written consent.", "label": label}
+             for name, label in zip(names, ["Anti-Assignment", "Anti-Assignment", "Anti-Assignment", "Change Of Control"])]
+    rows += [{"text": f"The term of this Agreement is {i} years from the Effective Date.", "label": "Expiration Date"}
+             for i in range(2, 22)]
+    data = tmp_path / "clauses.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    said = []
+    run_auto(str(data), tmp_path / "run", model=str(tiny_model_dir), say=said.append, domain="legal",
+             audit=trail.Audit(tmp_path / "audit.jsonl", trail.api_actor("acme", "key_test")))
+    config = load_config(tmp_path / "run" / "config.yaml")
+    assert "each keeps its majority label (3 rows dropped" in config.reasons["auto.gate"]
+    clean = [json.loads(line) for line in Path(config.data.train).read_text().splitlines()]
+    assigned = [r for r in clean if "may not assign" in r["text"]]
+    assert len(assigned) == 1 and assigned[0]["label"] == "Anti-Assignment" and "Acme" not in assigned[0]["text"]

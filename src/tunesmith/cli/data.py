@@ -126,7 +126,7 @@ def check_data_cmd(
     with progress_for(err, f"checking {file}") as progress:
         card = check_data(
             file, validation, test, tokenizer=load_tokenizer(model), max_length=max_length, columns=cols,
-            label_check=label_check, task=task, on_batch=lambda n: progress.advance(n, what="embedding for the label check"),
+            label_check=label_check, task=task, on_batch=lambda done: progress.update(done, what="embedding for the label check"),  # done: a running count
             profile=profile,
         )
     write_card(card, out)

@@ -117,9 +117,7 @@ def evaluate_run(
     opts = options or top.eval
     stage = top.method.stages[-1]
     data, source = test_data(top, run, test, columns)
-    if opts.max_rows and len(data.records) > opts.max_rows:
-        data = subset(data, sorted(random.Random(top.train.seed).sample(range(len(data.records)), opts.max_rows)))
-        source += f" (a seeded sample of {opts.max_rows} rows)"
+    data, source = _sample(data, source, opts, top.train.seed)
     folder.eval_dir.mkdir(exist_ok=True)
     write_jsonl(folder.eval_dir / "test.jsonl", data.records)
 
@@ -209,6 +207,32 @@ def _last_step(final: RunDir) -> int:
 
 
 # --------------------------------------------------------------------------- test data
+
+
+def workload(run_dir: str | Path, options: EvalConfig | None = None) -> dict[str, int]:
+    """What the evaluation of the run in `run_dir` (with `options`, default its own) asks of
+    the models: test rows, the rows the base answers, and bias-probe pairs. `auto` scales the
+    evaluation it times on a probe run by these to plan a budget."""
+    folder = RunDir(Path(run_dir))
+    top = folder.config
+    opts = options or top.eval
+    data, _ = _sample(*test_data(top, folder.path, None, None), opts, top.train.seed)
+    task = Task.build(top.method.stages[-1], data, folder.final.config, opts)
+    rows = len(data.records)
+    pairs = 0
+    if opts.bias and not task.no_bias:
+        pairs = len(template_pairs()) + len(counterfactuals(task.requests))
+        if top.domain:
+            pairs += len(swap_pairs(task.requests, get_domain(top.domain).bias_swaps))
+    return {"rows": rows, "base_rows": min(opts.base_rows, rows) if task.classifier else rows, "bias_pairs": pairs}
+
+
+def _sample(data, source: str, opts: EvalConfig, seed: int):
+    """The test rows measured: all, or a seeded sample of `eval.max_rows`."""
+    if opts.max_rows and len(data.records) > opts.max_rows:
+        data = subset(data, sorted(random.Random(seed).sample(range(len(data.records)), opts.max_rows)))
+        source += f" (a seeded sample of {opts.max_rows} rows)"
+    return data, source
 
 
 def test_data(config: RunConfig, run: Path, test: str | None, columns: dict | None):

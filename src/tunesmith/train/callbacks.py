@@ -171,9 +171,11 @@ class RichProgressCallback(TrainerCallback):
         self.console.print("  ".join(parts), markup=False, highlight=False, soft_wrap=True)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
-        elif self._plain is not None and (self._plain["due"] or self.now() - self._plain["last"] >= self.interval):
+        if self.progress is not None:  # the total too: a budgeted run re-plans it (`DeadlineCallback`)
+            self.progress.update(self.task, completed=state.global_step, total=state.max_steps)
+        elif self._plain is not None:
+            self._plain["total"] = state.max_steps
+        if self._plain is not None and (self._plain["due"] or self.now() - self._plain["last"] >= self.interval):
             # The step's loss and evaluation are logged after this event: wait for them.
             if not self._plain["due"] and control is not None and (control.should_log or control.should_evaluate):
                 self._plain["due"] = True
@@ -220,6 +222,65 @@ class RichProgressCallback(TrainerCallback):
             self.progress.stop()
             self.progress = None
         self._plain = None
+
+
+class DeadlineCallback(TrainerCallback):
+    """End training by `deadline` (a `time.perf_counter()` instant), re-planning the run from
+    the measured step time: after each step the steps that still fit become the run's length
+    and the learning-rate schedule (warm-up and cosine) is stretched or shrunk to end there,
+    so a budgeted run decays its rate properly instead of being cut off mid-schedule. It can
+    shorten the trainer's plan, never lengthen it. The step time is the median of the recent
+    gaps between steps (an evaluation's gap is an outlier); the longest evaluation-and-save
+    seen is kept in reserve for the one the end of training runs."""
+
+    WINDOW = 20  # recent gaps the step time is the median of
+
+    def __init__(self, deadline: float, clock=time.perf_counter):
+        self.deadline, self.now = deadline, clock
+        self.planned = 0
+        self.times: list[float] = []
+        self.saving = 0.0  # the longest evaluation + checkpoint seen (step end -> save)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.planned = state.max_steps
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.times:
+            self.saving = max(self.saving, self.now() - self.times[-1])
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        now = self.now()
+        self.times.append(now)
+        recent = self.times[-self.WINDOW - 1:]
+        gaps = sorted(b - a for a, b in zip(recent, recent[1:]))
+        if len(gaps) < 2:  # the first step's time includes allocating memory: not a measure
+            return control
+        per_step = max(gaps[len(gaps) // 2], 1e-6)
+        fits = state.global_step + int(max(0.0, self.deadline - now - self.saving) / per_step)
+        target = max(state.global_step, min(self.planned, fits))
+        if target != state.max_steps:
+            _stretch_schedule(lr_scheduler, state.max_steps, target)
+            state.max_steps = target
+        if state.global_step >= target:
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"  # the best checkpoint sees the last steps
+            control.should_save = True
+        return control
+
+
+def _stretch_schedule(scheduler, old: int, new: int) -> None:
+    """Make a warm-up + cosine `LambdaLR` end at step `new` instead of `old`, keeping the warm-up's
+    share (transformers builds the lambdas as partials of the step counts)."""
+    from functools import partial
+
+    if scheduler is None or old <= 0:
+        return
+    lambdas = getattr(scheduler, "lr_lambdas", [])
+    for i, fn in enumerate(lambdas):
+        keys = getattr(fn, "keywords", None)
+        if isinstance(fn, partial) and keys and "num_training_steps" in keys:
+            warmup = round(keys.get("num_warmup_steps", 0) * new / old)
+            lambdas[i] = partial(fn.func, *fn.args, **{**keys, "num_training_steps": new, "num_warmup_steps": warmup})
 
 
 class SpeedCallback(TrainerCallback):

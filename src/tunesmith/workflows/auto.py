@@ -14,8 +14,9 @@ model card list them):
 3. optionally grow small data with synthetic rows from a teacher;
 4. plan memory: full fine-tuning or LoRA, gradient checkpointing, 4-bit weights, the
    micro-batch, or a refusal that says what would fit;
-5. keep to `--budget`: a few probe steps measure the time per step, and the run gets the
-   steps that fit;
+5. keep to `--budget`, everything included: a probe run measures the time per step and
+   times an evaluation of a few test rows, scaled to the full test set; training gets what
+   is left after that, and re-plans its length from its own measured step time as it goes;
 6. train, evaluate before and after (report, model card); the CLI then registers the model
    in the project database (`jobs.store.register_run`), so `tunesmith serve` serves it.
 """
@@ -38,10 +39,12 @@ from tunesmith.data.synth import SynthOptions, synthesize
 from tunesmith.domains import audit as trail
 from tunesmith.domains.apply import TEMPLATE_TASKS, resolve
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.evaluate.run import workload
 from tunesmith.inference.teacher import make_teacher
 from tunesmith.models import count_params, resolve_model
 from tunesmith.runs import EvalResults, TrainSummary
 from tunesmith.train.auto import available_memory_gb, hardware, plan_memory
+from tunesmith.train.callbacks import DeadlineCallback
 from tunesmith.workflows.train_eval import train
 
 # task -> (stage, why)
@@ -54,11 +57,16 @@ TASK_STAGES = {
     "kto": ("kto", "answers marked good or bad: KTO, which learns from unpaired labels"),
 }
 KEEP_GENERAL_REPLAY = 0.2  # share of general chat rows replayed under --keep-general (measured: README)
-EVAL_SHARE = 0.25  # of a budget, kept for the before/after evaluation
-# Optimizer steps timed to plan a budgeted run; the gaps after the first step are averaged.
-# The first steps still run slow while memory is allocated: on full Banking77 the probe
-# measured 4.5 s per step and the run then averaged 2.0, so a budget is used cautiously.
-PROBE_STEPS = 3
+# A budget: the probe's steps (the gaps after the first are averaged; training re-plans from
+# its own measured step time, so the probe only has to say whether the budget is enough),
+# the test rows and base rows the probe evaluates to time the evaluation, the most of the
+# time left the evaluation may take before a seeded sample replaces the full test set, the
+# fewest rows such a sample has, and the share of the budget kept for what is not measured.
+PROBE_STEPS = 4
+PROBE_ROWS, PROBE_BASE_ROWS = 16, 4
+EVAL_MAX_SHARE = 0.4
+MIN_EVAL_ROWS = 200
+BUDGET_MARGIN = 0.03
 
 
 @dataclass
@@ -115,17 +123,32 @@ def gate(path: str, test: str | None, columns: dict | None, task: str, out: Path
         return path
     found = trail.findings_summary(card.to_json())
     (out / "data").mkdir(parents=True, exist_ok=True)
+    conflicted = any(f.check == "conflicts" for f in card.errors())
     fixed = fix_data(path, out / "data" / "clean.jsonl", columns=columns, test_path=test, **under)
-    card = check_data(fixed.out_path, test_path=test, task=gate_task, **under)
+
+    def recheck():  # the label check only warns, and it warned on the first pass: this looks for errors
+        return check_data(fixed.out_path, test_path=test, task=gate_task, label_check=False, **under)
+
+    card = recheck()
     decisions["auto.gate"] = (f"the data gate{named} found errors; the safe fixes dropped {fixed.dropped} rows, redacted "
                               f"{fixed.redacted} and cleaned {fixed.changed} (log: data/fix_log.jsonl)")
+    redacted_copy = fixed
+    if profile is not None and not conflicted and {f.check for f in card.errors()} == {"conflicts"}:
+        # Redaction made rows identical that differed only in a name or a number, and they carry
+        # different labels: the pack's own doing, so the majority label of each is kept.
+        fixed = fix_data(fixed.out_path, out / "data" / "resolved" / "clean.jsonl", test_path=test,
+                         conflicts="keep-majority", **under)  # its own folder: each fix writes fix_log.jsonl
+        card = recheck()
+        decisions["auto.gate"] += (f"; redaction made some rows identical with different labels, so each keeps its "
+                                   f"majority label ({fixed.dropped} rows dropped: data/resolved/)")
     if profile is not None:
-        redacted = trail.redactions_from_log(fixed.log_path)
+        redacted = trail.redactions_from_log(redacted_copy.log_path)
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(redacted["kinds"].items())) or "none"
         identifiers = found.get("identifiers") or {}
         seen = (" (identifiers found: " + ", ".join(f"{k} {v}" for k, v in sorted(identifiers.items())) + ")"
                 if identifiers else "")
-        decisions["auto.gate"] += (f"; training on the redacted copy data/clean.jsonl{seen}: {redacted['rows']} rows "
+        where = Path(fixed.out_path).relative_to(out)
+        decisions["auto.gate"] += (f"; training on the redacted copy {where}{seen}: {redacted['rows']} rows "
                                    f"redacted, placeholders per kind: {kinds}")
         if redactions is not None:
             redactions.update(redacted, findings_before=found)
@@ -180,9 +203,24 @@ def plan(config: RunConfig, rows: int, decisions: dict) -> RunConfig:
     return config
 
 
-def probe_seconds_per_step(config: RunConfig, out: Path) -> tuple[float, int]:
-    """Train a few steps into a scratch folder; return (seconds per optimizer step after the
-    first, the steps the full run would take)."""
+@dataclass
+class Probe:
+    """What a probe run measured: seconds per optimizer step (after the first), the steps the
+    full run would take, and the seconds from the end of training to the end of the full
+    evaluation (saving, both models' evaluation, report), scaled from the probe's."""
+
+    per_step: float
+    planned: int
+    after: float
+    fixed: float  # of `after`: what does not grow with the test rows (loading, probes, validation)
+    rows: int  # test rows the full evaluation measures
+
+
+def probe_run(config: RunConfig, out: Path) -> Probe:
+    """Train a few steps into a scratch folder and evaluate them on a seeded sample of the test
+    rows, timing every phase of the evaluation; phases that grow with the test rows (answers,
+    labels, perplexity, bias pairs) are scaled to the full evaluation's (`evaluate.run.workload`),
+    the rest (loading, saving, probes of fixed size, the validation rows) counted as measured."""
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
@@ -198,17 +236,87 @@ def probe_seconds_per_step(config: RunConfig, out: Path) -> tuple[float, int]:
             if len(self.times) >= PROBE_STEPS:
                 control.should_training_stop = True
 
+    phases: dict[str, list] = {}  # what -> [first seen, last seen, items]
+
+    def follow(what: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        phase = phases.setdefault(what, [now, now, 0])
+        phase[1] = now
+        if done == 0:  # a new batch of work under this name (bias probes come in chunks)
+            phase[2] += total
+
     probe = config.model_copy(deep=True)
-    probe.eval.enabled = False
-    probe.train.eval_steps = 10**6  # no evaluation or checkpoint inside the probe
+    probe.train.eval_steps = 10**6  # no validation or checkpoint inside the probe's steps
+    probe.eval.max_rows, probe.eval.base_rows = PROBE_ROWS, PROBE_BASE_ROWS
     clock = Clock()
     scratch = out / "probe"
     try:
-        train(probe, scratch, callbacks=[clock], audit_event=None)  # a scratch run: not in the audit trail
+        train(probe, scratch, callbacks=[clock], eval_progress=follow, audit_event=None)  # not in the audit trail
+        after = time.perf_counter() - clock.times[-1]
+        evaluated = (scratch / "eval" / "results.json").exists()
+        sample = workload(scratch, probe.eval) if evaluated else {}
+        full = workload(scratch, config.eval) if evaluated else {}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    grows = 0.0
+    for what, (first, last, _items) in phases.items():
+        key = _grows_with(what)
+        if key and sample.get(key):
+            grows += (last - first) * full[key] / sample[key]
+            after -= last - first
     gaps = [b - a for a, b in zip(clock.times, clock.times[1:])]
-    return (sum(gaps) / len(gaps) if gaps else float("nan")), clock.planned
+    return Probe(sum(gaps) / len(gaps) if gaps else float("nan"), clock.planned, after + grows, after,
+                 full.get("rows", 0))
+
+
+def _grows_with(what: str) -> str | None:
+    """Which count of `evaluate.run.workload` an evaluation phase's work grows with (None: fixed)."""
+    if what.endswith("bias probes"):
+        return "bias_pairs"
+    if what.startswith("base:") and what.endswith("labelling the test set"):
+        return "base_rows"
+    if what.endswith(("the test set", "the references", "the test text", "scoring the pairs", "rejected answers")):
+        return "rows"
+    return None
+
+
+def _fit_budget(config: RunConfig, budget: str, seconds: float, start: float, out: Path,
+                decide: Callable[[str, str], None]) -> tuple[RunConfig, float]:
+    """Plan a `--budget` run from a probe run's measurements: the evaluation the probe timed,
+    scaled to the full test set (or, when that would take more than `EVAL_MAX_SHARE` of the
+    time left, to a seeded sample that fits), is kept for the end; training gets the rest and
+    re-plans its length from the measured step time as it goes (`DeadlineCallback`). Returns
+    the config and the instant training must end by."""
+    measured = probe_run(config, out)
+    left = seconds * (1 - BUDGET_MARGIN) - (time.perf_counter() - start)
+    if math.isnan(measured.per_step):  # the whole run is shorter than the probe: nothing to plan
+        decide("auto.budget", f"--budget {budget}: the whole run ({measured.planned} steps) is shorter than the "
+                              f"{PROBE_STEPS}-step probe")
+        return config, time.perf_counter() + left
+    after, evaluation = measured.after, f"the full test set ({measured.rows} rows)"
+    if after > EVAL_MAX_SHARE * left and measured.rows > MIN_EVAL_ROWS:
+        # Row-dependent work scales about linearly with the rows (bias pairs grow with them too).
+        per_row = (measured.after - measured.fixed) / measured.rows
+        rows = max(MIN_EVAL_ROWS, math.floor((EVAL_MAX_SHARE * left - measured.fixed) / per_row))
+        if rows < measured.rows:
+            config = apply_overrides(config, {"eval.max_rows": rows}, source="auto")
+            after = measured.fixed + per_row * rows
+            evaluation = (f"a seeded sample of {rows} of the {measured.rows} test rows (all would take "
+                          f"{measured.after / 60:.1f} min)")
+            config.reasons["eval.max_rows"] = f"--budget {budget}: the evaluation of {evaluation}"
+    fit = math.floor((left - after) / measured.per_step)
+    if fit < 5:
+        raise ConfigError(f"--budget {budget} leaves time for {max(fit, 0)} training steps at {measured.per_step:.1f} s "
+                          f"per step after {after / 60:.1f} min of evaluation; give a longer budget or less data.")
+    why = (f"--budget {budget}: {measured.per_step:.2f} s per step over a {PROBE_STEPS}-step probe, so about "
+           + (f"all {measured.planned} planned steps fit" if fit >= measured.planned
+              else f"{fit} of {measured.planned} planned steps fit")
+           + f" in {(left - after) / 60:.1f} min; the evaluation of {evaluation} measured on the probe needs about "
+           f"{after / 60:.1f} min; training re-plans its length (and its learning-rate schedule) from the step "
+           "time it measures as it goes")
+    config.reasons["train.max_steps"] = why
+    decide("auto.budget", why)
+    return config, time.perf_counter() + left - after
 
 
 def _keep_general(config: RunConfig, stage: str, decide: Callable[[str, str], None]) -> RunConfig:
@@ -295,24 +403,11 @@ def run_auto(
     config = apply_overrides(config, {"domain": domain, "template": template}, source="options")
     config = plan(config, rows, decisions)
     say(decisions["auto.memory"])
+    deadline = None
     if seconds:
-        per_step, planned = probe_seconds_per_step(config, out)
-        left = (seconds - (time.perf_counter() - start)) * (1 - EVAL_SHARE)
-        if math.isnan(per_step):  # the whole run is shorter than the probe: nothing to cap
-            why = f"--budget {budget}: the whole run ({planned} steps) is shorter than the {PROBE_STEPS}-step probe"
-        else:
-            fit = math.floor(left / per_step)
-            if fit < 5:
-                raise ConfigError(f"--budget {budget} leaves time for {max(fit, 0)} training steps at {per_step:.1f} s "
-                                  "per step; give a longer budget or less data.")
-            config = apply_overrides(config, {"train.max_steps": min(planned, fit)}, source="auto")
-            why = (f"--budget {budget}: {per_step:.2f} s per step measured over {PROBE_STEPS} probe steps; "
-                   + (f"all {planned} planned steps fit" if fit >= planned else f"{fit} of {planned} planned steps fit")
-                   + f" in the {left / 60:.1f} min left for training ({EVAL_SHARE:.0%} kept for evaluation)")
-            config.reasons["train.max_steps"] = why
-        config = apply_overrides(config, {"eval.max_rows": config.eval.max_rows or 500}, source="auto")
-        config.reasons["eval.max_rows"] = "a budgeted run evaluates a seeded sample of at most 500 test rows"
-        decide("auto.budget", why)
+        say(f"--budget {budget}: timing {PROBE_STEPS} training steps and an evaluation of {PROBE_ROWS} test rows "
+            "to plan the run")
+        config, deadline = _fit_budget(config, budget, seconds, start, out, decide)
     if keep_general:
         config = _keep_general(config, stage, decide)
     if overrides:  # the caller's own settings (quickstart's --max-steps, --report-to) win over the plan
@@ -322,6 +417,8 @@ def run_auto(
              "findings_before": redactions.get("findings_before"),  # the gate on the data as given
              "source_data": [trail.file_facts(data, "train (as given)", columns if train_file == data else None)]
              } if pack else None
+    if deadline is not None:
+        callbacks = [*(callbacks or []), DeadlineCallback(deadline)]
     summary = train(config, out, callbacks=callbacks, eval_progress=eval_progress, say=say, audit=audit,
                     audit_event="auto", audit_extra=extra)
     return AutoResult(out, None, decisions, summary.evaluation, time.perf_counter() - start, summary)

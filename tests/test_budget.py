@@ -1,0 +1,113 @@
+"""A budget is a promise: training re-plans its length and its learning-rate schedule from
+the step time it measures (`DeadlineCallback`), and the evaluation's time is measured on a
+probe and scaled by the work that grows with the test rows (`workflows.auto`)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import get_cosine_schedule_with_warmup
+from transformers.trainer_callback import TrainerControl, TrainerState
+
+from tunesmith.train.callbacks import DeadlineCallback
+from tunesmith.workflows.auto import _grows_with
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _run(callback, clock, state, scheduler, step_seconds, steps):
+    """Drive `callback` through `steps` optimizer steps of `step_seconds` each; return the
+    steps taken before it stopped training."""
+    args = SimpleNamespace(eval_strategy="no")
+    callback.on_train_begin(args, state, TrainerControl())
+    for _ in range(steps):
+        clock.t += step_seconds
+        scheduler.optimizer.step()
+        scheduler.step()
+        state.global_step += 1
+        control = callback.on_step_end(args, state, TrainerControl(), lr_scheduler=scheduler)
+        if control.should_training_stop:
+            break
+    return state.global_step
+
+
+def _scheduler(total: int, warmup: int):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return get_cosine_schedule_with_warmup(optimizer, warmup, total)
+
+
+def test_deadline_shortens_the_run_and_its_schedule_to_end_on_time():
+    clock, state = FakeClock(), TrainerState(max_steps=1000)
+    scheduler = _scheduler(1000, 50)
+    callback = DeadlineCallback(deadline=100.0, clock=clock)
+    taken = _run(callback, clock, state, scheduler, step_seconds=2.0, steps=1000)
+    assert taken == 50 and state.max_steps == 50  # 100 s at 2 s a step
+    # The schedule was re-planned to end there: the rate has decayed (to about zero) at the
+    # last step instead of being cut off near its peak.
+    assert scheduler.get_last_lr()[0] < 0.01
+    keys = scheduler.lr_lambdas[0].keywords
+    assert keys["num_training_steps"] == 50 and keys["num_warmup_steps"] == round(50 * 50 / 1000)
+
+
+def test_deadline_never_lengthens_the_plan():
+    clock, state = FakeClock(), TrainerState(max_steps=30)
+    scheduler = _scheduler(30, 3)
+    callback = DeadlineCallback(deadline=10_000.0, clock=clock)
+    assert _run(callback, clock, state, scheduler, step_seconds=1.0, steps=30) == 30
+    assert state.max_steps == 30 and scheduler.lr_lambdas[0].keywords["num_training_steps"] == 30
+
+
+def test_deadline_measures_the_step_time_not_the_slow_first_steps_or_evaluations():
+    clock, state = FakeClock(), TrainerState(max_steps=1000)
+    scheduler = _scheduler(1000, 0)
+    callback = DeadlineCallback(deadline=200.0, clock=clock)
+    args = SimpleNamespace(eval_strategy="steps")
+    callback.on_train_begin(args, state, TrainerControl())
+    for step, seconds in enumerate((30.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0), start=1):  # a slow first step
+        clock.t += seconds
+        state.global_step += 1
+        callback.on_step_end(args, state, TrainerControl(), lr_scheduler=scheduler)
+        if step == 4:  # an evaluation and a checkpoint after step 4 (the trainer's order)
+            clock.t += 19.0
+            callback.on_save(args, state, TrainerControl())
+    # 55 s gone at 1 s a step, with the last evaluation-and-save (19 s) kept for the end.
+    assert state.max_steps == 7 + (200 - 55 - 19)
+
+
+def test_deadline_at_the_last_step_evaluates_and_saves():
+    clock, state = FakeClock(), TrainerState(max_steps=100)
+    callback = DeadlineCallback(deadline=5.0, clock=clock)
+    args = SimpleNamespace(eval_strategy="steps")
+    callback.on_train_begin(args, state, TrainerControl())
+    control = TrainerControl()
+    for _ in range(10):
+        clock.t += 1.0
+        state.global_step += 1
+        control = callback.on_step_end(args, state, TrainerControl(), lr_scheduler=None)
+        if control.should_training_stop:
+            break
+    assert state.global_step == 5 and control.should_evaluate and control.should_save
+
+
+@pytest.mark.parametrize("what, grows", [
+    ("tuned: labelling the test set", "rows"),
+    ("base: labelling the test set", "base_rows"),
+    ("base: answering the test set", "rows"),
+    ("tuned: perplexity of the references", "rows"),
+    ("base: perplexity of the test text", "rows"),
+    ("tuned: scoring the pairs", "rows"),
+    ("base: likelihood of chosen and rejected answers", "rows"),
+    ("tuned: confidence on the test set", "rows"),
+    ("tuned: labelling the validation rows", None),
+    ("tuned: bias probes", "bias_pairs"),
+    ("base: general instruction probes", None),
+    ("tuned: domain safety probes", None),
+])
+def test_evaluation_phases_scale_with_what_they_grow_with(what, grows):
+    assert _grows_with(what) == grows
