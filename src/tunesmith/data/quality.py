@@ -386,16 +386,13 @@ def fix_data(
             if dedup.leak_key(record) in in_test:
                 drop.setdefault(i, f"also in the test file {name}")
     if conflicts is not None:
-        for group in dedup.conflicting_answers(data.records, data.rows):
-            answers = [_answer_key(data.records[index_of[row]]) for row in group.rows]
-            keep = Counter(answers).most_common(1)[0][0] if conflicts == "keep-majority" else answers[0]
-            for row, answer in zip(group.rows, answers):
-                if answer != keep:
-                    drop.setdefault(index_of[row], f"conflicting answer ({conflicts})")
+        for row in _conflict_losers(data.records, data.rows, conflicts):
+            drop.setdefault(index_of[row], f"conflicting answer ({conflicts})")
     for group in dedup.exact_duplicates(data.records, data.rows):
         for row in group.rows[1:]:
             drop.setdefault(index_of[row], f"exact duplicate of row {group.rows[0]}")
     kept: list[dict] = []
+    kept_rows: list[int] = []
     redacted = changed = 0
     found = _identifiers_by_text(data.records, drop, profile) if profile is not None else {}
     for i, (record, row) in enumerate(zip(data.records, data.rows)):
@@ -421,6 +418,14 @@ def fix_data(
                 line["profile"] = profile.name
             log.append(line)
         kept.append(cleaned)
+        kept_rows.append(row)
+    if conflicts is not None and profile is not None:
+        # Redaction makes rows identical that differed only in a name or a number
+        # ("[ORGANIZATION_1] may not assign ..."); where their answers differ, the policy applies again.
+        losers = set(_conflict_losers(kept, kept_rows, conflicts))
+        log += [{"row": row, "action": "dropped", "reason": f"conflicting answer once redacted ({conflicts})"}
+                for row in sorted(losers)]
+        kept = [record for record, row in zip(kept, kept_rows) if row not in losers]
     log.sort(key=lambda line: line["row"])
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
@@ -439,6 +444,18 @@ def fix_data(
         redacted=redacted,
         changed=changed,
     )
+
+
+def _conflict_losers(records: list[dict], rows: list[int], policy: str) -> list[int]:
+    """The rows a conflict `policy` drops: in each group of one prompt with different answers,
+    those whose answer is not the kept one (the most common, the first on a tie; or the first)."""
+    at = {row: i for i, row in enumerate(rows)}
+    losers = []
+    for group in dedup.conflicting_answers(records, rows):
+        answers = [_answer_key(records[at[row]]) for row in group.rows]
+        keep = Counter(answers).most_common(1)[0][0] if policy == "keep-majority" else answers[0]
+        losers += [row for row, answer in zip(group.rows, answers) if answer != keep]
+    return losers
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ Each recipe (sft.py, pretrain.py, classify.py) reads top to bottom and calls the
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 from pathlib import Path
 
 from tunesmith.config import (
@@ -17,7 +19,7 @@ from tunesmith.config import (
     RunConfig,
     save_config,
 )
-from tunesmith.data.quality import check_data, write_card
+from tunesmith.data.quality import DataCard, check_data, write_card
 from tunesmith.domains.packs import get_domain
 from tunesmith.errors import ConfigError, DataError, ModelError
 from tunesmith.models import load_model
@@ -61,6 +63,19 @@ HEADS = ("lm_head", "score", "classifier", "embed_out", "output")
 # --------------------------------------------------------------------------- data
 
 
+# Data cards this process has computed, by file (path, size, modification time) and settings:
+# `auto` trains a probe and then the run on the same file, and the gate under a domain's
+# profile reads every row with a named-entity model (minutes on 10k rows); once is enough.
+_GATED: dict[tuple, DataCard] = {}
+
+
+def _file_key(path: str | None) -> tuple:
+    if not path or not os.path.exists(path):
+        return (path,)
+    stat = os.stat(path)
+    return os.path.abspath(path), stat.st_size, stat.st_mtime_ns
+
+
 def gate_data(config: RunConfig, tokenizer, task: str | None = None):
     """Run the data quality gate on the training (and validation) file before anything
     trains. Errors stop the run with the top problems and the way out, unless
@@ -68,15 +83,21 @@ def gate_data(config: RunConfig, tokenizer, task: str | None = None):
     max_length = config.train.max_length if isinstance(config.train.max_length, int) else None
     # Under a domain pack, its compliance profile's identifiers are errors too.
     profile = {"profile": get_domain(config.domain).profile} if config.domain else {}
-    card = check_data(
-        config.data.train,
-        config.data.validation,
-        tokenizer=tokenizer,
-        max_length=max_length,
-        columns=config.data.columns,
-        task=task,
-        **profile,
-    )
+    key = (*_file_key(config.data.train), *_file_key(config.data.validation), getattr(tokenizer, "name_or_path", None),
+           max_length, json.dumps(config.data.columns, sort_keys=True), task, config.domain)
+    if key not in _GATED:
+        if len(_GATED) >= 32:  # a long-lived worker gates many files: keep the memory bounded
+            _GATED.clear()
+        _GATED[key] = check_data(
+            config.data.train,
+            config.data.validation,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            columns=config.data.columns,
+            task=task,
+            **profile,
+        )
+    card = copy.deepcopy(_GATED[key])
     errors = card.errors()
     if errors and not config.data.force:
         top = "; ".join(f.message.rstrip(".") for f in errors[:3])

@@ -64,12 +64,14 @@ KEEP_GENERAL_REPLAY = 0.1
 # A budget: the probe's steps (the gaps after the first are averaged; training re-plans from
 # its own measured step time, so the probe only has to say whether the budget is enough),
 # the test rows and base rows the probe evaluates to time the evaluation, the most of the
-# time left the evaluation may take before a seeded sample replaces the full test set, the
-# fewest rows such a sample has, and the share of the budget kept for what is not measured.
+# time left the evaluation may take before seeded samples replace the prompted base's rows,
+# then the full test set, the fewest rows each sample has, and the share of the budget kept
+# for what is not measured.
 PROBE_STEPS = 4
 PROBE_ROWS, PROBE_BASE_ROWS = 16, 4
 EVAL_MAX_SHARE = 0.4
 MIN_EVAL_ROWS = 200
+MIN_BASE_ROWS = 40
 BUDGET_MARGIN = 0.03
 
 
@@ -228,7 +230,8 @@ class Probe:
     planned: int
     after: float
     fixed: float  # of `after`: what does not grow with the test rows (loading, probes, validation)
-    rows: int  # test rows the full evaluation measures
+    parts: dict[str, float]  # of `after`: seconds for the work growing with each `workload` count
+    counts: dict[str, int]  # the full evaluation's `workload` counts (test rows, base rows, bias pairs)
 
 
 def probe_run(config: RunConfig, out: Path) -> Probe:
@@ -273,15 +276,15 @@ def probe_run(config: RunConfig, out: Path) -> Probe:
         full = workload(scratch, config.eval) if evaluated else {}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    grows = 0.0
+    parts: dict[str, float] = {}
     for what, (first, last, _items) in phases.items():
         key = _grows_with(what)
         if key and sample.get(key):
-            grows += (last - first) * full[key] / sample[key]
+            parts[key] = parts.get(key, 0.0) + (last - first) * full[key] / sample[key]
             after -= last - first
     gaps = [b - a for a, b in zip(clock.times, clock.times[1:])]
-    return Probe(sum(gaps) / len(gaps) if gaps else float("nan"), clock.planned, after + grows, after,
-                 full.get("rows", 0))
+    return Probe(sum(gaps) / len(gaps) if gaps else float("nan"), clock.planned, after + sum(parts.values()), after,
+                 parts, full)
 
 
 def _grows_with(what: str) -> str | None:
@@ -308,16 +311,26 @@ def _fit_budget(config: RunConfig, budget: str, seconds: float, start: float, ou
         decide("auto.budget", f"--budget {budget}: the whole run ({measured.planned} steps) is shorter than the "
                               f"{PROBE_STEPS}-step probe")
         return config, time.perf_counter() + left
-    after, evaluation = measured.after, f"the full test set ({measured.rows} rows)"
-    if after > EVAL_MAX_SHARE * left and measured.rows > MIN_EVAL_ROWS:
-        # Row-dependent work scales about linearly with the rows (bias pairs grow with them too).
-        per_row = (measured.after - measured.fixed) / measured.rows
-        rows = max(MIN_EVAL_ROWS, math.floor((EVAL_MAX_SHARE * left - measured.fixed) / per_row))
-        if rows < measured.rows:
-            config = apply_overrides(config, {"eval.max_rows": rows}, source="auto")
-            after = measured.fixed + per_row * rows
-            evaluation = (f"a seeded sample of {rows} of the {measured.rows} test rows (all would take "
-                          f"{measured.after / 60:.1f} min)")
+    after, cap, rows = measured.after, EVAL_MAX_SHARE * left, measured.counts.get("rows", 0)
+    evaluation = f"the full test set ({rows} rows)"
+    base_rows, base_s = measured.counts.get("base_rows", 0), measured.parts.get("base_rows", 0.0)
+    if after > cap and base_s and MIN_BASE_ROWS < base_rows < rows:
+        # First the prompted base of a classifier, which answers a sample anyway and costs the most a row.
+        keep = max(MIN_BASE_ROWS, math.floor((cap - (after - base_s)) * base_rows / base_s))
+        if keep < base_rows:
+            config = apply_overrides(config, {"eval.base_rows": keep}, source="auto")
+            after -= base_s * (1 - keep / base_rows)
+            config.reasons["eval.base_rows"] = (f"--budget {budget}: the prompted base answers a seeded sample of {keep} "
+                                                f"test rows ({base_rows} would take {base_s / 60:.1f} min)")
+            evaluation += f", the base on {keep} of them"
+            base_s *= keep / base_rows
+    grows = after - measured.fixed - base_s  # answers, labels and bias pairs: about linear in the test rows
+    if after > cap and rows > MIN_EVAL_ROWS and grows > 0:
+        keep = max(MIN_EVAL_ROWS, math.floor((cap - measured.fixed - base_s) * rows / grows))
+        if keep < rows:
+            config = apply_overrides(config, {"eval.max_rows": keep}, source="auto")
+            after = measured.fixed + base_s + grows * keep / rows
+            evaluation = f"a seeded sample of {keep} of the {rows} test rows (all would take {measured.after / 60:.1f} min)"
             config.reasons["eval.max_rows"] = f"--budget {budget}: the evaluation of {evaluation}"
     fit = math.floor((left - after) / measured.per_step)
     if fit < 5:
@@ -400,6 +413,8 @@ def run_auto(
         found, stage, why = detect_task(data, columns, task)
     decide("auto.task", why)
     redactions: dict = {}
+    say(f"checking {data}" + (f" under the {pack.profile.name} profile (its named-entity model reads every row)"
+                              if pack else "") + ": the data gate, with the embedding label check")
     train_file = gate(data, test, columns, found, out, force, decisions, pack.profile if pack else None, redactions)
     say(decisions["auto.gate"])
     if train_file != data:
