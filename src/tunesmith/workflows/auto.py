@@ -330,8 +330,9 @@ def _fit_budget(config: RunConfig, budget: str, seconds: float, start: float, ou
         if keep < rows:
             config = apply_overrides(config, {"eval.max_rows": keep}, source="auto")
             after = measured.fixed + base_s + grows * keep / rows
-            evaluation = f"a seeded sample of {keep} of the {rows} test rows (all would take {measured.after / 60:.1f} min)"
-            config.reasons["eval.max_rows"] = f"--budget {budget}: the evaluation of {evaluation}"
+            sample = f"a seeded sample of {keep} of the {rows} test rows (all would take {measured.after / 60:.1f} min)"
+            config.reasons["eval.max_rows"] = f"--budget {budget}: the evaluation of {sample}"
+            evaluation = sample + evaluation.removeprefix(f"the full test set ({rows} rows)")
     fit = math.floor((left - after) / measured.per_step)
     if fit < 5:
         raise ConfigError(f"--budget {budget} leaves time for {max(fit, 0)} training steps at {measured.per_step:.1f} s "
