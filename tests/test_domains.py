@@ -524,3 +524,18 @@ def test_a_fix_with_a_conflict_policy_applies_it_again_once_redaction_made_rows_
     assert [r["label"] for r in kept] == ["Anti-Assignment"] * 3 and "Acme" not in kept[0]["text"]
     log = [json.loads(line) for line in Path(fixed.log_path).read_text().splitlines()]
     assert [line["reason"] for line in log if line["action"] == "dropped"] == ["conflicting answer once redacted (keep-majority)"]
+
+
+def test_category_labels_are_not_read_as_identifiers(tmp_path):
+    """CUAD's categories ("Cap on Liability", "Rofr/Rofo/Rofn") read as a person and an
+    organisation to the named-entity model; labels are category names, which --fix does not
+    redact, so flagging them made the gate impossible to pass."""
+    from tunesmith.data.quality import check_data
+
+    rows = [{"text": "The aggregate liability of either party shall not exceed the fees paid.", "label": "Cap on Liability"},
+            {"text": "The other party shall have a right of first refusal on any sale.", "label": "Rofr/Rofo/Rofn"},
+            {"text": "Neither party may assign this agreement without consent.", "label": "Joint IP Ownership"}] * 4
+    data = tmp_path / "clauses.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    card = check_data(data, label_check=False, profile=get_domain("legal").profile)
+    assert not [f for f in card.findings if f.check == "identifiers"]

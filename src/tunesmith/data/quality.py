@@ -490,9 +490,10 @@ def _text_fields(record: dict) -> Iterator[str]:
         yield record["label"]
 
 
-def _code_fields(record: dict) -> Iterator[tuple[str, list[tuple[int, int]]]]:
+def _code_fields(record: dict, labels: bool = True) -> Iterator[tuple[str, list[tuple[int, int]]]]:
     """Every free-text string of a record with its code spans (``textcheck.code_spans``):
-    an assistant turn that is all code is one span."""
+    an assistant turn that is all code is one span. ``labels=False`` leaves out a
+    classification label (a category name: the identifier check reads prose)."""
     for key in ("messages", "prompt", "chosen", "rejected", "completion"):
         for message in record.get(key) or []:
             text = message.get("content") or ""
@@ -500,7 +501,7 @@ def _code_fields(record: dict) -> Iterator[tuple[str, list[tuple[int, int]]]]:
             yield text, textcheck.code_spans(text, answer=answer)
     if isinstance(record.get("text"), str):
         yield record["text"], textcheck.code_spans(record["text"])
-    if isinstance(record.get("label"), str):
+    if labels and isinstance(record.get("label"), str):
         yield record["label"], []
 
 
@@ -842,7 +843,10 @@ _KIND_NAMES = {
 def _check_identifiers(ctx: _Context, profile: Profile) -> list[Finding]:
     """One error per identifier kind of ``profile`` found, with examples that show where
     the identifier is but not the identifier itself."""
-    fields = [(row, text, code) for record, row in zip(ctx.data.records, ctx.data.rows) for text, code in _code_fields(record)]
+    # Labels are left out: they are the task's category names, which --fix does not redact, and
+    # the named-entity model reads short title-case names as names ("Cap on Liability": a person).
+    fields = [(row, text, code) for record, row in zip(ctx.data.records, ctx.data.rows)
+              for text, code in _code_fields(record, labels=False)]
     found = identifiers.find_identifiers_batch([t for _, t, _ in fields], profile.kinds, [c for _, _, c in fields])
     rows_by_kind: dict[str, list[int]] = {}
     hits: Counter = Counter()
