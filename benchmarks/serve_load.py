@@ -73,6 +73,9 @@ def make_adapters(out: Path, n: int, base: str = BASE) -> list[Path]:
     return runs
 
 
+START_SECONDS = 180  # a loaded 2-core machine needs more than a minute to import and load the model
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,15 +92,18 @@ def start_server(data_dir: Path, max_batch: int, threads: int, model: str | None
     url = f"http://127.0.0.1:{port}/v1"
     import requests
 
-    for _ in range(600):
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with status {proc.returncode}")
         try:
             requests.get(url + "/models", timeout=1)
             return proc, url
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.1)
-    raise RuntimeError("the server did not start")
+    proc.kill()  # not left running behind the error
+    proc.wait()
+    raise RuntimeError(f"the server did not start in {START_SECONDS} s")
 
 
 async def load(url: str, key: str, models: list[str], clients: int, per_client: int, max_tokens: int, queries: list[str]) -> dict:
