@@ -259,7 +259,7 @@ class DeadlineCallback(TrainerCallback):
         fits = state.global_step + int(max(0.0, self.deadline - now - self.saving) / per_step)
         target = max(state.global_step, min(self.planned, fits))
         if target != state.max_steps:
-            _stretch_schedule(lr_scheduler, state.max_steps, target)
+            _stretch_schedule(lr_scheduler, target)
             state.max_steps = target
         if state.global_step >= target:
             control.should_training_stop = True
@@ -268,18 +268,18 @@ class DeadlineCallback(TrainerCallback):
         return control
 
 
-def _stretch_schedule(scheduler, old: int, new: int) -> None:
-    """Make a warm-up + cosine `LambdaLR` end at step `new` instead of `old`, keeping the warm-up's
-    share (transformers builds the lambdas as partials of the step counts)."""
+def _stretch_schedule(scheduler, new: int) -> None:
+    """Make a warm-up + cosine `LambdaLR` end at step `new`, keeping the warm-up's share
+    (transformers builds the lambdas as partials of the step counts)."""
     from functools import partial
 
-    if scheduler is None or old <= 0:
+    if scheduler is None:
         return
     lambdas = getattr(scheduler, "lr_lambdas", [])
     for i, fn in enumerate(lambdas):
         keys = getattr(fn, "keywords", None)
-        if isinstance(fn, partial) and keys and "num_training_steps" in keys:
-            warmup = round(keys.get("num_warmup_steps", 0) * new / old)
+        if isinstance(fn, partial) and keys and keys.get("num_training_steps"):
+            warmup = round(keys.get("num_warmup_steps", 0) * new / keys["num_training_steps"])
             lambdas[i] = partial(fn.func, *fn.args, **{**keys, "num_training_steps": new, "num_warmup_steps": warmup})
 
 

@@ -268,9 +268,10 @@ def probe_run(config: RunConfig, out: Path) -> Probe:
     probe.eval.max_rows, probe.eval.base_rows = PROBE_ROWS, PROBE_BASE_ROWS
     clock = Clock()
     scratch = out / "probe"
+    began = time.perf_counter()
     try:
         train(probe, scratch, callbacks=[clock], eval_progress=follow, audit_event=None)  # not in the audit trail
-        after = time.perf_counter() - clock.times[-1]
+        after = time.perf_counter() - (clock.times[-1] if clock.times else began)
         evaluated = (scratch / "eval" / "results.json").exists()
         sample = workload(scratch, probe.eval) if evaluated else {}
         full = workload(scratch, config.eval) if evaluated else {}
