@@ -53,7 +53,7 @@ def test_detect_task_per_format(tmp_path):
 @pytest.mark.parametrize("params, gb, rows, device, expect", [
     (135e6, 24, 1_000, "cpu", ("lora", "none", False)),       # small data: LoRA
     (135e6, 24, 50_000, "cpu", ("full", "none", False)),      # enough data and memory: every weight
-    (135e6, 2.4, 50_000, "cpu", ("lora", "none", False)),     # full does not fit in 2.4 GB
+    (135e6, 3, 50_000, "cpu", ("lora", "none", False)),       # full does not fit in 3 GB
     (7e9, 80, 5_000, "cuda", ("lora", "none", False)),        # 7B LoRA on an 80 GB GPU: a smaller micro-batch
     (7e9, 24, 5_000, "cuda", ("lora", "4bit", True)),         # a 24 GB GPU: QLoRA
 ])
@@ -185,3 +185,27 @@ def test_keep_general_makes_forgetting_an_alarm_and_replays_chat_for_sft():
     assert "general chat rows replayed" in chat.reasons["data.replay_ratio"] and said[0][0] == "auto.keep_general"
     head = _keep_general(RunConfig(), "classify", lambda key, why: None)
     assert head.eval.keep_general is True and head.data.replay_ratio == 0.0
+
+
+def test_long_texts_on_a_cpu_count_their_attention_scores_and_keep_rows_per_update(tmp_path, monkeypatch):
+    """32 CUAD clauses of 512 tokens ran a 24 GB machine out of memory: the plan assumed 128
+    tokens a row and no attention scores. It now measures the rows' length and counts the
+    scores, and a smaller micro-batch keeps 32 rows per update by accumulation."""
+    from tunesmith.config import RunConfig, apply_overrides
+    from tunesmith.workflows import auto
+    from tunesmith.workflows.auto import plan
+
+    shape = (576, 30, 49152)
+    plain = plan_memory("m", int(135e6), *shape, 32 * 512, 512, 4000, "cpu", 22)
+    counted = plan_memory("m", int(135e6), *shape, 32 * 512, 512, 4000, "cpu", 22, heads=9)
+    assert counted.tokens < plain.tokens or counted.gradient_checkpointing
+    clause = "The Licensee shall not assign, transfer or sublicense any of its rights under this Agreement " * 12
+    data = tmp_path / "clauses.jsonl"
+    data.write_text("".join(json.dumps({"text": f"{i}. {clause}", "label": "Anti-Assignment" if i % 2 else "Other"}) + "\n"
+                            for i in range(40)))
+    config = apply_overrides(RunConfig(), {"data.train": str(data), "method.stages": ["classify"]}, source="auto")
+    monkeypatch.setattr(auto, "hardware", lambda: {"device": "cpu", "name": "cpu", "threads": 2})
+    monkeypatch.setattr(auto, "available_memory_gb", lambda hw: 6.0)
+    planned = plan(config, 40, {})
+    assert planned.train.batch_size < 32 and planned.train.batch_size * planned.train.gradient_accumulation == 32
+    assert "rows per update" in planned.reasons["train.gradient_accumulation"]

@@ -42,7 +42,7 @@ from tunesmith.domains.apply import TEMPLATE_TASKS, resolve
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.evaluate.run import workload
 from tunesmith.inference.teacher import make_teacher
-from tunesmith.models import count_params, resolve_model
+from tunesmith.models import count_params, load_tokenizer, resolve_model
 from tunesmith.runs import EvalResults, TrainSummary
 from tunesmith.train.auto import available_memory_gb, hardware, plan_memory
 from tunesmith.train.callbacks import DeadlineCallback
@@ -195,6 +195,15 @@ def grow(path: str, columns: dict | None, rows: int, synth_below: int, teacher, 
     return str(combined)
 
 
+def _classify_length(config: RunConfig) -> int:
+    """The rows' length a classifier pads a batch to on a CPU: the longest text in tokens, as
+    `train.auto` resolves `max_length` for it (a multiple of 8, 16 to 512)."""
+    texts = [r["text"] for r in load_data(config.data.train, columns=config.data.columns).records if "text" in r]
+    tokenizer = load_tokenizer(config.model.name)
+    longest = max((len(ids) for ids in tokenizer(texts)["input_ids"]), default=16) if texts else 16
+    return min(512, max(16, -(-longest // 8) * 8))
+
+
 def plan(config: RunConfig, rows: int, decisions: dict) -> RunConfig:
     """Fill the adapter, quantization and gradient checkpointing from the memory estimate."""
     from transformers import AutoConfig
@@ -204,18 +213,24 @@ def plan(config: RunConfig, rows: int, decisions: dict) -> RunConfig:
     shape = AutoConfig.from_pretrained(resolve_model(config.model.name))
     params = count_params(config.model.name) or 0
     stage = config.method.stages[-1]
-    seq = 4096 if device == "cuda" else (128 if stage == "classify" else 512)
+    seq = 4096 if device == "cuda" else (_classify_length(config) if stage == "classify" else 512)
     tokens = 16384 if device == "cuda" else (32 * seq if stage == "classify" else seq)
+    # A CPU keeps every layer's attention scores for the backward pass: they grow with the rows'
+    # length squared (32 CUAD clauses of 512 tokens: over 20 GB), so they are counted there.
+    heads = 0 if device == "cuda" else shape.num_attention_heads
     memory = plan_memory(config.model.name, params, shape.hidden_size, shape.num_hidden_layers, shape.vocab_size,
-                         tokens, seq, rows, device, available_memory_gb(hw))
+                         tokens, seq, rows, device, available_memory_gb(hw), heads=heads)
     chosen = {"method.adapter": memory.adapter, "method.quantize": memory.quantize,
               "method.gradient_checkpointing": memory.gradient_checkpointing}
-    if memory.tokens < tokens:
+    if memory.tokens < tokens:  # fewer rows per micro-batch, and accumulation keeps the rows per update
         chosen["train.batch_size"] = max(1, memory.tokens // seq)
+        chosen["train.gradient_accumulation"] = max(1, (tokens // seq) // chosen["train.batch_size"])
     config = apply_overrides(config, chosen, source="auto")
     config.reasons.update(dict.fromkeys(chosen, memory.reason))
     if memory.tokens < tokens:
         config.reasons["train.batch_size"] = f"{memory.tokens} tokens per micro-batch fit in memory ({memory.reason})"
+        config.reasons["train.gradient_accumulation"] = (f"{chosen['train.gradient_accumulation']} micro-batches per "
+                                                         f"update keep {tokens // seq} rows per update")
     decisions["auto.memory"] = memory.reason
     return config
 
