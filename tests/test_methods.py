@@ -341,3 +341,19 @@ def test_pretrain_then_classify(tmp_path, tiny_model_dir):
     assert summary.task == "classify"
     classifier = load_classifier(tmp_path / "run")
     assert predict(classifier, ["card number 3"])[0]["label"] in classifier.labels
+
+
+def test_a_classifier_averages_its_loss_over_accumulated_micro_batches(tmp_path, tiny_model_dir):
+    """The head returns each micro-batch's mean loss; the trainer took it for a loss already
+    normalised over the accumulation, so the logged loss (and the gradient) were
+    gradient_accumulation times too large (28.5 for 27 CUAD classes at 8 micro-batches)."""
+    def first_loss(accumulation: int) -> float:
+        config = classify_config(tiny_model_dir, write_label_file(tmp_path / f"labels{accumulation}.csv"))
+        config.train.batch_size, config.train.gradient_accumulation = 2, accumulation
+        config.train.max_steps, config.train.learning_rate = 1, 1e-9  # the loss of the initial head
+        train_classify(config, tmp_path / f"run{accumulation}")
+        rows = [json.loads(line) for line in (tmp_path / f"run{accumulation}" / "metrics.jsonl").read_text().splitlines()]
+        return next(r["train_loss"] for r in rows if "train_loss" in r)
+
+    one, eight = first_loss(1), first_loss(8)
+    assert eight == pytest.approx(one, rel=0.5), (one, eight)  # the same head, averaged over 8 micro-batches

@@ -123,6 +123,10 @@ def train_classify(config: RunConfig, run_dir: str | Path, callbacks: list | Non
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
+    # The head's forward takes **kwargs, so the trainer assumes it normalises its loss over the
+    # accumulated micro-batches (num_items_in_batch); it returns each micro-batch's mean instead,
+    # and the logged loss and the gradient came out gradient_accumulation times too large.
+    trainer.model_accepts_loss_kwargs = False
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
     out_dir = save_weights(trainer, tokenizer, config, run_dir)
