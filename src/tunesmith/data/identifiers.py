@@ -773,20 +773,15 @@ def entities(texts: Sequence[str]) -> list[list[tuple[str, int, int, bool]]]:
               for offset, chunk in _chunks(text)]
     out: list[list[tuple[str, int, int, bool]]] = [[] for _ in texts]
     new = list(dict.fromkeys(chunk for _, _, chunk in pieces if chunk not in _ENTITIES))
-    if len(_ENTITIES) + len(new) > ENTITY_CACHE:
+    if len(_ENTITIES) + len(new) > ENTITY_CACHE:  # full: start again with this call's text
         _ENTITIES.clear()
+        new = list(dict.fromkeys(chunk for _, _, chunk in pieces))
     for chunk, doc in zip(new, nlp.pipe(new, batch_size=NER_BATCH)):
         _ENTITIES[chunk] = [(e.label_, e.start_char, e.end_char, any(t.tag_ in ("NNP", "NNPS") for t in e))
                             for e in doc.ents]
     for i, offset, chunk in pieces:
-        found = _ENTITIES[chunk] if chunk in _ENTITIES else _read(nlp, chunk)
-        out[i] += [(label, offset + start, offset + end, proper) for label, start, end, proper in found]
+        out[i] += [(label, offset + start, offset + end, proper) for label, start, end, proper in _ENTITIES[chunk]]
     return out
-
-
-def _read(nlp, chunk: str) -> list[tuple[str, int, int, bool]]:
-    """One chunk's entities, when the cache was cleared under it (more new text than it holds)."""
-    return [(e.label_, e.start_char, e.end_char, any(t.tag_ in ("NNP", "NNPS") for t in e)) for e in nlp(chunk).ents]
 
 
 def find_identifiers_batch(

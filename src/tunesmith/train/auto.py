@@ -283,11 +283,17 @@ def _resolve_pretrain(t, set_, lengths, on_gpu, hw) -> None:
         set_(t, "gradient_accumulation", value, f"about {target} tokens per optimizer update on {hw['device']}")
 
 
+def classify_length(longest: int, on_gpu: bool) -> tuple[int, int]:
+    """(max_length, cap) of a classifier whose longest text has `longest` tokens: that length
+    rounded up to a multiple of 8, 16 to the cap (2048 on a GPU, 512 on a CPU)."""
+    cap = 2048 if on_gpu else 512
+    return min(cap, max(16, _round_up(longest, 8))), cap
+
+
 def _resolve_classify(t, set_, lengths, on_gpu, hw, n) -> None:
     if t.max_length == "auto":
         p99, longest = int(np.percentile(lengths, 99)), max(lengths)
-        cap = 2048 if on_gpu else 512
-        value = min(cap, max(16, _round_up(longest, 8)))
+        value, cap = classify_length(longest, on_gpu)
         cut = sum(1 for x in lengths if x > value)
         set_(t, "max_length", value, f"longest text {longest} tokens (p99 {p99}); {cut} of {n} over it are cut; cap {cap}")
     if t.pack_length == "auto":

@@ -44,7 +44,12 @@ from tunesmith.evaluate.run import workload
 from tunesmith.inference.teacher import make_teacher
 from tunesmith.models import count_params, load_tokenizer, resolve_model
 from tunesmith.runs import EvalResults, TrainSummary
-from tunesmith.train.auto import available_memory_gb, hardware, plan_memory
+from tunesmith.train.auto import (
+    available_memory_gb,
+    classify_length,
+    hardware,
+    plan_memory,
+)
 from tunesmith.train.callbacks import DeadlineCallback
 from tunesmith.workflows.train_eval import train
 
@@ -196,12 +201,11 @@ def grow(path: str, columns: dict | None, rows: int, synth_below: int, teacher, 
 
 
 def _classify_length(config: RunConfig) -> int:
-    """The rows' length a classifier pads a batch to on a CPU: the longest text in tokens, as
-    `train.auto` resolves `max_length` for it (a multiple of 8, 16 to 512)."""
+    """The rows' length a classifier pads a batch to on a CPU, as the trainer will resolve its
+    `max_length` (`train.auto.classify_length`)."""
     texts = [r["text"] for r in load_data(config.data.train, columns=config.data.columns).records if "text" in r]
-    tokenizer = load_tokenizer(config.model.name)
-    longest = max((len(ids) for ids in tokenizer(texts)["input_ids"]), default=16) if texts else 16
-    return min(512, max(16, -(-longest // 8) * 8))
+    longest = max((len(ids) for ids in load_tokenizer(config.model.name)(texts)["input_ids"]), default=16)
+    return classify_length(longest, on_gpu=False)[0]
 
 
 def plan(config: RunConfig, rows: int, decisions: dict) -> RunConfig:
