@@ -113,6 +113,17 @@ def test_evaluation_phases_scale_with_what_they_grow_with(what, grows):
     assert _grows_with(what) == grows
 
 
+def test_a_phase_scales_its_later_batches_and_counts_its_first_once():
+    from tunesmith.workflows.auto import _scaled
+
+    # 64 rows in two batches of 32: the first took 3 s (2 of them warm-up), the second 1 s.
+    # At 100 times the rows: the first batch as measured, 6,368 rows at 1/32 s.
+    chunk = [(10.0, 0), (13.0, 32), (14.0, 64)]
+    assert _scaled(chunk, 100) == pytest.approx(3 + (6400 - 32) / 32)
+    # One batch cannot tell its warm-up from its work: all of it scales.
+    assert _scaled([(10.0, 0), (13.0, 16)], 10) == pytest.approx(30)
+
+
 def _plan(monkeypatch, tmp_path, **measured):
     """`_fit_budget` for a 15-minute budget on a probe that measured `measured`."""
     import time

@@ -37,6 +37,46 @@ def test_generate_batched_equals_one_by_one(base_model):
     assert batched == single
 
 
+def test_a_long_shared_prompt_is_read_once_and_answers_stay_those_of_each_row_alone(base_model, monkeypatch):
+    # A 77-label system prompt dominated the prompted base's time; its key/value cache is now
+    # computed once. Rows of different lengths are padded between the prefix and their own
+    # tokens, which must not change a greedy answer.
+    import tunesmith.inference.generate as G
+
+    system = {"role": "system", "content": "Reply with one label: " + ", ".join(f"label_{i}" for i in range(40))}
+    conversations = [[system, *c] for c in CONVERSATIONS]
+    ids = [base_model.tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=False) for c in conversations]
+    assert G.shared_prefix(ids) >= G.SHARED_PREFIX_MIN
+    computed, original = [], G._prefix_cache
+    monkeypatch.setattr(G, "_prefix_cache", lambda model, prefix: computed.append(len(prefix)) or original(model, prefix))
+    batched = generate(base_model, conversations, max_new_tokens=5, batch_size=2)
+    assert computed == [G.shared_prefix(ids)]  # once for every batch
+    single = [generate(base_model, [c], max_new_tokens=5)[0] for c in conversations]
+    assert batched == single
+    # The next-token scores themselves: each row after the cached prefix, in one padded batch,
+    # scores as it does alone.
+    import torch
+
+    model, shared = base_model.model, G.shared_prefix(ids)
+    inputs = G._after_prefix(ids, shared, original(model, ids[0][:shared]), base_model.tokenizer.pad_token_id)
+    mask = inputs["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # what generate derives from the mask
+    with torch.inference_mode():
+        together = model(input_ids=inputs["input_ids"][:, shared:], attention_mask=mask, position_ids=positions,
+                         cache=inputs["cache"]).logits[:, -1]
+        alone = torch.stack([model(input_ids=torch.tensor([row])).logits[0, -1] for row in ids])
+    assert torch.allclose(together, alone, atol=1e-4)
+
+
+def test_shared_prefix_leaves_each_row_a_token_of_its_own():
+    from tunesmith.inference.generate import shared_prefix
+
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert shared_prefix([[7, 2], [1, 2]]) == 0
+    assert shared_prefix([[1, 2, 3]]) == 0
+
+
 def test_load_base_model_name(base_model, tiny_model_dir):
     assert base_model.name == str(tiny_model_dir)
     assert base_model.system_prompt is None

@@ -13,6 +13,11 @@ from tunesmith.errors import DataError, ModelError
 from tunesmith.models import load_model, load_tokenizer
 from tunesmith.runs import RunDir
 
+# A prompt that every row starts with (a system prompt listing 77 labels, a few-shot preamble) of
+# at least this many tokens is run once and its key/value cache reused by every batch: the
+# prompted base of the quickstart's classifier spent most of its time re-reading that prompt.
+SHARED_PREFIX_MIN = 32
+
 
 @dataclass
 class Loaded:
@@ -94,26 +99,82 @@ def generate(
         raise ValueError(f"tools has {len(tools)} entries for {len(conversations)} conversations; give one per conversation.")
     tokenizer, model = loaded.tokenizer, loaded.model
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    texts = [_chat_text(tokenizer, *template_inputs(with_system(c, loaded.system_prompt), t, tokenizer))
+             for c, t in zip(conversations, tools if tools is not None else [None] * len(conversations))]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    shared = shared_prefix(ids) if _can_cache(model) else 0
+    prefix = _prefix_cache(model, ids[0][:shared]) if shared >= SHARED_PREFIX_MIN else None
     answers: list[str] = []
     for start in range(0, len(conversations), batch_size):
-        batch = [with_system(c, loaded.system_prompt) for c in conversations[start : start + batch_size]]
-        batch_tools = tools[start : start + batch_size] if tools is not None else [None] * len(batch)
-        texts = [_chat_text(tokenizer, *template_inputs(c, t, tokenizer)) for c, t in zip(batch, batch_tools)]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        rows = ids[start : start + batch_size]
+        if prefix is None:
+            enc = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+            inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        else:
+            inputs = _after_prefix(rows, shared, prefix, tokenizer.pad_token_id)
+        width = inputs["input_ids"].shape[1]
+        inputs["input_ids"], inputs["attention_mask"] = (inputs[k].to(model.device) for k in ("input_ids", "attention_mask"))
         with torch.inference_mode():
             out = model.generate(
-                **enc,
+                **inputs,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
                 **sampling,
             )
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        answers.extend(tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
         if on_batch:
-            on_batch(len(batch))
+            on_batch(len(rows))
     return [a.strip() for a in answers]
+
+
+def shared_prefix(ids: list[list[int]]) -> int:
+    """How many leading tokens every row shares, leaving each row at least one of its own."""
+    if len(ids) < 2:
+        return 0
+    first, n = ids[0], min(len(row) for row in ids) - 1
+    for row in ids[1:]:
+        n = next((i for i in range(n) if row[i] != first[i]), n)
+    return max(n, 0)
+
+
+def _can_cache(model) -> bool:
+    """Prompt and prefix tuning feed the model key/values of their own, so only other models
+    take a cache of the shared prompt."""
+    config = getattr(model, "active_peft_config", None)
+    return not (config is not None and config.is_prompt_learning)
+
+
+def _prefix_cache(model, prefix: list[int]):
+    """The key/value cache of the tokens every prompt starts with, computed once."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([prefix], device=model.device), cache=cache, use_cache=True)
+    return cache
+
+
+def _after_prefix(rows: list[list[int]], shared: int, prefix, pad_id: int) -> dict:
+    """A batch whose shared prefix is already in `prefix`'s cache: the prefix, then each row's
+    own tokens, padded between the two (the attention mask skips the padding, and positions
+    count only real tokens, so each row reads as if it were alone)."""
+    import copy
+
+    import torch
+
+    width = max(len(row) for row in rows) - shared
+    input_ids, mask = [], []
+    for row in rows:
+        own = row[shared:]
+        gap = width - len(own)
+        input_ids.append(row[:shared] + [pad_id] * gap + own)
+        mask.append([1] * shared + [0] * gap + [1] * len(own))
+    cache = copy.deepcopy(prefix)
+    cache.batch_repeat_interleave(len(rows))
+    return {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask), "cache": cache}
 
 
 def _chat_text(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
