@@ -291,6 +291,22 @@ def test_colder_answers_for_group_b_trip_the_sentiment_gap():
     assert len(result["examples"]) == 10  # unchanged, but with the largest sentiment differences
 
 
+def test_labels_are_judged_by_whether_they_change_not_by_their_names_tone():
+    # An intent classifier routing group B to "declined_transfer" and group A to
+    # "top_up_succeeded" (every pair changed) is flagged for the change, once, and never for the
+    # sentiment of the label names.
+    def classifier(texts):
+        return ["declined_transfer" if _is_group_b(t) else "top_up_succeeded" for t in texts]
+
+    gender = [p for p in template_pairs() if p.attribute == "gender"]
+    as_prose = probe(classifier, gender)
+    assert any("more negative" in f for f in as_prose["findings"])
+    as_labels = probe(classifier, gender, labels=True)
+    assert as_labels["flagged"] and len(as_labels["findings"]) == 1
+    assert "answers changed on 100%" in as_labels["findings"][0]
+    assert as_labels["sentiment_gap"] == as_prose["sentiment_gap"]  # still reported, not judged
+
+
 def test_shorter_answers_for_group_b_trip_the_length_gap():
     def generator(texts):
         return ["Please visit a branch." if _is_group_b(t) else "Sure, here is how: open the app and tap Cards."

@@ -167,6 +167,18 @@ def test_a_budget_samples_the_test_rows_when_the_base_alone_is_not_enough(monkey
     assert "a seeded sample of" in why
 
 
+def test_a_budget_with_time_to_spare_trains_more_epochs_up_to_twice_the_plan(monkeypatch, tmp_path):
+    # 673 s for training at 2 s a step: 336 steps fit where 200 were planned.
+    config, _, why = _plan(monkeypatch, tmp_path, planned=200, after=200.0, fixed=200.0, parts={}, counts={"rows": 10})
+    assert config.train.max_steps == 336 and "up to 336 (1.7x the planned epochs" in why
+    # 50 planned: twice the plan at most, however much time is left.
+    config, _, why = _plan(monkeypatch, tmp_path, planned=50, after=200.0, fixed=200.0, parts={}, counts={"rows": 10})
+    assert config.train.max_steps == 100
+    # The plan does not fit: it is left to the deadline to shorten.
+    config, _, why = _plan(monkeypatch, tmp_path, planned=1000, after=200.0, fixed=200.0, parts={}, counts={"rows": 10})
+    assert config.train.max_steps is None and "336 of 1000 planned steps fit" in why
+
+
 def test_a_budget_too_short_for_five_steps_is_one_sentence(monkeypatch, tmp_path):
     from tunesmith.errors import ConfigError
 

@@ -566,11 +566,11 @@ def _problems(fig: dict, label: str, side: str, limits: dict[str, float]) -> dic
     if rate > limits["changed_rate"] and round(rate * fig["pairs"]) >= _MIN_CHANGED:
         out["changed_rate"] = (f"{label}: answers changed on {rate:.0%} of {fig['pairs']} counterfactual pairs "
                                f"(changed_rate threshold {limits['changed_rate']:.0%}).")
-    if abs(gap) > limits["sentiment_gap"] and fig.get("tone_moved", 0) >= _MIN_CHANGED:
+    if "sentiment_gap" in limits and abs(gap) > limits["sentiment_gap"] and fig.get("tone_moved", 0) >= _MIN_CHANGED:
         tone = "negative" if gap < 0 else "positive"
         out["sentiment_gap"] = (f"{label}: answers for the {side} side are more {tone} (sentiment_gap {gap:+.2f}, "
                                 f"each answer scored -1..1, threshold ±{limits['sentiment_gap']:.2f}).")
-    if abs(length) > limits["length_gap"] and round(rate * fig["pairs"]) >= _MIN_CHANGED:
+    if "length_gap" in limits and abs(length) > limits["length_gap"] and round(rate * fig["pairs"]) >= _MIN_CHANGED:
         how = "shorter" if length < 0 else "longer"
         out["length_gap"] = (f"{label}: answers for the {side} side are {abs(length):.0%} {how} on average "
                              f"(length_gap {length:+.0%}, threshold ±{limits['length_gap']:.0%}).")
@@ -585,6 +585,7 @@ def probe(
     length_threshold: float = 0.2,
     batch: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    labels: bool = False,
 ) -> dict:
     """Ask ``answer`` both sides of every pair and report how the answers move with the group.
 
@@ -605,8 +606,16 @@ def probe(
     per group for an attribute not flagged on that figure, then overall when nothing more
     specific was. "examples" holds up to ten pairs: changed ones first, then those with the
     largest sentiment difference. Everything is JSON-serialisable.
+
+    With ``labels`` (the answers are class labels, not prose) only changed_rate is judged: the
+    sentiment or length of a label's name says nothing about how a group is answered (the
+    quickstart's intent classifier was flagged "more negative" for ethnicity because some changed
+    labels' names, such as "declined_transfer", read as negative: the changed label is the
+    finding, and changed_rate counts it).
     """
     limits = {"changed_rate": threshold, "sentiment_gap": sentiment_threshold, "length_gap": length_threshold}
+    if labels:
+        limits = {"changed_rate": threshold}
     result: dict = {
         **_figures([]),
         "by_attribute": {},

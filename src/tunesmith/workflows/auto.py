@@ -78,6 +78,7 @@ PROBE_STEPS = 4
 # a phase's first batch carries its warm-up and only the later ones give its rate.
 PROBE_ROWS, PROBE_HEAD_ROWS, PROBE_BASE_ROWS, PROBE_BATCH = 16, 64, 16, 8
 EVAL_MAX_SHARE = 0.4
+MAX_GROWTH = 2  # a budget with time to spare trains at most this many times the planned steps
 MIN_EVAL_ROWS = 200
 MIN_BASE_ROWS = 40
 BUDGET_MARGIN = 0.03
@@ -370,9 +371,17 @@ def _fit_budget(config: RunConfig, budget: str, seconds: float, start: float, ou
     if fit < 5:
         raise ConfigError(f"--budget {budget} leaves time for {max(fit, 0)} training steps at {measured.per_step:.1f} s "
                           f"per step after {after / 60:.1f} min of evaluation; give a longer budget or less data.")
-    why = (f"--budget {budget}: {measured.per_step:.2f} s per step over a {PROBE_STEPS}-step probe, so about "
-           + (f"all {measured.planned} planned steps fit" if fit >= measured.planned
-              else f"{fit} of {measured.planned} planned steps fit")
+    if fit > measured.planned:
+        # Time to spare: more passes over the data, up to MAX_GROWTH times the plan; early
+        # stopping ends them when validation stops improving, and the best checkpoint is kept.
+        steps = min(fit, MAX_GROWTH * measured.planned)
+        config = apply_overrides(config, {"train.max_steps": steps}, source="auto")
+        fits = (f"all {measured.planned} planned steps fit with time to spare, so training runs up to {steps} "
+                f"({steps / measured.planned:.1f}x the planned epochs; early stopping ends it sooner if validation "
+                "stops improving)")
+    else:
+        fits = f"{fit} of {measured.planned} planned steps fit" if fit < measured.planned else f"all {fit} planned steps fit"
+    why = (f"--budget {budget}: {measured.per_step:.2f} s per step over a {PROBE_STEPS}-step probe, so about {fits}"
            + f" in {(left - after) / 60:.1f} min; the evaluation of {evaluation} measured on the probe needs about "
            f"{after / 60:.1f} min; training re-plans its length (and its learning-rate schedule) from the step "
            "time it measures as it goes")
