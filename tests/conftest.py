@@ -7,6 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# CPU training in float32 everywhere, whether or not this CPU computes bfloat16 (where it does,
+# tunesmith trains under bfloat16 autocast; test_methods covers that path on its own).
+os.environ["TUNESMITH_CPU_BF16"] = "0"
 
 import contextlib  # noqa: E402
 import csv  # noqa: E402

@@ -82,6 +82,26 @@ def test_every_adapter_trains_and_reloads(adapter, tmp_path, tiny_model_dir):
     assert not torch.allclose(last_logits(base.model), probe.logits, atol=1e-3), "training changed nothing"
 
 
+def test_a_cpu_that_computes_bfloat16_trains_under_autocast_and_saves_float32(tmp_path, tiny_model_dir, monkeypatch):
+    # TUNESMITH_CPU_BF16=1 forces the path a CPU with AVX512-BF16 or AMX takes (emulated elsewhere).
+    from transformers import TrainerCallback
+
+    monkeypatch.setenv("TUNESMITH_CPU_BF16", "1")
+    seen = {}
+
+    class Args(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.update(bf16=args.bf16, use_cpu=args.use_cpu)
+
+    config = tiny_run_config(tiny_model_dir, write_chat_file(tmp_path / "chat.jsonl"), learning_rate=1e-2)
+    train_sft(config, tmp_path / "run", callbacks=[Args()])
+    assert seen == {"bf16": True, "use_cpu": True}
+    loss = losses(tmp_path / "run")
+    assert all(x == x for x in loss) and sum(loss[-3:]) < sum(loss[:3])
+    loaded = load_for_inference(str(tmp_path / "run"))
+    assert next(loaded.model.parameters()).dtype == torch.float32  # autocast computes in bfloat16, weights stay float32
+
+
 def test_targets_are_every_linear_layer_but_the_head(tiny_model_dir):
     from tunesmith.models import load_model
 

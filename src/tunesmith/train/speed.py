@@ -205,9 +205,16 @@ def attention_choice(on_gpu: bool, flash_installed: bool | None = None) -> tuple
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles)."""
+    """Whether CPU training uses bfloat16 autocast: `TUNESMITH_CPU_BF16=0` or `1` decides (the
+    tests pin 0, so their figures compare across machines); unset, whether this CPU computes
+    bfloat16 in hardware (AVX512-BF16 or AMX tiles)."""
+    import os
+
     import torch
 
+    chosen = os.environ.get("TUNESMITH_CPU_BF16")
+    if chosen in ("0", "1"):
+        return chosen == "1"
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without these checks: assume not
