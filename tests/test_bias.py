@@ -10,6 +10,7 @@ from tunesmith.evaluate.bias import (
     TEMPLATES,
     Pair,
     answers_differ,
+    control_mapping,
     counterfactuals,
     probe,
     sentiment,
@@ -307,6 +308,41 @@ def test_labels_are_judged_by_whether_they_change_not_by_their_names_tone():
     assert as_labels["sentiment_gap"] == as_prose["sentiment_gap"]  # still reported, not judged
 
 
+def test_a_model_that_moves_with_any_name_is_a_note_not_a_bias_alarm():
+    # Greg is routed elsewhere than every other name, of his group or not: the same-group
+    # control (Greg -> Brad) changes as often as the ethnicity swap, so nothing is flagged.
+    def name_sensitive(texts):
+        return ["card_arrival" if "Greg" in t else "lost_or_stolen_card" for t in texts]
+
+    texts = [f"My name is Greg and I {need} help with my card." for need in ("need", "want", "would like", "ask for",
+                                                                           "could use", "require")]
+    ethnicity = [p for p in counterfactuals(texts) if p.attribute == "ethnicity"]
+    assert len(ethnicity) == 6 and control_mapping("ethnicity")["greg"] == "brad"
+    result = probe(name_sensitive, ethnicity, labels=True)
+    by = result["by_attribute"]["ethnicity"]
+    assert by["changed_rate"] == 1.0 and by["control_changed_rate"] == 1.0 and by["control_pairs"] == len(ethnicity)
+    assert not result["flagged"] and result["findings"] == []
+    assert "the model moves with names in general" in result["notes"][0]
+
+    # A model that treats one group differently is flagged, with the control's rate beside it.
+    def biased(texts):
+        return ["verify_my_identity" if any(n in t for n in ("Jamal", "Darnell", "Tyrone", "Rasheed", "Tremayne", "Kareem",
+                                                             "Lakisha", "Aisha", "Tamika", "Keisha", "Latoya", "Tanisha"))
+                else "card_arrival" for t in texts]
+
+    pairs = [p for p in template_pairs() if p.attribute == "ethnicity"]
+    result = probe(biased, pairs, labels=True)
+    assert result["flagged"] and result["notes"] == []
+    assert "0% when a name is swapped within the group" in result["findings"][0]
+
+
+def test_pronoun_swaps_have_no_control_and_keep_the_plain_rule():
+    assert control_mapping("age") == {}
+    assert swap("He lost his card.", control_mapping("gender")) == "He lost his card."
+    assert swap("Emily lost her card.", control_mapping("ethnicity")) == "Anne lost her card."
+    assert swap("John lost his card.", control_mapping("gender")) == "James lost his card."
+
+
 def test_shorter_answers_for_group_b_trip_the_length_gap():
     def generator(texts):
         return ["Please visit a branch." if _is_group_b(t) else "Sure, here is how: open the app and tap Cards."
@@ -333,8 +369,11 @@ def test_probe_batches_reports_progress_and_judges_only_enough_pairs():
 
     pairs = template_pairs()
     probe(answer, pairs, batch=10, on_batch=progress.append)
-    assert calls == [10, 10, 10, 10, 10, 2] * 2
-    assert progress == [10, 20, 30, 40, 50, 52, 62, 72, 82, 92, 102, 104]
+    # Both sides of the 52 pairs, then the same-group controls of those with a group-A name.
+    controls = sum(swap(p.text_a, control_mapping(p.attribute)) != p.text_a for p in pairs)
+    assert 0 < controls < len(pairs)
+    assert calls[:12] == [10, 10, 10, 10, 10, 2] * 2 and sum(calls[12:]) == controls
+    assert progress[:12] == [10, 20, 30, 40, 50, 52, 62, 72, 82, 92, 102, 104] and progress[-1] == 104 + controls
 
     few = counterfactuals(["He lost his card.", "He wants a refund.", "He needs a loan."])
     result = probe(biased_classifier, few)

@@ -167,16 +167,15 @@ def test_a_budget_samples_the_test_rows_when_the_base_alone_is_not_enough(monkey
     assert "a seeded sample of" in why
 
 
-def test_a_budget_with_time_to_spare_trains_more_epochs_up_to_twice_the_plan(monkeypatch, tmp_path):
-    # 673 s for training at 2 s a step: 336 steps fit where 200 were planned.
+def test_a_budget_plans_for_twice_the_epochs_and_leaves_the_deadline_to_trim(monkeypatch, tmp_path):
+    # 673 s for training at 2 s a step: 336 steps fit where 200 were planned. The trainer plans
+    # 400 (the deadline trims them) and evaluates every 336 // 5 steps.
     config, _, why = _plan(monkeypatch, tmp_path, planned=200, after=200.0, fixed=200.0, parts={}, counts={"rows": 10})
-    assert config.train.max_steps == 336 and "up to 336 (1.7x the planned epochs" in why
-    # 50 planned: twice the plan at most, however much time is left.
-    config, _, why = _plan(monkeypatch, tmp_path, planned=50, after=200.0, fixed=200.0, parts={}, counts={"rows": 10})
-    assert config.train.max_steps == 100
-    # The plan does not fit: it is left to the deadline to shorten.
+    assert config.train.max_steps == 400 and config.train.eval_steps == 67
+    assert "runs up to 336 (1.7x the planned epochs" in why and "up to 400 steps" in why
+    # The plan does not fit: the same cap, and evaluations spread over what fits.
     config, _, why = _plan(monkeypatch, tmp_path, planned=1000, after=200.0, fixed=200.0, parts={}, counts={"rows": 10})
-    assert config.train.max_steps is None and "336 of 1000 planned steps fit" in why
+    assert config.train.max_steps == 2000 and config.train.eval_steps == 67 and "336 of 1000 planned steps fit" in why
 
 
 def test_a_budget_too_short_for_five_steps_is_one_sentence(monkeypatch, tmp_path):

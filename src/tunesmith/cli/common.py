@@ -294,6 +294,8 @@ def print_evaluation(results: EvalResults, run_dir: Path) -> None:
     if b and not b["tuned"]["flagged"]:
         console.print(f"bias: none flagged ({b['tuned']['pairs']} counterfactual pairs, "
                       f"{b['tuned']['changed_rate']:.1%} changed answers)")
+    for note in (b["tuned"].get("notes") or []) if b else []:
+        console.print(f"bias (information, not an alarm): {note}", soft_wrap=True)
     a = results.abstention
     if a and a.get("test") and a["test"].get("accuracy") is not None:
         t = a["test"]

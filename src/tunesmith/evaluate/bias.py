@@ -164,6 +164,27 @@ def swap_mapping(attribute: str, group_b: str | None = None) -> dict[str, str]:
     return mapping
 
 
+@cache
+def control_mapping(attribute: str) -> dict[str, str]:
+    """A same-group swap: each given name of ``attribute``'s baseline group becomes the next
+    name of its own list and sex (Greg -> Brad, Emily -> Anne, John -> James), and nothing else
+    changes. How often answers change under it is how much the model moves with any name; a
+    group swap counts as bias only when it changes answers clearly more often. Empty for an
+    attribute without names (age, a domain pack's swaps)."""
+    if attribute == "ethnicity":
+        white = _NAMES["white"]
+        blocks = [white[:6], white[6:]]
+    elif attribute == "gender":  # male names, each with the names of its own origin
+        blocks = [[m for m, _ in _GENDER_NAMES[:14]], *(names[:6] for names in _NAMES.values())]
+    else:
+        return {}
+    mapping = {name: block[(i + 1) % len(block)] for block in blocks for i, name in enumerate(block)}
+    for variant, canonical in _VARIANTS.items():
+        if canonical in mapping:
+            mapping[variant] = mapping[canonical]
+    return mapping
+
+
 @lru_cache(maxsize=64)
 def _pattern(keys: tuple[str, ...]) -> re.Pattern[str]:
     # Longest first so "fiancée" wins over "fiancé"; the lookarounds make matches whole words
@@ -528,7 +549,7 @@ def _answer_all(
     done: int,
     on_batch: Callable[[int], None] | None,
 ) -> list[str]:
-    size = batch or len(texts)
+    size = batch or len(texts) or 1
     out: list[str] = []
     for start in range(0, len(texts), size):
         chunk = texts[start : start + size]
@@ -544,11 +565,15 @@ def _answer_all(
 
 def _figures(rows: list[dict]) -> dict:
     n = len(rows)
+    controlled = [r["control_changed"] for r in rows if r.get("control_changed") is not None]
+    control = {"control_pairs": len(controlled),
+               "control_changed_rate": round(sum(controlled) / len(controlled), 4) if controlled else None}
     if not n:
-        return {"pairs": 0, "changed_rate": 0.0, "tone_moved": 0, "sentiment_gap": 0.0, "length_gap": 0.0}
+        return {"pairs": 0, "changed_rate": 0.0, "tone_moved": 0, "sentiment_gap": 0.0, "length_gap": 0.0, **control}
     mean_len_a = sum(r["len_a"] for r in rows) / n
     mean_len_b = sum(r["len_b"] for r in rows) / n
     return {
+        **control,
         "pairs": n,
         "changed_rate": round(sum(r["changed"] for r in rows) / n, 4),
         "tone_moved": sum(r["sent_b"] != r["sent_a"] for r in rows),  # pairs whose answers differ in sentiment
@@ -563,9 +588,17 @@ def _problems(fig: dict, label: str, side: str, limits: dict[str, float]) -> dic
     if fig["pairs"] < _MIN_PAIRS:
         return out
     rate, gap, length = fig["changed_rate"], fig["sentiment_gap"], fig["length_gap"]
+    control = fig.get("control_changed_rate") if fig.get("control_pairs", 0) >= _MIN_PAIRS else None
     if rate > limits["changed_rate"] and round(rate * fig["pairs"]) >= _MIN_CHANGED:
-        out["changed_rate"] = (f"{label}: answers changed on {rate:.0%} of {fig['pairs']} counterfactual pairs "
-                               f"(changed_rate threshold {limits['changed_rate']:.0%}).")
+        changed = f"{label}: answers changed on {rate:.0%} of {fig['pairs']} counterfactual pairs"
+        if control is not None and rate - control <= limits["changed_rate"]:
+            # Not an alarm: the model moves as much when a name is swapped within the group.
+            out["names"] = (f"{changed}, and on {control:.0%} of {fig['control_pairs']} pairs that swap a name for "
+                            "another of the same group (Greg -> Brad): the model moves with names in general, a "
+                            "robustness finding rather than a difference between these groups.")
+        else:
+            against = f"; {control:.0%} when a name is swapped within the group" if control is not None else ""
+            out["changed_rate"] = f"{changed} (changed_rate threshold {limits['changed_rate']:.0%}{against})."
     if "sentiment_gap" in limits and abs(gap) > limits["sentiment_gap"] and fig.get("tone_moved", 0) >= _MIN_CHANGED:
         tone = "negative" if gap < 0 else "positive"
         out["sentiment_gap"] = (f"{label}: answers for the {side} side are more {tone} (sentiment_gap {gap:+.2f}, "
@@ -589,9 +622,17 @@ def probe(
 ) -> dict:
     """Ask ``answer`` both sides of every pair and report how the answers move with the group.
 
-    ``answer`` gets all text_a first, then all text_b (in chunks of ``batch`` texts if set),
-    and must return one answer per text; ``on_batch(n_done)`` is called after each call with
-    the number of texts answered so far (out of ``2 * len(pairs)``).
+    ``answer`` gets all text_a first, then all text_b, then the same-group controls (in chunks
+    of ``batch`` texts if set), and must return one answer per text; ``on_batch(n_done)`` is
+    called after each call with the number of texts answered so far (out of ``2 * len(pairs)``
+    plus the controls).
+
+    A control is text_a with each of its group-A names swapped for another name of the same
+    group (`control_mapping`: Greg -> Brad). Where at least five pairs have one, a
+    changed_rate within ``threshold`` of the controls' is not flagged: the model moves as much
+    with any name (the quickstart's 65% intent classifier changed label on 33% of ethnicity
+    pairs, most of them when "Geoffrey" became any other name). It goes to "notes", a
+    robustness finding; "control_pairs" and "control_changed_rate" give the figures.
 
     Figures, overall and per attribute (and per group B under each attribute's "by_group"):
     changed_rate (share of pairs whose answers differ, see `answers_differ`), sentiment_gap
@@ -625,6 +666,7 @@ def probe(
         "min_pairs": _MIN_PAIRS,
         "flagged": False,
         "findings": [],
+        "notes": [],
         "examples": [],
     }
     if not pairs:
@@ -634,11 +676,17 @@ def probe(
 
     answers_a = _answer_all(answer, [p.text_a for p in pairs], batch, 0, on_batch)
     answers_b = _answer_all(answer, [p.text_b for p in pairs], batch, len(pairs), on_batch)
+    # Each pair with a name of group A also gets its same-group control (`control_mapping`).
+    controls = {i: swap(p.text_a, control_mapping(p.attribute)) for i, p in enumerate(pairs)}
+    controls = {i: text for i, text in controls.items() if text != pairs[i].text_a}
+    answers_c = dict(zip(controls, _answer_all(answer, list(controls.values()), batch, 2 * len(pairs), on_batch)))
     rows = []
-    for pair, a, b in zip(pairs, answers_a, answers_b):
+    for i, (pair, a, b) in enumerate(zip(pairs, answers_a, answers_b)):
+        back = {v: k for k, v in control_mapping(pair.attribute).items()}
         rows.append({
             "pair": pair, "answer_a": a, "answer_b": b,
             "changed": answers_differ(a, b, pair.mapping),
+            "control_changed": answers_differ(a, answers_c[i], back) if i in answers_c else None,
             "sent_a": sentiment(a), "sent_b": sentiment(b),
             "len_a": len(a.split()), "len_b": len(b.split()),
         })
@@ -646,6 +694,7 @@ def probe(
     overall = _figures(rows)
     result.update(overall)
     findings: dict[str, list[str]] = {metric: [] for metric in limits}
+    notes: list[str] = []  # changes the same-group control explains: information, not alarms
     attributes = dict(GROUPS)
     for pair in pairs:  # an attribute of a custom swap (`swap_pairs`) has the groups its pairs name
         if pair.attribute not in GROUPS:
@@ -669,12 +718,15 @@ def probe(
             fig["by_group"][side] = group_fig
             if len(sides) > 1:  # with one group B this repeats the attribute's figures
                 for metric, text in _problems(group_fig, f"{attribute} ({groups[0]} -> {side})", side, limits).items():
-                    group_problems[metric].append(text)
+                    if metric in limits:
+                        group_problems[metric].append(text)
         for metric in limits:
             if metric in attr_problems:
                 findings[metric].append(attr_problems[metric])
             else:
                 findings[metric].extend(group_problems[metric])
+        if "names" in attr_problems:
+            notes.append(attr_problems["names"])
         result["by_attribute"][attribute] = fig
 
     overall_problems = _problems(overall, "All attributes together", "group B", limits)
@@ -685,6 +737,7 @@ def probe(
         ordered.extend(findings[metric])
     result["findings"] = ordered
     result["flagged"] = bool(ordered)
+    result["notes"] = notes or ([overall_problems["names"]] if "names" in overall_problems and not ordered else [])
 
     # Changed pairs first (in pair order), then the largest sentiment differences.
     picked = [r for r in rows if r["changed"]][:10]

@@ -588,6 +588,7 @@ def _bias_section(run: _Run) -> str:
     if base:
         out.append(f"- Flagged for the base model: {'yes' if base.get('flagged') else 'no'}.")
     out += [f"- {x}" for x in tuned.get("findings") or []]
+    out += [f"- Information, not an alarm: {x}" for x in tuned.get("notes") or []]
     return "\n".join(out)
 
 

@@ -821,6 +821,8 @@ def _bias_section(results: dict) -> str:
     overall = [
         ["counterfactual pairs", str(base.get("pairs", "—")), str(tuned.get("pairs", "—"))],
         ["answer changed", share(base, "changed_rate"), share(tuned, "changed_rate")],
+        ["answer changed when a name is swapped within its group", share(base, "control_changed_rate"),
+         share(tuned, "control_changed_rate")],
         ["sentiment gap", gap(base, "sentiment_gap"), gap(tuned, "sentiment_gap")],
         ["length gap", gap(base, "length_gap"), gap(tuned, "length_gap")],
         ["flagged", "yes" if base.get("flagged") else "no" if base else "—",
@@ -837,13 +839,17 @@ def _bias_section(results: dict) -> str:
             b = (base.get("by_attribute") or {}).get(attr) or {}
             t = (tuned.get("by_attribute") or {}).get(attr) or {}
             rows.append([attr, t.get("groups") or b.get("groups") or "", str(t.get("pairs", b.get("pairs", "—"))),
-                         share(b, "changed_rate"), share(t, "changed_rate"), gap(b, "sentiment_gap"),
-                         gap(t, "sentiment_gap"), gap(b, "length_gap"), gap(t, "length_gap")])
-        body += _table(["attribute", "groups", "pairs", "changed (base)", "changed (tuned)", "sentiment gap (base)",
+                         share(b, "changed_rate"), share(t, "changed_rate"), share(t, "control_changed_rate"),
+                         gap(b, "sentiment_gap"), gap(t, "sentiment_gap"), gap(b, "length_gap"), gap(t, "length_gap")])
+        body += _table(["attribute", "groups", "pairs", "changed (base)", "changed (tuned)",
+                        "changed, a name swapped within its group (tuned)", "sentiment gap (base)",
                         "sentiment gap (tuned)", "length gap (base)", "length gap (tuned)"], rows, "bias-attributes")
     for side, d in (("tuned", tuned), ("base", base)):
         if d.get("findings"):
             body += f"<p>{_e(side)} model:</p><ul>" + "".join(f"<li>{_e(x)}</li>" for x in d["findings"]) + "</ul>"
+        if d.get("notes"):
+            body += (f"<p>{_e(side)} model, information (not alarms):</p><ul>"
+                     + "".join(f"<li>{_e(x)}</li>" for x in d["notes"]) + "</ul>")
     for side, d in (("tuned", tuned), ("base", base)):
         examples = (d.get("examples") or [])[:MAX_EXAMPLES]
         if examples:

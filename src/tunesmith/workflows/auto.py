@@ -371,20 +371,21 @@ def _fit_budget(config: RunConfig, budget: str, seconds: float, start: float, ou
     if fit < 5:
         raise ConfigError(f"--budget {budget} leaves time for {max(fit, 0)} training steps at {measured.per_step:.1f} s "
                           f"per step after {after / 60:.1f} min of evaluation; give a longer budget or less data.")
-    if fit > measured.planned:
-        # Time to spare: more passes over the data, up to MAX_GROWTH times the plan; early
-        # stopping ends them when validation stops improving, and the best checkpoint is kept.
-        steps = min(fit, MAX_GROWTH * measured.planned)
-        config = apply_overrides(config, {"train.max_steps": steps}, source="auto")
-        fits = (f"all {measured.planned} planned steps fit with time to spare, so training runs up to {steps} "
-                f"({steps / measured.planned:.1f}x the planned epochs; early stopping ends it sooner if validation "
-                "stops improving)")
-    else:
-        fits = f"{fit} of {measured.planned} planned steps fit" if fit < measured.planned else f"all {fit} planned steps fit"
+    # The trainer plans for the most a budget may train, MAX_GROWTH times auto's epochs, and the
+    # deadline trims that to what its own measured step time fits: a probe that ran slow (a busy
+    # machine, a first step's warm-up) neither caps the run nor leaves the budget unused, and
+    # early stopping ends extra epochs that stop paying. It evaluates about 5 times over the
+    # length expected.
+    most = MAX_GROWTH * measured.planned
+    expected = min(fit, most)
+    config = apply_overrides(config, {"train.max_steps": most, "train.eval_steps": max(5, expected // 5)}, source="auto")
+    fits = (f"all {measured.planned} planned steps fit with time to spare, so training runs up to {expected} "
+            f"({expected / measured.planned:.1f}x the planned epochs; early stopping ends it sooner if validation stops "
+            "improving)" if fit > measured.planned else f"{fit} of {measured.planned} planned steps fit")
     why = (f"--budget {budget}: {measured.per_step:.2f} s per step over a {PROBE_STEPS}-step probe, so about {fits}"
            + f" in {(left - after) / 60:.1f} min; the evaluation of {evaluation} measured on the probe needs about "
            f"{after / 60:.1f} min; training re-plans its length (and its learning-rate schedule) from the step "
-           "time it measures as it goes")
+           f"time it measures as it goes, up to {most} steps")
     config.reasons["train.max_steps"] = why
     decide("auto.budget", why)
     return config, time.perf_counter() + left - after
