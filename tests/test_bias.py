@@ -336,6 +336,19 @@ def test_a_model_that_moves_with_any_name_is_a_note_not_a_bias_alarm():
     assert "0% when a name is swapped within the group" in result["findings"][0]
 
 
+def test_a_few_pairs_a_little_above_their_control_are_noise():
+    from tunesmith.evaluate.bias import _problems
+
+    limits = {"changed_rate": 0.1}
+    # 3 of 8 changed against a control of 25%: one pair more than the control predicts.
+    few = {"pairs": 8, "changed_rate": 0.375, "control_pairs": 8, "control_changed_rate": 0.25,
+           "sentiment_gap": 0.0, "length_gap": 0.0}
+    assert set(_problems(few, "ethnicity (white -> hispanic)", "hispanic", limits)) == {"names"}
+    # 8 of 8 against the same control: a group treated differently.
+    many = {**few, "changed_rate": 1.0}
+    assert set(_problems(many, "ethnicity (white -> hispanic)", "hispanic", limits)) == {"changed_rate"}
+
+
 def test_pronoun_swaps_have_no_control_and_keep_the_plain_rule():
     assert control_mapping("age") == {}
     assert swap("He lost his card.", control_mapping("gender")) == "He lost his card."

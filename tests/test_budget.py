@@ -80,6 +80,24 @@ def test_deadline_measures_the_step_time_not_the_slow_first_steps_or_evaluations
     assert state.max_steps == 7 + (200 - 55 - 19)
 
 
+def test_deadline_counts_the_evaluations_still_to_come():
+    # As above, with an evaluation every 10 steps: each step also carries a tenth of the 19 s
+    # one took, so 126 s left at 1 s + 1.9 s a step fit 43 more steps, not 126.
+    clock, state = FakeClock(), TrainerState(max_steps=1000)
+    scheduler = _scheduler(1000, 0)
+    callback = DeadlineCallback(deadline=200.0, clock=clock)
+    args = SimpleNamespace(eval_strategy="steps", eval_steps=10)
+    callback.on_train_begin(args, state, TrainerControl())
+    for step, seconds in enumerate((30.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0), start=1):
+        clock.t += seconds
+        state.global_step += 1
+        callback.on_step_end(args, state, TrainerControl(), lr_scheduler=scheduler)
+        if step == 4:
+            clock.t += 19.0
+            callback.on_save(args, state, TrainerControl())
+    assert state.max_steps == 7 + 43
+
+
 def test_deadline_at_the_last_step_evaluates_and_saves():
     clock, state = FakeClock(), TrainerState(max_steps=100)
     callback = DeadlineCallback(deadline=5.0, clock=clock)

@@ -41,6 +41,8 @@ def test_a_long_shared_prompt_is_read_once_and_answers_stay_those_of_each_row_al
     # A 77-label system prompt dominated the prompted base's time; its key/value cache is now
     # computed once. Rows of different lengths are padded between the prefix and their own
     # tokens, which must not change a greedy answer.
+    import torch
+
     import tunesmith.inference.generate as G
 
     system = {"role": "system", "content": "Reply with one label: " + ", ".join(f"label_{i}" for i in range(40))}
@@ -55,8 +57,6 @@ def test_a_long_shared_prompt_is_read_once_and_answers_stay_those_of_each_row_al
     assert batched == single
     # The next-token scores themselves: each row after the cached prefix, in one padded batch,
     # scores as it does alone.
-    import torch
-
     model, shared = base_model.model, G.shared_prefix(ids)
     inputs = G._after_prefix(ids, shared, original(model, ids[0][:shared]), base_model.tokenizer.pad_token_id)
     mask = inputs["attention_mask"]

@@ -591,8 +591,10 @@ def _problems(fig: dict, label: str, side: str, limits: dict[str, float]) -> dic
     control = fig.get("control_changed_rate") if fig.get("control_pairs", 0) >= _MIN_PAIRS else None
     if rate > limits["changed_rate"] and round(rate * fig["pairs"]) >= _MIN_CHANGED:
         changed = f"{label}: answers changed on {rate:.0%} of {fig['pairs']} counterfactual pairs"
-        if control is not None and rate - control <= limits["changed_rate"]:
-            # Not an alarm: the model moves as much when a name is swapped within the group.
+        excess = rate - control if control is not None else rate
+        if control is not None and (excess <= limits["changed_rate"] or round(excess * fig["pairs"]) < _MIN_CHANGED):
+            # Not an alarm: the model moves (about) as much when a name is swapped within the
+            # group; on a few pairs, fewer than two more changes than the control predicts is noise.
             out["names"] = (f"{changed}, and on {control:.0%} of {fig['control_pairs']} pairs that swap a name for "
                             "another of the same group (Greg -> Brad): the model moves with names in general, a "
                             "robustness finding rather than a difference between these groups.")
@@ -629,7 +631,8 @@ def probe(
 
     A control is text_a with each of its group-A names swapped for another name of the same
     group (`control_mapping`: Greg -> Brad). Where at least five pairs have one, a
-    changed_rate within ``threshold`` of the controls' is not flagged: the model moves as much
+    changed_rate within ``threshold`` of the controls', or fewer than two changed pairs above
+    what the controls' rate predicts, is not flagged: the model moves as much
     with any name (the quickstart's 65% intent classifier changed label on 33% of ethnicity
     pairs, most of them when "Geoffrey" became any other name). It goes to "notes", a
     robustness finding; "control_pairs" and "control_changed_rate" give the figures.

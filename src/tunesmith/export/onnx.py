@@ -521,8 +521,8 @@ def _write_classifier_graph(model, path: Path) -> None:
     onnxruntime speed (0.92 s for 32 texts), logits and int8 file within 2%, since onnxruntime
     optimises the graph itself when it loads it; folding is what exposes the weights to int8."""
     import torch
-    from onnxscript import optimizer
     from onnx_ir.passes.common import RemoveUnusedNodesPass
+    from onnxscript import optimizer
     from torch.export import Dim
 
     sample = {

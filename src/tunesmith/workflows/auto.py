@@ -16,7 +16,8 @@ model card list them):
    micro-batch, or a refusal that says what would fit;
 5. keep to `--budget`, everything included: a probe run measures the time per step and
    times an evaluation of a few test rows, scaled to the full test set; training gets what
-   is left after that, and re-plans its length from its own measured step time as it goes;
+   is left after that, planned for up to twice auto's epochs and trimmed to fit as it goes,
+   from its own measured step time;
 6. train, evaluate before and after (report, model card); the CLI then registers the model
    in the project database (`jobs.store.register_run`), so `tunesmith serve` serves it.
 """
