@@ -140,10 +140,10 @@ def shared_prefix(ids: list[list[int]]) -> int:
 
 
 def _can_cache(model) -> bool:
-    """Prompt and prefix tuning feed the model key/values of their own, so only other models
-    take a cache of the shared prompt."""
+    """Whether the model takes a cache of the shared prompt: a transformers model (its config
+    shapes the cache), but not under prompt or prefix tuning, which feed it key/values of their own."""
     config = getattr(model, "active_peft_config", None)
-    return not (config is not None and config.is_prompt_learning)
+    return hasattr(model, "config") and not (config is not None and config.is_prompt_learning)
 
 
 def _prefix_cache(model, prefix: list[int]):
