@@ -257,8 +257,8 @@ class DeadlineCallback(TrainerCallback):
         if len(gaps) < 2:  # the first step's time includes allocating memory: not a measure
             return control
         per_step = max(gaps[len(gaps) // 2], 1e-6)
-        # The evaluations still to come, one every eval_steps, each as long as the longest yet
-        # (the median leaves them out: on a 45-minute Banking77 run, ten of them were 2 minutes).
+        # The evaluations still to come, one every eval_steps, each as long as the longest yet:
+        # the median leaves them out, and a plan without them overruns by those it still meets.
         every = getattr(args, "eval_steps", None) if args.eval_strategy == "steps" else None
         per_step += self.saving / every if every and every >= 1 else 0.0
         fits = state.global_step + int(max(0.0, self.deadline - now - self.saving) / per_step)

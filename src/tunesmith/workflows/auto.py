@@ -79,7 +79,7 @@ PROBE_STEPS = 4
 # a phase's first batch carries its warm-up and only the later ones give its rate.
 PROBE_ROWS, PROBE_HEAD_ROWS, PROBE_BASE_ROWS, PROBE_BATCH = 16, 64, 16, 8
 EVAL_MAX_SHARE = 0.4
-MAX_GROWTH = 2  # a budget with time to spare trains at most this many times the planned steps
+MAX_GROWTH = 2  # a budgeted run trains at most this many times the steps auto plans without one
 MIN_EVAL_ROWS = 200
 MIN_BASE_ROWS = 40
 BUDGET_MARGIN = 0.03
